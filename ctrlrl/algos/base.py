@@ -1,0 +1,395 @@
+"""The Algorithm base class and the on-policy / off-policy training loops.
+
+An algorithm module is a Config dataclass plus a subclass of `OnPolicyAlgorithm` or
+`OffPolicyAlgorithm` that builds its networks (`build`) and implements `update`. Everything else
+(env stepping, buffers, logging, evaluation, checkpoints, exact resume, Ctrl-C) lives here and in
+`ctrlrl.core`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ctrlrl.core.buffers import ReplayBuffer, RolloutBuffer
+from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
+from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
+from ctrlrl.core.envs import VecEnv
+from ctrlrl.core.errors import UserError
+from ctrlrl.core.evaluation import evaluate
+from ctrlrl.core.logger import Logger
+
+CHECKPOINT_NAME = "latest.pt"
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C once the final checkpoint is on disk."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+class Algorithm:
+    """Common state and machinery: envs, seeding, logging, evaluation, checkpoints."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, run: RunConfig, cfg: Any):
+        self.run, self.cfg = run, cfg
+        self.device = resolve_device(run.device)
+        torch.set_num_threads(run.threads)
+        torch.manual_seed(run.seed)
+        self.np_rng = np.random.default_rng(run.seed)
+        self.env = VecEnv(run.env, run.n_envs, run.vec_mode, run.normalize_obs,
+                          run.normalize_reward, getattr(cfg, "gamma", 0.99), run.clip_obs)
+        self.obs = self.env.reset(run.seed)
+        self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        self.step = 0  # env steps taken (all envs together)
+        self.n_updates = 0  # gradient steps taken
+        self.episodes: deque[tuple[float, int]] = deque(maxlen=100)  # (return, length)
+        self.run_dir: Path | None = None
+        self._eval_env: VecEnv | None = None
+        self.metrics: dict[str, torch.Tensor | float] = {}  # latest train/* values
+        self.build()
+
+    # ---- to implement ------------------------------------------------------------------------
+    def build(self) -> None:
+        """Create networks, optimisers and buffers."""
+        raise NotImplementedError
+
+    def train_iteration(self) -> None:
+        """Advance training by one iteration (collect + update); increases `self.step`."""
+        raise NotImplementedError
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy's action for evaluation, in the policy's own action space."""
+        raise NotImplementedError
+
+    def state_modules(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
+        """Modules and optimisers that make up the checkpoint."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Further state for exact resume (e.g. the replay buffer)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- acting ------------------------------------------------------------------------------
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Map a policy action to what the env accepts (clip Gaussian actions to the box)."""
+        space = self.env.action_space
+        if isinstance(space, gym.spaces.Box):
+            return np.clip(action, space.low, space.high)
+        return action
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of raw observations (normalised with the run's statistics)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        single = obs.ndim == len(self.env.observation_space.shape)
+        batch = obs[None] if single else obs
+        obs_t = torch.as_tensor(self.env.normalize_obs(batch), device=self.device)
+        with torch.no_grad():
+            action = self.deterministic_action(obs_t) if deterministic else self.sample_action(obs_t)
+        out = self.to_env_action(action.cpu().numpy())
+        return out[0] if single else out
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- training loop -----------------------------------------------------------------------
+    def setup_run_dir(self, run_dir: str | Path | None = None) -> Path:
+        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml."""
+        if run_dir is None:
+            run_dir = self.run.run_dir or Path("runs") / self.run.env / self.name / (
+                f"{self.run.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        path = Path(run_dir)
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (path / "config.yaml").write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
+        except OSError as exc:
+            raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
+                            "pass --run-dir with a writable folder") from None
+        self.run_dir = path
+        self.run = type(self.run)(**{**to_dict(self.run), "run_dir": str(path)})
+        return path
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"algo": self.name, "run": to_dict(self.run), "config": to_dict(self.cfg)}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "checkpoints" / CHECKPOINT_NAME
+
+    def learn(self, total_steps: int | None = None) -> Algorithm:
+        """Train until `total_steps` env steps (default: the run config's)."""
+        if total_steps is not None:
+            self.run = type(self.run)(**{**to_dict(self.run), "total_steps": total_steps})
+        if self.run_dir is None:
+            self.setup_run_dir()
+        run = self.run
+        logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress)
+        start_step, start_time = self.step, time.perf_counter()
+        try:
+            with _deferred_sigint() as interrupted:
+                while self.step < run.total_steps and not interrupted():
+                    before = self.step
+                    self.train_iteration()
+                    if _crossed(before, self.step, run.eval_every):
+                        self._evaluate(logger)
+                    if _crossed(before, self.step, run.log_every) or self.step >= run.total_steps:
+                        self._log(logger, start_step, start_time)
+                    if _crossed(before, self.step, run.checkpoint_every):
+                        self.save(self.checkpoint_path)
+                self.save(self.checkpoint_path)
+                if interrupted():
+                    raise TrainingInterrupted(self.checkpoint_path)
+        finally:
+            logger.close()
+        return self
+
+    def _log(self, logger: Logger, start_step: int, start_time: float) -> None:
+        if self.episodes:
+            rets, lens = zip(*self.episodes, strict=True)
+            logger.record("rollout/ep_rew_mean", np.mean(rets))
+            logger.record("rollout/ep_len_mean", np.mean(lens))
+        elapsed = time.perf_counter() - start_time
+        logger.record("time/fps", (self.step - start_step) / max(elapsed, 1e-9))
+        logger.record("time/time_elapsed", elapsed)
+        logger.record("time/total_timesteps", self.step)
+        logger.record("train/n_updates", self.n_updates)
+        for key, value in self.metrics.items():
+            logger.record(f"train/{key}", value.item() if torch.is_tensor(value) else value)
+        logger.dump(self.step)
+
+    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Returns of deterministic episodes on a separate, unnormalised env."""
+        n = episodes or self.run.eval_episodes
+        if self._eval_env is None or self._eval_env.n_envs != n:
+            self._eval_env = VecEnv(self.run.env, n)
+        seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
+        return evaluate(self.predict, self._eval_env, seed)
+
+    def _evaluate(self, logger: Logger) -> None:
+        returns = self.evaluate()
+        logger.record("eval/mean_reward", returns.mean())
+        logger.record("eval/std_reward", returns.std())
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        rng = {"torch": torch.get_rng_state(), "numpy": self.np_rng.bit_generator.state}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            **self.config_dict(),
+            "step": self.step,
+            "n_updates": self.n_updates,
+            "episodes": [list(e) for e in self.episodes],
+            "modules": {k: m.state_dict() for k, m in self.state_modules().items()},
+            "env": self.env.state_dict(),
+            "rng": rng,
+            "extra": self.extra_state(),
+            "obs": self.obs,
+        }
+        save_checkpoint(Path(path), state)
+        return Path(path)
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore everything a checkpoint holds, for exact continuation."""
+        if ckpt["algo"] != self.name:
+            raise UserError(f"checkpoint is for {ckpt['algo']!r}, not {self.name!r}")
+        modules = self.state_modules()
+        try:
+            for key, module in modules.items():
+                module.load_state_dict(ckpt["modules"][key])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"checkpoint does not fit this {self.name} configuration "
+                            f"({str(exc).splitlines()[0]}); load it with its own config") from None
+        self.env.load_state_dict(ckpt["env"])
+        self.obs = ckpt["obs"]
+        self.step, self.n_updates = ckpt["step"], ckpt["n_updates"]
+        self.episodes = deque((tuple(e) for e in ckpt["episodes"]), maxlen=100)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
+        self.load_extra_state(ckpt["extra"])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None) -> Algorithm:
+        run = from_dict(RunConfig, ckpt["run"], "checkpoint run config")
+        if device is not None:
+            run = type(run)(**{**to_dict(run), "device": device})
+        algo = cls(run, from_dict(cls.Config, ckpt["config"], f"checkpoint {cls.name} config"))
+        algo.load_state(ckpt)
+        return algo
+
+    @staticmethod
+    def read_checkpoint(path: str | Path) -> dict[str, Any]:
+        """A checkpoint from a file, or from a run dir's checkpoints/latest.pt."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "checkpoints" / CHECKPOINT_NAME
+        return load_checkpoint(path)
+
+    def close(self) -> None:
+        self.env.close()
+        if self._eval_env is not None:
+            self._eval_env.close()
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and before // every != after // every
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """First Ctrl-C: finish the current iteration, checkpoint, stop. Second: abort at once.
+
+    Either way the checkpoint on disk stays intact: it is only ever replaced atomically.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        print("\nCtrl-C: finishing this iteration and saving a checkpoint "
+              "(press again to abort)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: flag["hit"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class OnPolicyAlgorithm(Algorithm):
+    """Collect `n_steps` per env with the current policy, compute GAE, then `update`.
+
+    Subclasses set `self.policy` (a `core.nets` policy head) and `self.value_fn` in `build` and
+    implement `update(data)` over the flattened rollout.
+    """
+
+    policy: nn.Module
+    value_fn: nn.Module
+
+    def make_rollout_buffer(self) -> RolloutBuffer:
+        space = self.env.action_space
+        act_shape = space.shape if not isinstance(space, gym.spaces.Discrete) else ()
+        act_dtype = torch.float32 if isinstance(space, gym.spaces.Box) else torch.long
+        return RolloutBuffer(self.cfg.n_steps, self.run.n_envs, self.env.observation_space.shape,
+                             act_shape, self.device, act_dtype)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_fn(obs).squeeze(-1)
+
+    def train_iteration(self) -> None:
+        buf, gamma = self.rollout, self.cfg.gamma
+        for _ in range(self.cfg.n_steps):
+            obs = torch.as_tensor(self.obs, device=self.device)
+            with torch.no_grad():
+                action, log_prob = self.policy.sample(obs)
+                value = self.value(obs)
+            step = self.env.step(self.to_env_action(action.cpu().numpy()))
+            reward = step.reward
+            truncated = step.truncated & ~step.terminated
+            if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
+                final = torch.as_tensor(step.next_obs[truncated], device=self.device)
+                with torch.no_grad():
+                    reward = reward.copy()
+                    reward[truncated] += gamma * self.value(final).cpu().numpy()
+            buf.add(obs, action, log_prob, value, reward, step.done)
+            self.obs = step.obs
+            self.step += self.run.n_envs
+            self.episodes.extend(step.episodes)
+        with torch.no_grad():
+            last_values = self.value(torch.as_tensor(self.obs, device=self.device))
+        buf.finish(last_values, gamma, self.cfg.gae_lambda)
+        self.update(buf.flat())
+
+    def update(self, data: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.mode(obs)
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs)[0]
+
+
+class OffPolicyAlgorithm(Algorithm):
+    """One env step per iteration into a replay buffer, then `gradient_steps` updates.
+
+    Policies act in [-1, 1]; `to_env_action` rescales to the env's box. The first
+    `learning_starts` steps act uniformly at random.
+    """
+
+    def build_replay(self) -> None:
+        space = self.env.action_space
+        if not isinstance(space, gym.spaces.Box) or not np.all(np.isfinite(space.low)) \
+                or not np.all(np.isfinite(space.high)):
+            raise UserError(f"{self.name} needs a bounded continuous (Box) action space; "
+                            f"{self.run.env} has {space}")
+        self.act_dim = int(np.prod(space.shape))
+        self._act_low, self._act_high = space.low, space.high
+        self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        action = np.clip(action, -1.0, 1.0)
+        return self._act_low + (action + 1.0) * 0.5 * (self._act_high - self._act_low)
+
+    def exploration_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action in [-1, 1] taken while training (after warm-up)."""
+        raise NotImplementedError
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def train_iteration(self) -> None:
+        n = self.run.n_envs
+        if self.step < self.cfg.learning_starts:
+            action = self.np_rng.uniform(-1.0, 1.0, (n, self.act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                obs = torch.as_tensor(self.obs, device=self.device)
+                action = self.exploration_action(obs).cpu().numpy()
+        step = self.env.step(self.to_env_action(action))
+        self.replay.add(self.obs, action, step.reward, step.next_obs, step.terminated)
+        self.obs = step.obs
+        self.step += n
+        self.episodes.extend(step.episodes)
+        if self.step >= self.cfg.learning_starts:
+            for _ in range(self.cfg.gradient_steps):
+                self.update()
+                self.n_updates += 1
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"replay": self.replay.state_dict()} if self.cfg.save_replay else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.exploration_action(obs)

@@ -1,0 +1,113 @@
+"""PPO with the clipped surrogate (Schulman et al. 2017), the suite's on-policy baseline.
+
+Defaults are the paper's MuJoCo settings, which are also stable-baselines3's: 2048 steps per
+env, 10 epochs of minibatch 64, Adam 3e-4 (eps 1e-5), γ 0.99, GAE λ 0.95, clip 0.2, 64-64 tanh
+actor and critic, orthogonal init, global grad-norm clip 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ctrlrl.algos.base import OnPolicyAlgorithm
+from ctrlrl.core.nets import make_policy, mlp, orthogonal_init
+
+
+@dataclass
+class PPOConfig:
+    n_steps: int = 2048  # steps per env per rollout
+    batch_size: int = 64  # minibatch size
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    anneal_lr: bool = False  # linear decay to 0 over total_steps
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    clip_range_vf: float | None = None  # None: unclipped value loss
+    normalize_advantage: bool = True  # per minibatch
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None  # stop the epochs early past 1.5 × target_kl
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    ortho_init: bool = True
+    log_std_init: float = 0.0
+
+
+class PPO(OnPolicyAlgorithm):
+    name = "ppo"
+    Config = PPOConfig
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
+                                  cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
+        self.value_fn = mlp(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
+        if cfg.ortho_init:
+            orthogonal_init(self.value_fn, last_gain=1.0)
+        self.params = [*self.policy.parameters(), *self.value_fn.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps,
+                                          foreach=True)
+        self.rollout = self.make_rollout_buffer()
+
+    def state_modules(self):
+        return {"policy": self.policy, "value_fn": self.value_fn, "optimizer": self.optimizer}
+
+    def update(self, data: dict[str, torch.Tensor]) -> None:
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * max(
+                0.0, 1.0 - self.step / self.run.total_steps)
+        n = data["obs"].shape[0]
+        stats: list[torch.Tensor] = []
+        for _ in range(cfg.n_epochs):
+            epoch_kl = []
+            for idx in torch.randperm(n, device=self.device).split(cfg.batch_size):
+                obs, act = data["obs"][idx], data["actions"][idx]
+                adv, ret, old_logp = data["advantages"][idx], data["returns"][idx], data["log_probs"][idx]
+                if cfg.normalize_advantage and len(idx) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+                log_prob, entropy = self.policy.log_prob_entropy(obs, act)
+                log_ratio = log_prob - old_logp
+                ratio = log_ratio.exp()
+                pg_loss = -torch.min(adv * ratio,
+                                     adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
+                value = self.value(obs)
+                if cfg.clip_range_vf is not None:
+                    old_v = data["values"][idx]
+                    value = old_v + (value - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                value_loss = F.mse_loss(value, ret)
+                entropy_loss = -entropy.mean()
+                loss = pg_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                self.optimizer.step()
+                self.n_updates += 1
+
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
+                    stats.append(torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss]))
+                    epoch_kl.append(approx_kl)
+            kl = torch.stack(epoch_kl).mean()
+            if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
+                break
+        means = torch.stack(stats).mean(0)
+        values, returns = data["values"], data["returns"]
+        var_y = returns.var()
+        self.metrics = {
+            "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
+            "clip_fraction": means[3], "loss": means[4], "approx_kl": kl,
+            "explained_variance": 1 - (returns - values).var() / var_y if var_y > 0 else 0.0,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+        }
+        if hasattr(self.policy, "log_std"):
+            self.metrics["std"] = self.policy.log_std.exp().mean()

@@ -1,0 +1,111 @@
+"""Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018, v2).
+
+Twin Q in one batched `QEnsemble`, squashed-Gaussian actor, temperature α learned towards the
+target entropy −dim(A). Defaults from the paper: Adam 3e-4, batch 256, buffer 1e6, τ 0.005,
+γ 0.99, 256-256 ReLU, one gradient step per env step; 10k uniform-random warm-up steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ctrlrl.algos.base import OffPolicyAlgorithm
+from ctrlrl.core.nets import QEnsemble, TanhGaussianPolicy, soft_update
+
+
+@dataclass
+class SACConfig:
+    buffer_size: int = 1_000_000
+    learning_starts: int = 10_000  # uniform-random steps before learning
+    batch_size: int = 256
+    gradient_steps: int = 1  # per env step
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    autotune: bool = True  # learn α; otherwise α = ent_coef
+    ent_coef: float = 1.0  # initial (autotune) or fixed α
+    target_entropy: float | None = None  # None: −dim(A)
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    n_critics: int = 2
+    save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
+
+
+class SAC(OffPolicyAlgorithm):
+    name = "sac"
+    Config = SACConfig
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.build_replay()
+        self.actor = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.hidden_sizes).to(self.device)
+        self.critic = QEnsemble(self.obs_dim, self.act_dim, cfg.hidden_sizes, cfg.n_critics).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(cfg.ent_coef), device=self.device).log().requires_grad_(cfg.autotune)
+        self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        adam = dict(lr=cfg.learning_rate, foreach=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], **adam)
+
+    def state_modules(self):
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
+                "alpha_opt": self.alpha_opt, "log_alpha": _TensorHolder(self.log_alpha)}
+
+    def exploration_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.sample(obs)[0]
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.mode(obs)
+
+    def update(self) -> None:
+        cfg = self.cfg
+        b = self.replay.sample(cfg.batch_size)
+        pi_action, log_prob = self.actor.sample(b.obs)
+
+        alpha = self.log_alpha.detach().exp()
+        if cfg.autotune:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(b.next_obs)
+            next_q = self.critic_target(b.next_obs, next_action).min(0).values
+            target = b.rewards + cfg.gamma * (1 - b.terminated) * (next_q - alpha * next_log_prob)
+        q = self.critic(b.obs, b.actions)
+        critic_loss = 0.5 * ((q - target) ** 2).mean(1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        q_pi = self.critic(b.obs, pi_action, detach_params=True).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        soft_update(self.critic_target, self.critic, cfg.tau)
+        self.metrics = {"actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
+                        "ent_coef": alpha}
+        if cfg.autotune:
+            self.metrics["ent_coef_loss"] = alpha_loss.detach()
+
+
+class _TensorHolder(torch.nn.Module):
+    """Lets a bare tensor (log α) ride in the checkpoint like a module's state."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__()
+        self.tensor = tensor
+
+    def state_dict(self, *args, **kwargs):
+        return {"value": self.tensor.detach().clone()}
+
+    def load_state_dict(self, state, strict: bool = True):
+        with torch.no_grad():
+            self.tensor.copy_(state["value"])

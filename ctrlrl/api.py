@@ -1,0 +1,90 @@
+"""Python API: `ctrlrl.make(algo, env=..., **overrides)`, `ctrlrl.load(path)`, `resume`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctrlrl.algos import REGISTRY
+from ctrlrl.algos.base import Algorithm
+from ctrlrl.core.config import RunConfig, apply_overrides, from_dict, load_preset, to_dict
+from ctrlrl.core.envs import check_env_id
+from ctrlrl.core.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "algos" / "presets"
+# run settings that may differ when a run is resumed: they do not change what is computed
+RUNTIME_KEYS = {"total_steps", "device", "threads", "progress", "tensorboard", "run_dir",
+                "vec_mode", "checkpoint_every", "log_every"}
+
+
+def list_algos() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def algo_class(name: str) -> type[Algorithm]:
+    if name not in REGISTRY:
+        raise UserError(f"unknown algorithm {name!r}; valid: {', '.join(list_algos())}")
+    return REGISTRY[name]
+
+
+def resolve(algo: str, env: str, overrides: dict[str, Any] | None = None,
+            **run_flags: Any) -> tuple[type[Algorithm], RunConfig, Any]:
+    """Defaults → preset for `env` → `overrides` (--set) → explicit run flags."""
+    cls = algo_class(algo)
+    check_env_id(env)
+    run, cfg = RunConfig(env=env), cls.Config()
+    preset = load_preset(PRESET_DIR / f"{algo}.yaml", env)
+    run, cfg = apply_overrides(run, cfg, preset, f"preset {algo}.yaml [{env}]")
+    run, cfg = apply_overrides(run, cfg, overrides or {}, "--set")
+    run, cfg = apply_overrides(run, cfg, run_flags, "option")
+    return cls, run, cfg
+
+
+def make(algo: str, env: str = "Hopper-v5", overrides: dict[str, Any] | None = None,
+         **run_flags: Any) -> Algorithm:
+    """Build an algorithm ready to `learn()`. Keyword flags are RunConfig fields
+    (seed, total_steps, ...); `overrides` may hold any RunConfig or algorithm config key."""
+    cls, run, cfg = resolve(algo, env, overrides, **run_flags)
+    return cls(run, cfg)
+
+
+def load(path: str | Path, device: str | None = None) -> Algorithm:
+    """An algorithm restored from a checkpoint file or a run dir, ready to `predict` or `learn`."""
+    ckpt = Algorithm.read_checkpoint(path)
+    return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device)
+
+
+def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
+           overrides: dict[str, Any] | None = None, **run_flags: Any) -> Algorithm:
+    """Continue the run in `run_dir` from its last checkpoint.
+
+    Options given here are applied on top of the run's saved config; changing anything but a
+    runtime setting (`RUNTIME_KEYS`, e.g. a larger total_steps) is an error, not a silent change.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"--resume {run_dir}: no config.yaml there; pass the run dir that "
+                        "`ctrlrl train` printed")
+    saved = yaml.safe_load(config_file.read_text())
+    if algo is not None and algo != saved["algo"]:
+        raise UserError(f"--resume {run_dir}: that run is {saved['algo']!r}, not {algo!r}")
+    if env is not None and env != saved["run"]["env"]:
+        raise UserError(f"--resume {run_dir}: that run is on {saved['run']['env']!r}, not {env!r}")
+    cls = algo_class(saved["algo"])
+    saved_run = from_dict(RunConfig, saved["run"], f"{config_file} run")
+    saved_cfg = from_dict(cls.Config, saved["config"], f"{config_file} config")
+    run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
+    diffs = [f"{key}: run has {old!r}, this command has {new!r}"
+             for old_cfg, new_cfg in ((saved_run, run), (saved_cfg, cfg))
+             for (key, old), new in zip(to_dict(old_cfg).items(), to_dict(new_cfg).values())
+             if old != new and key not in RUNTIME_KEYS]
+    if diffs:
+        raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
+                        "drop those options or start a new run")
+    algo_obj = load(run_dir, device=run.device)
+    algo_obj.run = run
+    algo_obj.setup_run_dir(run_dir)
+    return algo_obj

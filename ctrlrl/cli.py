@@ -1,0 +1,134 @@
+"""`ctrlrl` command line: parses arguments, then calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from ctrlrl.core.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        self.exit(2, f"ctrlrl: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", help="gymnasium env id, e.g. Hopper-v5")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--total-steps", type=int, dest="total_steps")
+    p.add_argument("--n-envs", type=int, dest="n_envs")
+    p.add_argument("--eval-every", type=int, dest="eval_every", help="env steps; 0 disables")
+    p.add_argument("--eval-episodes", type=int, dest="eval_episodes")
+    p.add_argument("--run-dir", dest="run_dir", help="default runs/<env>/<algo>/<seed>-<time>")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the update")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any run or algorithm setting, e.g. --set learning_rate=1e-3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ctrlrl", description="Train, evaluate and compare RL algorithms.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="algorithms and registered environments")
+
+    train = sub.add_parser("train", help="train an algorithm")
+    train.add_argument("algo")
+    _add_run_flags(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate a run dir or checkpoint")
+    ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=None, help="default: the run's seed + 10000")
+    ev.add_argument("--device", default=None)
+
+    plot = sub.add_parser("plot", help="learning curves with mean and spread across seeds")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("-o", "--output", default="curves.png")
+    plot.add_argument("--metric", default=None,
+                      help="default: eval/mean_reward when logged, else rollout/ep_rew_mean")
+    return parser
+
+
+def _cmd_list(_: argparse.Namespace) -> None:
+    import gymnasium as gym
+
+    import ctrlrl.envs  # noqa: F401
+    from ctrlrl.api import list_algos
+
+    print("algorithms: " + ", ".join(list_algos()))
+    print("environments:")
+    for env_id in sorted(gym.registry):
+        print(f"  {env_id}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ctrlrl import api
+    from ctrlrl.core.config import parse_set
+
+    flags: dict[str, Any] = {k: getattr(args, k) for k in
+                             ("seed", "device", "total_steps", "n_envs", "eval_every",
+                              "eval_episodes", "run_dir", "compile")
+                             if getattr(args, k) is not None}
+    overrides = parse_set(args.set)
+    if args.resume:
+        algo = api.resume(args.resume, args.algo, args.env, overrides, **flags)
+        print(f"resuming {algo.name} on {algo.run.env} at step {algo.step} in {algo.run_dir}")
+    else:
+        if args.env is None:
+            api.algo_class(args.algo)
+            raise UserError("--env is required, e.g. --env Hopper-v5 (`ctrlrl list` shows ids)")
+        algo = api.make(args.algo, args.env, overrides, **flags)
+        algo.setup_run_dir()
+        print(f"training {algo.name} on {algo.run.env} (seed {algo.run.seed}, "
+              f"{algo.device}) in {algo.run_dir}")
+    try:
+        algo.learn()
+    finally:
+        algo.close()
+    print(f"done: {algo.step} steps; checkpoint {algo.checkpoint_path}")
+    print(f"watch: tensorboard --logdir {algo.run_dir}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from ctrlrl import api
+
+    algo = api.load(args.path, device=args.device)
+    returns = algo.evaluate(args.episodes, args.seed)
+    print(f"{algo.name} on {algo.run.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
+          f"over {len(returns)} deterministic episodes")
+    algo.close()
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from ctrlrl.core.plotting import plot_runs
+
+    out = plot_runs(args.runs, args.output, args.metric)
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ctrlrl.algos.base import TrainingInterrupted
+
+    commands = {"list": _cmd_list, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot}
+    try:
+        commands[args.command](args)
+    except UserError as exc:
+        print(f"ctrlrl: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"ctrlrl: {exc}; continue with `ctrlrl train {args.algo} --resume "
+              f"{exc.checkpoint.parent.parent}`", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("ctrlrl: aborted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Machinery shared by every algorithm. Nothing here imports `ctrlrl.algos`."""

@@ -1,0 +1,144 @@
+"""Rollout and replay storage as preallocated tensors on the training device."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation over a (T, n_envs) rollout.
+
+    `dones[t]` marks that the episode ended at step t (terminated or truncated), so nothing flows
+    from step t+1 back into t. A truncation's bootstrap value is already folded into `rewards[t]`
+    by the collector (r + γ·V(final_obs)); a termination adds nothing. Returns (advantages, returns).
+    The loop runs over time only, vectorised over envs, on host arrays (T is a few thousand).
+    """
+    steps = rewards.shape[0]
+    adv = np.zeros_like(rewards)
+    last_gae = np.zeros_like(last_values)
+    next_values = last_values
+    for t in range(steps - 1, -1, -1):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        adv[t] = last_gae
+        next_values = values[t]
+    return adv, adv + values
+
+
+class RolloutBuffer:
+    """On-policy storage of `n_steps` × `n_envs` transitions."""
+
+    def __init__(self, n_steps: int, n_envs: int, obs_shape: tuple[int, ...],
+                 act_shape: tuple[int, ...], device: torch.device, act_dtype=torch.float32):
+        self.n_steps, self.n_envs, self.device = n_steps, n_envs, device
+        self.obs = torch.zeros((n_steps, n_envs, *obs_shape), device=device)
+        self.actions = torch.zeros((n_steps, n_envs, *act_shape), device=device, dtype=act_dtype)
+        self.log_probs = torch.zeros((n_steps, n_envs), device=device)
+        self.values = torch.zeros((n_steps, n_envs), device=device)
+        # rewards and episode ends stay on the host: they come from the env and feed GAE there
+        self.rewards = np.zeros((n_steps, n_envs), np.float32)
+        self.dones = np.zeros((n_steps, n_envs), np.float32)
+        self.advantages = torch.zeros((n_steps, n_envs), device=device)
+        self.returns = torch.zeros((n_steps, n_envs), device=device)
+        self.pos = 0
+
+    def add(self, obs: torch.Tensor, action: torch.Tensor, log_prob: torch.Tensor,
+            value: torch.Tensor, reward: np.ndarray, done: np.ndarray) -> None:
+        t = self.pos
+        self.obs[t], self.actions[t], self.log_probs[t], self.values[t] = obs, action, log_prob, value
+        self.rewards[t], self.dones[t] = reward, done
+        self.pos += 1
+
+    def finish(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
+        """Compute advantages and returns once the rollout is full."""
+        assert self.pos == self.n_steps, "rollout not full"
+        values = self.values.cpu().numpy()
+        adv, ret = compute_gae(self.rewards, values, self.dones, last_values.cpu().numpy(),
+                               gamma, gae_lambda)
+        self.advantages.copy_(torch.from_numpy(adv))
+        self.returns.copy_(torch.from_numpy(ret))
+        self.pos = 0
+
+    def flat(self) -> dict[str, torch.Tensor]:
+        """All transitions with the (time, env) axes merged, for minibatching."""
+        n = self.n_steps * self.n_envs
+        return {
+            "obs": self.obs.reshape(n, *self.obs.shape[2:]),
+            "actions": self.actions.reshape(n, *self.actions.shape[2:]),
+            "log_probs": self.log_probs.reshape(n),
+            "values": self.values.reshape(n),
+            "advantages": self.advantages.reshape(n),
+            "returns": self.returns.reshape(n),
+        }
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+
+
+class ReplayBuffer:
+    """Circular transition store in one preallocated (capacity, width) tensor.
+
+    One row = [obs | action | reward | next_obs | terminated]. Adding copies one host block per
+    step; sampling gathers rows with one index (torch.randint on the device). `terminated` excludes
+    time-limit truncations, so the critic still bootstraps through a truncated step.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device = capacity, device
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.width = 2 * obs_dim + act_dim + 2
+        self.storage = torch.zeros((capacity, self.width), device=device)
+        self.pos, self.size = 0, 0
+        o, a = obs_dim, act_dim
+        self._slices = (slice(0, o), slice(o, o + a), slice(o + a, o + a + 1),
+                        slice(o + a + 1, 2 * o + a + 1), slice(2 * o + a + 1, 2 * o + a + 2))
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+            next_obs: np.ndarray, terminated: np.ndarray) -> None:
+        """Add one transition per env; arrays have a leading n_envs axis."""
+        n = obs.shape[0]
+        block = np.concatenate(
+            [obs.reshape(n, -1), actions.reshape(n, -1), rewards.reshape(n, 1),
+             next_obs.reshape(n, -1), terminated.reshape(n, 1)], axis=1, dtype=np.float32)
+        rows = torch.from_numpy(block).to(self.device, non_blocking=True)
+        end = self.pos + n
+        if end <= self.capacity:
+            self.storage[self.pos:end] = rows
+        else:  # wrap around
+            first = self.capacity - self.pos
+            self.storage[self.pos:] = rows[:first]
+            self.storage[: n - first] = rows[first:]
+        self.pos = end % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> Batch:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        rows = self.storage[idx]
+        o, a, r, o2, d = (rows[:, s] for s in self._slices)
+        return Batch(o, a, r.squeeze(1), o2, d.squeeze(1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"storage": self.storage[: self.size].cpu(), "pos": self.pos, "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        stored = state["storage"]
+        if stored.shape[1] != self.width or state["size"] > self.capacity:
+            raise ValueError("replay buffer shape does not match this run's env and buffer_size")
+        self.storage[: state["size"]] = stored.to(self.device)
+        self.pos, self.size = state["pos"], state["size"]

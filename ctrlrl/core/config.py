@@ -1,0 +1,165 @@
+"""Run configuration: one resolved `RunConfig` plus one algorithm config per run.
+
+Resolution order, later wins: dataclass defaults → the algorithm's preset for the env
+(`algos/presets/<algo>.yaml`) → `--set key=value` overrides → explicit CLI flags. The result is
+written to `config.yaml` in the run directory and is what `--resume` checks against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ctrlrl.core.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    """Everything about a run that is not an algorithm hyperparameter."""
+
+    env: str = "Hopper-v5"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    total_steps: int = 1_000_000  # environment steps, summed over parallel envs
+    n_envs: int = 1
+    vec_mode: str = "sync"  # sync | async (subprocesses)
+    normalize_obs: bool = False  # running mean/std of observations, saved with checkpoints
+    normalize_reward: bool = False  # scale rewards by the std of the discounted return
+    clip_obs: float = 10.0  # clip normalised observations to ±clip_obs
+    eval_every: int = 10_000  # env steps between evaluations; 0 disables
+    eval_episodes: int = 10
+    checkpoint_every: int = 100_000  # env steps between checkpoints (also written at the end)
+    log_every: int = 2_048  # env steps between metric dumps (on-policy: every iteration)
+    threads: int = 1  # torch CPU threads; 1 is fastest for small MLPs
+    compile: bool = False  # torch.compile the update step
+    run_dir: str = ""  # empty: runs/<env>/<algo>/<seed>-<time>
+    tensorboard: bool = True
+    progress: bool = True  # console progress bar
+
+
+def config_fields(cfg_type: type) -> dict[str, Any]:
+    """Field name → resolved type for a config dataclass."""
+    hints = typing.get_type_hints(cfg_type)
+    return {f.name: hints[f.name] for f in fields(cfg_type)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Coerce a YAML-parsed value to a dataclass field type, or raise a UserError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise UserError(f"setting {key}={value!r}: expected {typ}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"setting {key}={value!r}: expected a list like [256,256]")
+        (item,) = {a for a in typing.get_args(typ) if a is not Ellipsis} or {Any}
+        items = [v if item is Any else _coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"setting {key}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise UserError(f"setting {key}={value!r}: expected an integer")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"setting {key}={value!r}: expected a number")
+        return float(value)
+    if typ is str:
+        return str(value)
+    return value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings; values are YAML (`3e-4`, `true`, `[64,64]`)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=3e-4")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def apply_overrides(
+    run: RunConfig, algo_cfg: Any, overrides: dict[str, Any], source: str
+) -> tuple[RunConfig, Any]:
+    """Return copies of (run, algo_cfg) with `overrides` applied to whichever holds each key."""
+    run_types, algo_types = config_fields(RunConfig), config_fields(type(algo_cfg))
+    run_changes, algo_changes = {}, {}
+    for key, value in overrides.items():
+        if key in algo_types:
+            algo_changes[key] = _coerce(value, algo_types[key], key)
+        elif key in run_types:
+            run_changes[key] = _coerce(value, run_types[key], key)
+        else:
+            valid = ", ".join(sorted(algo_types) + sorted(run_types))
+            raise UserError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+    return dataclasses.replace(run, **run_changes), dataclasses.replace(algo_cfg, **algo_changes)
+
+
+def load_preset(path: Path, env_id: str) -> dict[str, Any]:
+    """Per-env overrides from a preset YAML; top-level keys starting with `_` only hold anchors."""
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"preset {path} is not valid YAML ({exc}); fix the file") from None
+    entry = data.get(env_id, {})
+    if not isinstance(entry, dict):
+        raise UserError(f"preset {path}: entry {env_id!r} must be a mapping of key: value")
+    return dict(entry)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit `cuda` never falls back to CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {requested} asked for CUDA but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested!r} is not supported; use auto, cpu or cuda")
+    return device
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as plain YAML-able values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_dict(cfg_type: type, data: dict[str, Any], source: str) -> Any:
+    """Rebuild a config dataclass from `to_dict` output, checking keys and types."""
+    known = config_fields(cfg_type)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{source}: unknown keys {unknown} for {cfg_type.__name__}")
+    return cfg_type(**{k: _coerce(v, known[k], k) for k, v in data.items()})

@@ -1,0 +1,260 @@
+"""Vectorised gymnasium environments with the plumbing every algorithm needs.
+
+`VecEnv` wraps `gymnasium.vector.{Sync,Async}VectorEnv` and owns:
+- same-step autoreset: gymnasium ≥ 1.1 defaults to resetting a finished sub-env on the *next* step,
+  whose transition is then not real; we use `AutoresetMode.SAME_STEP`, so every step is a real
+  transition and the true last observation of a finished episode arrives in `final_obs`;
+- observation / reward normalisation (running statistics that are part of the checkpoint);
+- episode statistics on the raw (unnormalised) reward;
+- exact snapshots of every sub-env (simulator state, RNG, wrapper counters) so a resumed run
+  continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from ctrlrl.core.errors import UserError
+
+_SIMPLE = (np.ndarray, np.generic, int, float, bool, str, type(None))
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail early, with the fix, on an env id gymnasium does not know."""
+    import ctrlrl.envs  # noqa: F401  (registers ctrlrl's own environments)
+
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as exc:
+        raise UserError(
+            f"unknown env id {env_id!r} ({exc}); run `ctrlrl list` for registered ids"
+        ) from None
+
+
+class SnapshotWrapper(gym.Wrapper):
+    """Outermost wrapper of each sub-env: captures and restores its exact state.
+
+    Captured: the env's RNG, the simple attributes (arrays, numbers) of the env and of every wrapper
+    (time-limit counters, classic-control `state`), and for MuJoCo envs the full integration state.
+    Restoring through `VectorEnv.call` passes the list of all sub-env states; each picks its own.
+    """
+
+    def __init__(self, env: gym.Env, index: int):
+        super().__init__(env)
+        self.index = index
+
+    def _chain(self) -> list[Any]:
+        chain, env = [], self.env
+        while isinstance(env, gym.Wrapper):
+            chain.append(env)
+            env = env.env
+        return [*chain, env]
+
+    def ctrlrl_snapshot(self) -> dict[str, Any]:
+        layers = [
+            {k: np.array(v) if isinstance(v, np.ndarray) else v
+             for k, v in vars(obj).items() if isinstance(v, _SIMPLE) and not _is_space_attr(k)}
+            for obj in self._chain()
+        ]
+        state: dict[str, Any] = {"layers": layers, "rng": self.unwrapped.np_random.bit_generator.state}
+        mj = _mujoco_state(self.unwrapped)
+        if mj is not None:
+            state["mujoco"] = mj
+        return state
+
+    def ctrlrl_restore(self, states: list[dict[str, Any]]) -> None:
+        state = states[self.index]
+        for obj, layer in zip(self._chain(), state["layers"], strict=True):
+            for key, value in layer.items():
+                current = getattr(obj, key, None)
+                setattr(obj, key, value.copy() if isinstance(value, np.ndarray) else value)
+                if isinstance(current, np.generic) and not isinstance(value, np.generic):
+                    setattr(obj, key, type(current)(value))
+        self.unwrapped.np_random.bit_generator.state = state["rng"]
+        if "mujoco" in state:
+            _set_mujoco_state(self.unwrapped, state["mujoco"])
+
+
+def _is_space_attr(name: str) -> bool:
+    return name in ("render_mode", "metadata", "spec")
+
+
+def _mujoco_state(env: gym.Env) -> np.ndarray | None:
+    if not (hasattr(env, "model") and hasattr(env, "data")):
+        return None
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    out = np.empty(mujoco.mj_stateSize(env.model, spec))
+    mujoco.mj_getState(env.model, env.data, out, spec)
+    return out
+
+
+def _set_mujoco_state(env: gym.Env, state: np.ndarray) -> None:
+    import mujoco
+
+    mujoco.mj_setState(env.model, env.data, np.asarray(state, dtype=np.float64),
+                       mujoco.mjtState.mjSTATE_INTEGRATION)
+    mujoco.mj_forward(env.model, env.data)
+
+
+def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any]) -> gym.Env:
+    import ctrlrl.envs  # noqa: F401  (subprocesses need the registrations too)
+
+    return SnapshotWrapper(gym.make(env_id, **env_kwargs), index)
+
+
+class RunningMeanStd:
+    """Streaming mean/variance (parallel algorithm of Chan et al.), float64."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.mean = np.zeros(shape, np.float64)
+        self.var = np.ones(shape, np.float64)
+        self.count = 1e-4
+
+    def update(self, x: np.ndarray) -> None:
+        batch_mean, batch_var, n = x.mean(0), x.var(0), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.var, self.count = m2 / total, total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var = np.array(state["mean"]), np.array(state["var"])
+        self.count = float(state["count"])
+
+
+@dataclass
+class Step:
+    """One vector step. `next_obs` is the true successor (final obs where an episode ended)."""
+
+    obs: np.ndarray  # observation to act on next (reset obs where an episode ended)
+    next_obs: np.ndarray
+    reward: np.ndarray  # normalised when reward normalisation is on
+    raw_reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    episodes: list[tuple[float, int]] = field(default_factory=list)  # (return, length) finished
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+
+class VecEnv:
+    """A batch of `n_envs` copies of one gymnasium env, stepped together."""
+
+    def __init__(
+        self,
+        env_id: str,
+        n_envs: int = 1,
+        mode: str = "sync",
+        normalize_obs: bool = False,
+        normalize_reward: bool = False,
+        gamma: float = 0.99,
+        clip_obs: float = 10.0,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        check_env_id(env_id)
+        if mode not in ("sync", "async"):
+            raise UserError(f"vec_mode {mode!r} is not known; use sync or async")
+        if n_envs < 1:
+            raise UserError(f"n_envs={n_envs}: need at least one environment")
+        fns = [partial(_make_one, env_id, i, env_kwargs or {}) for i in range(n_envs)]
+        vec_cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
+        self.envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.env_id, self.n_envs = env_id, n_envs
+        self.observation_space = self.envs.single_observation_space
+        self.action_space = self.envs.single_action_space
+        self.gamma, self.clip_obs = gamma, clip_obs
+        self.obs_rms = RunningMeanStd(self.observation_space.shape) if normalize_obs else None
+        self.ret_rms = RunningMeanStd(()) if normalize_reward else None
+        self.training = True  # update normalisation statistics while stepping
+        self._disc_return = np.zeros(n_envs)
+        self._ep_return = np.zeros(n_envs)
+        self._ep_length = np.zeros(n_envs, np.int64)
+        self.obs: np.ndarray | None = None  # normalised current observation
+
+    def reset(self, seed: int) -> np.ndarray:
+        raw, _ = self.envs.reset(seed=[seed + i for i in range(self.n_envs)])
+        if self.obs_rms is not None and self.training:
+            self.obs_rms.update(raw)
+        self.obs = self.normalize_obs(raw)
+        self._disc_return[:] = 0
+        self._ep_return[:] = 0
+        self._ep_length[:] = 0
+        return self.obs
+
+    def normalize_obs(self, raw: np.ndarray) -> np.ndarray:
+        if self.obs_rms is None:
+            return raw.astype(np.float32, copy=False)
+        out = (raw - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8)
+        return np.clip(out, -self.clip_obs, self.clip_obs).astype(np.float32)
+
+    def step(self, actions: np.ndarray) -> Step:
+        raw_obs, reward, terminated, truncated, info = self.envs.step(actions)
+        reward = np.asarray(reward, np.float64)
+        done = terminated | truncated
+        raw_next = raw_obs
+        if done.any():
+            raw_next = raw_obs.copy()
+            idx = np.flatnonzero(info["_final_obs"])
+            raw_next[idx] = np.stack(info["final_obs"][idx])
+        if self.obs_rms is not None and self.training:
+            self.obs_rms.update(raw_obs)
+        norm_reward = reward
+        if self.ret_rms is not None:
+            self._disc_return = self._disc_return * self.gamma + reward
+            if self.training:
+                self.ret_rms.update(self._disc_return)
+            norm_reward = np.clip(reward / np.sqrt(self.ret_rms.var + 1e-8), -10.0, 10.0)
+            self._disc_return[done] = 0.0
+        self._ep_return += reward
+        self._ep_length += 1
+        episodes = []
+        for i in np.flatnonzero(done):
+            episodes.append((float(self._ep_return[i]), int(self._ep_length[i])))
+            self._ep_return[i], self._ep_length[i] = 0.0, 0
+        self.obs = self.normalize_obs(raw_obs)
+        next_obs = self.obs if raw_next is raw_obs else self.normalize_obs(raw_next)
+        return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward,
+                    np.asarray(terminated), np.asarray(truncated), episodes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue stepping exactly where this env stands."""
+        return {
+            "envs": list(self.envs.call("ctrlrl_snapshot")),
+            "obs": None if self.obs is None else self.obs.copy(),
+            "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
+            "ret_rms": None if self.ret_rms is None else self.ret_rms.state_dict(),
+            "disc_return": self._disc_return.copy(),
+            "ep_return": self._ep_return.copy(),
+            "ep_length": self._ep_length.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["envs"]) != self.n_envs:
+            raise UserError(
+                f"checkpoint holds {len(state['envs'])} envs but this run has n_envs={self.n_envs}; "
+                "resume with the n_envs the run was started with"
+            )
+        self.envs.call("ctrlrl_restore", state["envs"])
+        self.obs = state["obs"]
+        for rms, key in ((self.obs_rms, "obs_rms"), (self.ret_rms, "ret_rms")):
+            if rms is not None and state[key] is not None:
+                rms.load_state_dict(state[key])
+        self._disc_return = np.array(state["disc_return"])
+        self._ep_return = np.array(state["ep_return"])
+        self._ep_length = np.array(state["ep_length"])
+
+    def close(self) -> None:
+        self.envs.close()

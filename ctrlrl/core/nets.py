@@ -1,0 +1,252 @@
+"""Networks and policy heads.
+
+Log-probabilities are written out in closed form instead of going through `torch.distributions`:
+the formulas are short, and skipping the distribution objects' validation and allocation is a
+measurable share of a small-MLP update on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctrlrl.core.errors import UserError
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
+
+
+def activation(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise UserError(f"activation {name!r} is not known; use one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None, act: str = "relu",
+        layer_norm: bool = False) -> nn.Sequential:
+    """Linear → [LayerNorm] → activation, repeated; a final linear layer when `out_dim` is set."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for width in hidden:
+        layers.append(nn.Linear(last, width))
+        if layer_norm:
+            layers.append(nn.LayerNorm(width))
+        layers.append(activation(act)())
+        last = width
+    if out_dim is not None:
+        layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: float | None = None):
+    """Orthogonal weights, zero biases (the PPO implementation detail); `last_gain` for the head."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        g = last_gain if (last_gain is not None and i == len(linears) - 1) else gain
+        nn.init.orthogonal_(layer.weight, g)
+        nn.init.zeros_(layer.bias)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis of log N(x; mean, exp(log_std)²)."""
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """Diagonal Gaussian with a state-independent log-std (PPO, TRPO, MDPO)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], act: str = "tanh",
+                 log_std_init: float = 0.0, ortho_init: bool = True):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, act_dim, act)
+        self.log_std = nn.Parameter(torch.full((act_dim,), log_std_init))
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=0.01)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.net(obs)
+        log_std = self.log_std.expand_as(mean)
+        action = mean + torch.exp(log_std) * torch.randn_like(mean)
+        return action, gaussian_log_prob(action, mean, log_std)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
+        mean = self.net(obs)
+        log_std = self.log_std.expand_as(mean)
+        entropy = (log_std + 0.5 + _LOG_SQRT_2PI).sum(-1)
+        return gaussian_log_prob(action, mean, log_std), entropy
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class CategoricalPolicy(nn.Module):
+    """Softmax over `n` actions."""
+
+    def __init__(self, obs_dim: int, n: int, hidden: Sequence[int], act: str = "tanh",
+                 ortho_init: bool = True):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, n, act)
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=0.01)
+
+    def sample(self, obs: torch.Tensor):
+        logp_all = torch.log_softmax(self.net(obs), -1)
+        action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
+        logp_all = torch.log_softmax(self.net(obs), -1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).argmax(-1)
+
+
+class MultiCategoricalPolicy(nn.Module):
+    """Independent categoricals, one per action component (MultiDiscrete); one shared trunk."""
+
+    def __init__(self, obs_dim: int, nvec: Sequence[int], hidden: Sequence[int], act: str = "tanh",
+                 ortho_init: bool = True):
+        super().__init__()
+        self.nvec = [int(n) for n in nvec]
+        self.max_n = max(self.nvec)
+        self.net = mlp(obs_dim, hidden, len(self.nvec) * self.max_n, act)
+        # components with fewer choices than max_n get -inf logits on the padding
+        pad = torch.zeros(len(self.nvec), self.max_n)
+        for i, n in enumerate(self.nvec):
+            pad[i, n:] = float("-inf")
+        self.register_buffer("pad", pad)
+        if ortho_init:
+            orthogonal_init(self.net, last_gain=0.01)
+
+    def _log_probs(self, obs: torch.Tensor) -> torch.Tensor:
+        logits = self.net(obs).view(*obs.shape[:-1], len(self.nvec), self.max_n) + self.pad
+        return torch.log_softmax(logits, -1)
+
+    def sample(self, obs: torch.Tensor):
+        logp_all = self._log_probs(obs)
+        flat = logp_all.exp().reshape(-1, self.max_n)
+        action = torch.multinomial(flat, 1).view(logp_all.shape[:-1])
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
+        logp_all = self._log_probs(obs)
+        p = logp_all.exp()
+        entropy = -(p * logp_all.nan_to_num(neginf=0.0)).sum((-1, -2))
+        logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1).sum(-1)
+        return logp, entropy
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._log_probs(obs).argmax(-1)
+
+
+def make_policy(space: gym.Space, obs_dim: int, hidden: Sequence[int], act: str,
+                ortho_init: bool = True, log_std_init: float = 0.0) -> nn.Module:
+    """The stochastic policy head that fits an action space."""
+    if isinstance(space, gym.spaces.Box):
+        return GaussianPolicy(obs_dim, int(np.prod(space.shape)), hidden, act, log_std_init,
+                              ortho_init)
+    if isinstance(space, gym.spaces.Discrete):
+        return CategoricalPolicy(obs_dim, int(space.n), hidden, act, ortho_init)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return MultiCategoricalPolicy(obs_dim, space.nvec.ravel().tolist(), hidden, act, ortho_init)
+    raise UserError(f"action space {space} is not supported; use Box, Discrete or MultiDiscrete")
+
+
+class TanhGaussianPolicy(nn.Module):
+    """Squashed Gaussian with state-dependent log-std (SAC); actions in [-1, 1]."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], act: str = "relu"):
+        super().__init__()
+        self.trunk = mlp(obs_dim, hidden, None, act)
+        self.head = nn.Linear(hidden[-1], 2 * act_dim)
+
+    def _params(self, obs: torch.Tensor):
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, -1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised sample and its log-probability (with the tanh change of variables)."""
+        mean, log_std = self._params(obs)
+        u = mean + torch.exp(log_std) * torch.randn_like(mean)
+        # log(1 - tanh(u)^2) = 2·(log 2 − u − softplus(−2u)), stable for large |u|
+        correction = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        return torch.tanh(u), gaussian_log_prob(u, mean, log_std) - correction.sum(-1)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self._params(obs)[0])
+
+
+class DeterministicPolicy(nn.Module):
+    """tanh-bounded deterministic actor (TD3, TD3+BC); actions in [-1, 1]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], act: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, act_dim, act)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs))
+
+    mode = forward
+
+
+class QEnsemble(nn.Module):
+    """`n` Q-networks Q_i(s, a) evaluated in one batched call, output shape (n, batch).
+
+    Weights are stacked per member and applied with batched matmuls, so twin critics cost one
+    call instead of two. Initialised like `nn.Linear` (uniform ±1/√fan_in), member by member.
+    `detach_params=True` evaluates with the weights cut from the graph: the actor's loss then
+    back-propagates into actions only, with no wasted weight gradients for the critic.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], n: int = 2,
+                 act: str = "relu", layer_norm: bool = False):
+        super().__init__()
+        self.n = n
+        dims = [obs_dim + act_dim, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+        # per-member LayerNorm gains and shifts, shape (n, 1, width)
+        self.ln_gains = nn.ParameterList(nn.Parameter(torch.ones(n, 1, h)) for h in hidden) \
+            if layer_norm else None
+        self.ln_shifts = nn.ParameterList(nn.Parameter(torch.zeros(n, 1, h)) for h in hidden) \
+            if layer_norm else None
+        self.act = activation(act)()
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor,
+                detach_params: bool = False) -> torch.Tensor:
+        x = torch.cat([obs, action], -1)
+        h = x.unsqueeze(0).expand(self.n, *x.shape)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                if self.ln_gains is not None:
+                    g, s = self.ln_gains[i], self.ln_shifts[i]
+                    if detach_params:
+                        g, s = g.detach(), s.detach()
+                    h = F.layer_norm(h, h.shape[-1:]) * g + s
+                h = self.act(h)
+        return h.squeeze(-1)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging θ_targ ← (1 − τ)·θ_targ + τ·θ, in one fused call over all tensors."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

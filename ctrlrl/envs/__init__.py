@@ -1,0 +1,1 @@
+"""Environments the papers need, registered with gymnasium on import (ids `ctrlrl/...`)."""
