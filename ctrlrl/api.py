@@ -79,7 +79,7 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
     diffs = [f"{key}: run has {old!r}, this command has {new!r}"
              for old_cfg, new_cfg in ((saved_run, run), (saved_cfg, cfg))
-             for (key, old), new in zip(to_dict(old_cfg).items(), to_dict(new_cfg).values())
+             for (key, old), new in zip(to_dict(old_cfg).items(), to_dict(new_cfg).values(), strict=False)
              if old != new and key not in RUNTIME_KEYS]
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "

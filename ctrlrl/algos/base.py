@@ -296,22 +296,26 @@ class OnPolicyAlgorithm(Algorithm):
 
     def make_rollout_buffer(self) -> RolloutBuffer:
         space = self.env.action_space
-        act_shape = space.shape if not isinstance(space, gym.spaces.Discrete) else ()
-        act_dtype = torch.float32 if isinstance(space, gym.spaces.Box) else torch.long
+        discrete = not isinstance(space, gym.spaces.Box)
         return RolloutBuffer(self.cfg.n_steps, self.run.n_envs, self.env.observation_space.shape,
-                             act_shape, self.device, act_dtype)
+                             space.shape, self.device, discrete)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_fn(obs).squeeze(-1)
 
     def train_iteration(self) -> None:
-        buf, gamma = self.rollout, self.cfg.gamma
+        buf, gamma, n = self.rollout, self.cfg.gamma, self.run.n_envs
         for _ in range(self.cfg.n_steps):
             obs = torch.as_tensor(self.obs, device=self.device)
             with torch.no_grad():
                 action, log_prob = self.policy.sample(obs)
-                value = self.value(obs)
-            step = self.env.step(self.to_env_action(action.cpu().numpy()))
+                # one device→host transfer per step for action, log-prob and value together
+                out = torch.cat([action.reshape(n, -1).float(), log_prob[:, None],
+                                 self.value(obs)[:, None]], 1).cpu().numpy()
+            action_np = out[:, :-2].reshape(n, *buf.act_shape)
+            if buf.discrete:
+                action_np = action_np.astype(np.int64)
+            step = self.env.step(self.to_env_action(action_np))
             reward = step.reward
             truncated = step.truncated & ~step.terminated
             if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
@@ -319,16 +323,16 @@ class OnPolicyAlgorithm(Algorithm):
                 with torch.no_grad():
                     reward = reward.copy()
                     reward[truncated] += gamma * self.value(final).cpu().numpy()
-            buf.add(obs, action, log_prob, value, reward, step.done)
+            buf.add(self.obs, action_np, out[:, -2], out[:, -1], reward, step.done)
             self.obs = step.obs
-            self.step += self.run.n_envs
+            self.step += n
             self.episodes.extend(step.episodes)
         with torch.no_grad():
-            last_values = self.value(torch.as_tensor(self.obs, device=self.device))
+            last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
         buf.finish(last_values, gamma, self.cfg.gae_lambda)
-        self.update(buf.flat())
+        self.update(buf)
 
-    def update(self, data: dict[str, torch.Tensor]) -> None:
+    def update(self, rollout: RolloutBuffer) -> None:
         raise NotImplementedError
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:

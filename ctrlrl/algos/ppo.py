@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
-from ctrlrl.core.nets import make_policy, mlp, orthogonal_init
+from ctrlrl.core.buffers import RolloutBuffer
+from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PPO(OnPolicyAlgorithm):
         cfg = self.cfg
         self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
                                   cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
-        self.value_fn = mlp(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
+        self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
         if cfg.ortho_init:
             orthogonal_init(self.value_fn, last_gain=1.0)
         self.params = [*self.policy.parameters(), *self.value_fn.parameters()]
@@ -58,31 +59,28 @@ class PPO(OnPolicyAlgorithm):
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn, "optimizer": self.optimizer}
 
-    def update(self, data: dict[str, torch.Tensor]) -> None:
+    def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * max(
                 0.0, 1.0 - self.step / self.run.total_steps)
-        n = data["obs"].shape[0]
         stats: list[torch.Tensor] = []
         for _ in range(cfg.n_epochs):
             epoch_kl = []
-            for idx in torch.randperm(n, device=self.device).split(cfg.batch_size):
-                obs, act = data["obs"][idx], data["actions"][idx]
-                adv, ret, old_logp = data["advantages"][idx], data["returns"][idx], data["log_probs"][idx]
-                if cfg.normalize_advantage and len(idx) > 1:
+            for b in rollout.minibatches(cfg.batch_size):
+                adv = b.advantages
+                if cfg.normalize_advantage and len(adv) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 
-                log_prob, entropy = self.policy.log_prob_entropy(obs, act)
-                log_ratio = log_prob - old_logp
+                log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
+                log_ratio = log_prob - b.log_probs
                 ratio = log_ratio.exp()
                 pg_loss = -torch.min(adv * ratio,
                                      adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
-                value = self.value(obs)
+                value = self.value(b.obs)
                 if cfg.clip_range_vf is not None:
-                    old_v = data["values"][idx]
-                    value = old_v + (value - old_v).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                value_loss = F.mse_loss(value, ret)
+                    value = b.values + (value - b.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                value_loss = F.mse_loss(value, b.returns)
                 entropy_loss = -entropy.mean()
                 loss = pg_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
 
@@ -93,20 +91,20 @@ class PPO(OnPolicyAlgorithm):
                 self.n_updates += 1
 
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    epoch_kl.append(((ratio - 1) - log_ratio).mean())
                     clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
                     stats.append(torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss]))
-                    epoch_kl.append(approx_kl)
             kl = torch.stack(epoch_kl).mean()
             if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
                 break
         means = torch.stack(stats).mean(0)
-        values, returns = data["values"], data["returns"]
-        var_y = returns.var()
+        data = rollout.all()
+        var_y = data.returns.var()
         self.metrics = {
             "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
             "clip_fraction": means[3], "loss": means[4], "approx_kl": kl,
-            "explained_variance": 1 - (returns - values).var() / var_y if var_y > 0 else 0.0,
+            "explained_variance": 1 - (data.returns - data.values).var() / var_y
+            if var_y > 0 else 0.0,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
         if hasattr(self.policy, "log_std"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,51 +37,74 @@ def compute_gae(
     return adv, adv + values
 
 
+class RolloutBatch(NamedTuple):
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
 class RolloutBuffer:
-    """On-policy storage of `n_steps` × `n_envs` transitions."""
+    """On-policy storage of `n_steps` × `n_envs` transitions.
+
+    Filled on the host (the env's arrays and the policy's outputs arrive there anyway) and moved to
+    the training device in one copy per rollout by `finish`, packed as one (n, width) tensor so a
+    minibatch is a single row gather.
+    """
 
     def __init__(self, n_steps: int, n_envs: int, obs_shape: tuple[int, ...],
-                 act_shape: tuple[int, ...], device: torch.device, act_dtype=torch.float32):
+                 act_shape: tuple[int, ...], device: torch.device, discrete: bool = False):
         self.n_steps, self.n_envs, self.device = n_steps, n_envs, device
-        self.obs = torch.zeros((n_steps, n_envs, *obs_shape), device=device)
-        self.actions = torch.zeros((n_steps, n_envs, *act_shape), device=device, dtype=act_dtype)
-        self.log_probs = torch.zeros((n_steps, n_envs), device=device)
-        self.values = torch.zeros((n_steps, n_envs), device=device)
-        # rewards and episode ends stay on the host: they come from the env and feed GAE there
+        self.obs_shape, self.act_shape, self.discrete = obs_shape, act_shape, discrete
+        self.obs = np.zeros((n_steps, n_envs, *obs_shape), np.float32)
+        self.actions = np.zeros((n_steps, n_envs, *act_shape), np.float32)
+        self.log_probs = np.zeros((n_steps, n_envs), np.float32)
+        self.values = np.zeros((n_steps, n_envs), np.float32)
         self.rewards = np.zeros((n_steps, n_envs), np.float32)
-        self.dones = np.zeros((n_steps, n_envs), np.float32)
-        self.advantages = torch.zeros((n_steps, n_envs), device=device)
-        self.returns = torch.zeros((n_steps, n_envs), device=device)
+        self.dones = np.zeros((n_steps, n_envs), np.float32)  # episode ended at this step
         self.pos = 0
+        self.data: torch.Tensor | None = None  # packed device tensor after `finish`
+        o, a = int(np.prod(obs_shape)), int(np.prod(act_shape))
+        cuts = np.cumsum([0, o, a, 1, 1, 1, 1])
+        self._slices = [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(cuts)]
 
-    def add(self, obs: torch.Tensor, action: torch.Tensor, log_prob: torch.Tensor,
-            value: torch.Tensor, reward: np.ndarray, done: np.ndarray) -> None:
+    def add(self, obs: np.ndarray, action: np.ndarray, log_prob: np.ndarray, value: np.ndarray,
+            reward: np.ndarray, done: np.ndarray) -> None:
         t = self.pos
         self.obs[t], self.actions[t], self.log_probs[t], self.values[t] = obs, action, log_prob, value
         self.rewards[t], self.dones[t] = reward, done
         self.pos += 1
 
-    def finish(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
-        """Compute advantages and returns once the rollout is full."""
+    def finish(self, last_values: np.ndarray, gamma: float, gae_lambda: float) -> None:
+        """Compute advantages and returns, then move the rollout to the device."""
         assert self.pos == self.n_steps, "rollout not full"
-        values = self.values.cpu().numpy()
-        adv, ret = compute_gae(self.rewards, values, self.dones, last_values.cpu().numpy(),
-                               gamma, gae_lambda)
-        self.advantages.copy_(torch.from_numpy(adv))
-        self.returns.copy_(torch.from_numpy(ret))
+        adv, ret = compute_gae(self.rewards, self.values, self.dones, last_values, gamma, gae_lambda)
+        n = self.n_steps * self.n_envs
+        packed = np.concatenate(
+            [self.obs.reshape(n, -1), self.actions.reshape(n, -1),
+             *(x.reshape(n, 1) for x in (self.log_probs, self.values, adv, ret))], axis=1)
+        self.data = torch.from_numpy(packed).to(self.device)
         self.pos = 0
 
-    def flat(self) -> dict[str, torch.Tensor]:
-        """All transitions with the (time, env) axes merged, for minibatching."""
-        n = self.n_steps * self.n_envs
-        return {
-            "obs": self.obs.reshape(n, *self.obs.shape[2:]),
-            "actions": self.actions.reshape(n, *self.actions.shape[2:]),
-            "log_probs": self.log_probs.reshape(n),
-            "values": self.values.reshape(n),
-            "advantages": self.advantages.reshape(n),
-            "returns": self.returns.reshape(n),
-        }
+    def _batch(self, rows: torch.Tensor) -> RolloutBatch:
+        obs, act, logp, val, adv, ret = (rows[:, s] for s in self._slices)
+        act = act.reshape(-1, *self.act_shape)
+        return RolloutBatch(obs.reshape(-1, *self.obs_shape), act.long() if self.discrete else act,
+                            logp.squeeze(1), val.squeeze(1), adv.squeeze(1), ret.squeeze(1))
+
+    def all(self) -> RolloutBatch:
+        """The whole rollout as one batch (time and env axes merged)."""
+        assert self.data is not None, "call finish() first"
+        return self._batch(self.data)
+
+    def minibatches(self, batch_size: int):
+        """One epoch of shuffled minibatches."""
+        assert self.data is not None, "call finish() first"
+        perm = torch.randperm(self.data.shape[0], device=self.device)
+        for idx in perm.split(batch_size):
+            yield self._batch(self.data[idx])
 
 
 class Batch(NamedTuple):

@@ -1,0 +1,151 @@
+"""Env-steps per second of ctrlrl vs stable-baselines3, measured alternately in the same run.
+
+    python benchmarks/speed.py                       # ppo, sac, td3 on Hopper-v5, 3 rounds
+    python benchmarks/speed.py --algos ppo --rounds 5 --env Hopper-v5
+    python benchmarks/speed.py --memory              # peak RSS of SAC with a full 1M buffer
+
+Each measurement is a fresh subprocess with one torch thread, so neither library warms the other's
+caches; rounds alternate sb3, ctrlrl, sb3, ctrlrl, ... so drift in machine load hits both alike.
+Hyperparameters are stable-baselines3's defaults on both sides (listed in `SETTINGS`); evaluation
+and checkpointing are off. The figure is steps / wall time of `learn()`, after construction.
+Writes a markdown table to stdout (and to --out if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# stable-baselines3 defaults, and the ctrlrl overrides that reproduce them
+SETTINGS = {
+    # n_steps 2048, batch 64, 10 epochs, 64-64 tanh, no normalisation (ctrlrl's Hopper preset adds it)
+    "ppo": {"steps": 16_384, "ctrlrl": {"normalize_obs": False, "normalize_reward": False}},
+    "sac": {"steps": 4_000, "ctrlrl": {"learning_starts": 100}},  # 256-256, batch 256, lr 3e-4
+    "td3": {"steps": 4_000, "ctrlrl": {"learning_starts": 100, "hidden_sizes": [400, 300],
+                                       "learning_rate": 1e-3, "exploration_noise": 0.0}},
+}
+
+
+def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool) -> float:
+    import torch
+
+    torch.set_num_threads(1)
+    if lib == "sb3":
+        import gymnasium as gym
+        from stable_baselines3 import PPO, SAC, TD3
+
+        cls = {"ppo": PPO, "sac": SAC, "td3": TD3}[algo]
+        model = cls("MlpPolicy", gym.make(env_id), seed=0, device="cpu", verbose=0)
+        start = time.perf_counter()
+        model.learn(steps)
+    else:
+        import tempfile
+
+        import ctrlrl
+
+        overrides = {**SETTINGS[algo]["ctrlrl"], "eval_every": 0, "checkpoint_every": 0,
+                     "progress": False, "tensorboard": False, "compile": compile_}
+        model = ctrlrl.make(algo, env_id, overrides, seed=0, device="cpu", total_steps=steps,
+                            run_dir=tempfile.mkdtemp(prefix="ctrlrl-speed-"))
+        model.setup_run_dir()
+        start = time.perf_counter()
+        model.learn()
+    return steps / (time.perf_counter() - start)
+
+
+def memory_worker(env_id: str) -> dict:
+    """Peak RSS of SAC with a 1M buffer whose every row has been written (pages touched)."""
+    import resource
+    import tempfile
+
+    import torch
+
+    import ctrlrl
+
+    torch.set_num_threads(1)
+    model = ctrlrl.make("sac", env_id, {"buffer_size": 1_000_000, "learning_starts": 100,
+                                        "eval_every": 0, "progress": False, "tensorboard": False,
+                                        "save_replay": False},
+                        device="cpu", total_steps=2_000, run_dir=tempfile.mkdtemp())
+    model.replay.storage.fill_(0.5)
+    model.replay.size = model.replay.capacity
+    model.learn()
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "buffer_mib": model.replay.storage.numel() * 4 / 2**20}
+
+
+def run_worker(args: list[str]) -> dict | float:
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", default="ppo,sac,td3")
+    parser.add_argument("--env", default="Hopper-v5")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time ctrlrl --compile")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--out")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if args.worker[0] == "memory":
+            print(json.dumps(memory_worker(args.worker[1])))
+        else:
+            lib, algo, env_id, steps, comp = args.worker
+            print(json.dumps(worker(lib, algo, env_id, int(steps), comp == "1")))
+        return
+
+    lines = [f"machine: {platform.processor() or platform.machine()}, "
+             f"{_cpu_name()}, python {platform.python_version()}, 1 torch thread per process",
+             f"command: python benchmarks/speed.py --algos {args.algos} --env {args.env} "
+             f"--rounds {args.rounds}{' --compile' if args.compile else ''}", ""]
+    if args.memory:
+        mem = run_worker(["memory", args.env])
+        lines.append(f"SAC on {args.env}, 1M-transition buffer fully written: buffer "
+                     f"{mem['buffer_mib']:.0f} MiB, process peak RSS {mem['peak_rss_mib']:.0f} MiB")
+    else:
+        variants = ["sb3", "ctrlrl"] + (["ctrlrl-compile"] if args.compile else [])
+        lines += ["| algo | steps | " + " | ".join(f"{v} fps (median)" for v in variants)
+                  + " | ctrlrl / sb3 | per-round fps |",
+                  "|---|---|" + "---|" * len(variants) + "---|---|"]
+        for algo in args.algos.split(","):
+            steps = SETTINGS[algo]["steps"]
+            fps: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(args.rounds):
+                for v in variants:
+                    lib = "sb3" if v == "sb3" else "ctrlrl"
+                    fps[v].append(run_worker([lib, algo, args.env, str(steps),
+                                              "1" if v == "ctrlrl-compile" else "0"]))
+            med = {v: statistics.median(x) for v, x in fps.items()}
+            rounds = "; ".join(f"{v}: " + ", ".join(f"{x:.0f}" for x in xs) for v, xs in fps.items())
+            lines.append(f"| {algo} | {steps} | " + " | ".join(f"{med[v]:.0f}" for v in variants)
+                         + f" | {med['ctrlrl'] / med['sb3']:.2f}x | {rounds} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
