@@ -15,8 +15,9 @@ from ctrlrl.core.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "algos" / "presets"
 # run settings that may differ when a run is resumed: they do not change what is computed
-RUNTIME_KEYS = {"total_steps", "device", "threads", "progress", "tensorboard", "run_dir",
-                "vec_mode", "checkpoint_every", "log_every"}
+# (`threads` is not one: on CPU a different thread count changes floating-point results)
+RUNTIME_KEYS = {"total_steps", "device", "progress", "tensorboard", "run_dir", "vec_mode",
+                "checkpoint_every", "log_every"}
 
 
 def list_algos() -> list[str]:
@@ -84,7 +85,7 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")
-    algo_obj = load(run_dir, device=run.device)
-    algo_obj.run = run
-    algo_obj.setup_run_dir(run_dir)
+    algo_obj = cls(run, cfg)
+    algo_obj.load_state(Algorithm.read_checkpoint(run_dir))
+    algo_obj.setup_run_dir(run_dir, resuming=True)
     return algo_obj

@@ -17,8 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-# quiet, fast runs: no progress bar, no TensorBoard unless a test asks for it, no evaluation
-QUIET: dict[str, Any] = {"progress": False, "tensorboard": False, "eval_every": 0}
+# quiet, fast runs: no progress bar, no TensorBoard unless a test asks for it, no evaluation;
+# one env and no normalisation unless a test asks (presets may set them per env); CPU, where
+# the design promises bit-identical results (CUDA only within a tolerance)
+QUIET: dict[str, Any] = {"progress": False, "tensorboard": False, "eval_every": 0,
+                         "n_envs": 1, "normalize_obs": False, "normalize_reward": False,
+                         "device": "cpu"}
 
 FAST: dict[str, dict[str, Any]] = {
     "ppo": {**QUIET, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "hidden_sizes": [32, 32],

@@ -88,7 +88,7 @@ def test_compute_gae_lambda_one_is_discounted_return_minus_value():
     values = rng.normal(size=(steps, 1))
     dones = np.zeros((steps, 1))
     last = rng.normal(size=1)
-    adv, ret = compute_gae(rewards, values, dones, last, 0.9, 1.0)
+    _, ret = compute_gae(rewards, values, dones, last, 0.9, 1.0)
     mc = [sum(0.9**k * rewards[t + k, 0] for k in range(steps - t)) + 0.9 ** (steps - t) * last[0]
           for t in range(steps)]
     np.testing.assert_allclose(ret[:, 0], mc, rtol=1e-12)

@@ -29,7 +29,7 @@ def test_same_step_autoreset_next_obs_is_true_final_obs():
         for t in range(1, 2 * horizon + 1):
             action = rng.uniform(-2, 2, (2, 1)).astype(np.float32)
             step = env.step(action)
-            ref_next, ref_rew, ref_term, ref_trunc, _ = ref.step(action[0])
+            ref_next, ref_rew, _, ref_trunc, _ = ref.step(action[0])
             assert step.raw_reward[0] == pytest.approx(ref_rew, rel=1e-6)
             assert arrays_equal(step.next_obs[0], ref_next.astype(np.float32))
             ended = t % horizon == 0
@@ -220,3 +220,24 @@ def test_frozen_statistics_do_not_move():
 def test_unknown_env_id_is_a_user_error():
     with pytest.raises(UserError, match="NoSuchEnv-v0"):
         VecEnv("NoSuchEnv-v0", 1)
+
+
+def test_snapshot_moves_between_async_and_sync():
+    """vec_mode is a runtime setting: an async env's snapshot continues exactly in a sync one."""
+    src = VecEnv("Pendulum-v1", 2, mode="async", normalize_obs=True)
+    dst = VecEnv("Pendulum-v1", 2, mode="sync", normalize_obs=True)
+    try:
+        rng = np.random.default_rng(3)
+        src.reset(4)
+        for _ in range(190):
+            src.step(rng.uniform(-2, 2, (2, 1)).astype(np.float32))
+        state = src.state_dict()
+        actions = rng.uniform(-2, 2, (20, 2, 1)).astype(np.float32)
+        expected = _roll(src, actions)
+        assert any(len(x[-1]) for x in expected)
+        dst.reset(0)
+        dst.load_state_dict(state)
+        _assert_same_trajectory(expected, _roll(dst, actions))
+    finally:
+        src.close()
+        dst.close()

@@ -9,6 +9,7 @@ An algorithm module is a Config dataclass plus a subclass of `OnPolicyAlgorithm`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
@@ -91,6 +92,10 @@ class Algorithm:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def maybe_compile(self, fn):
+        """`torch.compile(fn)` when the run asks for it (`--compile`), else `fn` unchanged."""
+        return torch.compile(fn, dynamic=False) if self.run.compile else fn
+
     # ---- acting ------------------------------------------------------------------------------
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         """Map a policy action to what the env accepts (clip Gaussian actions to the box)."""
@@ -114,12 +119,23 @@ class Algorithm:
         raise NotImplementedError
 
     # ---- training loop -----------------------------------------------------------------------
-    def setup_run_dir(self, run_dir: str | Path | None = None) -> Path:
-        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml."""
-        if run_dir is None:
-            run_dir = self.run.run_dir or Path("runs") / self.run.env / self.name / (
+    def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
+        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml.
+
+        A fresh run never writes into a folder that already holds a run.
+        """
+        if run_dir is None and not self.run.run_dir:
+            base = Path("runs") / self.run.env / self.name / (
                 f"{self.run.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        path = Path(run_dir)
+            path, k = base, 0
+            while path.exists():  # two runs started in the same second
+                k += 1
+                path = base.with_name(f"{base.name}-{k}")
+        else:
+            path = Path(run_dir or self.run.run_dir)
+        if not resuming and (path / "config.yaml").exists():
+            raise UserError(f"run dir {path} already holds a run; continue it with "
+                            f"--resume {path} or pass another --run-dir")
         try:
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
             (path / "config.yaml").write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
@@ -207,6 +223,7 @@ class Algorithm:
             "rng": rng,
             "extra": self.extra_state(),
             "obs": self.obs,
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
         save_checkpoint(Path(path), state)
         return Path(path)
@@ -230,13 +247,14 @@ class Algorithm:
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
+        self.metrics = dict(ckpt["metrics"])
         self.load_extra_state(ckpt["extra"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None) -> Algorithm:
         run = from_dict(RunConfig, ckpt["run"], "checkpoint run config")
-        if device is not None:
-            run = type(run)(**{**to_dict(run), "device": device})
+        # a loaded model that trains again writes a new run, never into the original one
+        run = dataclasses.replace(run, run_dir="", **({"device": device} if device else {}))
         algo = cls(run, from_dict(cls.Config, ckpt["config"], f"checkpoint {cls.name} config"))
         algo.load_state(ckpt)
         return algo

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
-from ctrlrl.core.buffers import RolloutBuffer
-from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
+from ctrlrl.core.config import check_ranges
+from ctrlrl.core.nets import MLP, adam, make_policy, orthogonal_init
 
 
 @dataclass
@@ -39,6 +40,11 @@ class PPOConfig:
     ortho_init: bool = True
     log_std_init: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("n_steps", "batch_size", "n_epochs", "learning_rate", "adam_eps"),
+                     non_negative=("clip_range", "ent_coef", "vf_coef", "max_grad_norm"),
+                     fraction=("gamma", "gae_lambda"), widths=("hidden_sizes",))
+
 
 class PPO(OnPolicyAlgorithm):
     name = "ppo"
@@ -52,12 +58,35 @@ class PPO(OnPolicyAlgorithm):
         if cfg.ortho_init:
             orthogonal_init(self.value_fn, last_gain=1.0)
         self.params = [*self.policy.parameters(), *self.value_fn.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps,
-                                          foreach=True)
+        self.optimizer = adam(self.params, cfg.learning_rate, cfg.adam_eps)
         self.rollout = self.make_rollout_buffer()
+        self._loss = self.maybe_compile(self.loss)
 
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn, "optimizer": self.optimizer}
+
+    def loss(self, b: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clipped-surrogate loss of one minibatch; also (stats row, approx KL) for logging."""
+        cfg = self.cfg
+        adv = b.advantages
+        if cfg.normalize_advantage and len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
+        log_ratio = log_prob - b.log_probs
+        ratio = log_ratio.exp()
+        clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+        pg_loss = -torch.min(adv * ratio, adv * clipped).mean()
+        value = self.value(b.obs)
+        if cfg.clip_range_vf is not None:
+            value = b.values + (value - b.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        value_loss = F.mse_loss(value, b.returns)
+        entropy_loss = -entropy.mean()
+        loss = pg_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
+            stats = torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss])
+        return loss, stats, approx_kl
 
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
@@ -68,32 +97,15 @@ class PPO(OnPolicyAlgorithm):
         for _ in range(cfg.n_epochs):
             epoch_kl = []
             for b in rollout.minibatches(cfg.batch_size):
-                adv = b.advantages
-                if cfg.normalize_advantage and len(adv) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-
-                log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
-                log_ratio = log_prob - b.log_probs
-                ratio = log_ratio.exp()
-                pg_loss = -torch.min(adv * ratio,
-                                     adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
-                value = self.value(b.obs)
-                if cfg.clip_range_vf is not None:
-                    value = b.values + (value - b.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                value_loss = F.mse_loss(value, b.returns)
-                entropy_loss = -entropy.mean()
-                loss = pg_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
-
+                loss, stats_row, approx_kl = self._loss(b)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
                 self.n_updates += 1
 
-                with torch.no_grad():
-                    epoch_kl.append(((ratio - 1) - log_ratio).mean())
-                    clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-                    stats.append(torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss]))
+                epoch_kl.append(approx_kl)
+                stats.append(stats_row)
             kl = torch.stack(epoch_kl).mean()
             if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
                 break
@@ -108,4 +120,4 @@ class PPO(OnPolicyAlgorithm):
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
         if hasattr(self.policy, "log_std"):
-            self.metrics["std"] = self.policy.log_std.exp().mean()
+            self.metrics["std"] = self.policy.log_std.exp().mean().detach()

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
-from ctrlrl.core.nets import QEnsemble, TanhGaussianPolicy, soft_update
+from ctrlrl.core.config import check_ranges
+from ctrlrl.core.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
 
 
 @dataclass
@@ -32,6 +33,12 @@ class SACConfig:
     n_critics: int = 2
     save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
 
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("buffer_size", "batch_size", "gradient_steps", "learning_rate",
+                                     "tau", "ent_coef", "n_critics"),
+                     non_negative=("learning_starts",), fraction=("gamma", "tau"),
+                     widths=("hidden_sizes",))
+
 
 class SAC(OffPolicyAlgorithm):
     name = "sac"
@@ -40,15 +47,16 @@ class SAC(OffPolicyAlgorithm):
     def build(self) -> None:
         cfg = self.cfg
         self.build_replay()
-        self.actor = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.hidden_sizes).to(self.device)
-        self.critic = QEnsemble(self.obs_dim, self.act_dim, cfg.hidden_sizes, cfg.n_critics).to(self.device)
+        obs_dim, act_dim, device = self.obs_dim, self.act_dim, self.device
+        self.actor = TanhGaussianPolicy(obs_dim, act_dim, cfg.hidden_sizes).to(device)
+        self.critic = QEnsemble(obs_dim, act_dim, cfg.hidden_sizes, cfg.n_critics).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(float(cfg.ent_coef), device=self.device).log().requires_grad_(cfg.autotune)
-        self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy
-        adam = dict(lr=cfg.learning_rate, foreach=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **adam)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), **adam)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], **adam)
+        log_alpha = torch.tensor(float(cfg.ent_coef), device=device).log()
+        self.log_alpha = log_alpha.requires_grad_(cfg.autotune)
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.actor_opt = adam(self.actor.parameters(), cfg.learning_rate)
+        self.critic_opt = adam(self.critic.parameters(), cfg.learning_rate)
+        self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
 
     def state_modules(self):
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,

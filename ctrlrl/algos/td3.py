@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
-from ctrlrl.core.nets import DeterministicPolicy, QEnsemble, soft_update
+from ctrlrl.core.config import check_ranges
+from ctrlrl.core.nets import DeterministicPolicy, QEnsemble, adam, soft_update
 
 
 @dataclass
@@ -32,6 +33,13 @@ class TD3Config:
     hidden_sizes: tuple[int, ...] = (256, 256)
     save_replay: bool = True
 
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("buffer_size", "batch_size", "gradient_steps", "learning_rate",
+                                     "tau", "policy_delay"),
+                     non_negative=("learning_starts", "target_policy_noise", "target_noise_clip",
+                                   "exploration_noise"),
+                     fraction=("gamma", "tau"), widths=("hidden_sizes",))
+
 
 class TD3(OffPolicyAlgorithm):
     name = "td3"
@@ -40,12 +48,13 @@ class TD3(OffPolicyAlgorithm):
     def build(self) -> None:
         cfg = self.cfg
         self.build_replay()
-        self.actor = DeterministicPolicy(self.obs_dim, self.act_dim, cfg.hidden_sizes).to(self.device)
+        obs_dim, act_dim, device = self.obs_dim, self.act_dim, self.device
+        self.actor = DeterministicPolicy(obs_dim, act_dim, cfg.hidden_sizes).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = QEnsemble(self.obs_dim, self.act_dim, cfg.hidden_sizes, 2).to(self.device)
+        self.critic = QEnsemble(obs_dim, act_dim, cfg.hidden_sizes, 2).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate, foreach=True)
+        self.actor_opt = adam(self.actor.parameters(), cfg.learning_rate)
+        self.critic_opt = adam(self.critic.parameters(), cfg.learning_rate)
 
     def state_modules(self):
         return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,

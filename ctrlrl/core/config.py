@@ -20,6 +20,32 @@ import yaml
 from ctrlrl.core.errors import UserError
 
 
+def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                 fraction: tuple[str, ...] = (), widths: tuple[str, ...] = ()) -> None:
+    """Raise a UserError naming the first setting outside its range.
+
+    positive: > 0; non_negative: ≥ 0; fraction: in [0, 1]; widths: a non-empty list of
+    positive layer sizes. Called from each config's `__post_init__`, so every way of building a
+    config (defaults, presets, --set, checkpoints) is checked.
+    """
+    def bad(key: str, need: str) -> UserError:
+        return UserError(f"setting {key}={getattr(cfg, key)!r} is out of range: need {need}")
+
+    for key in positive:
+        if not getattr(cfg, key) > 0:
+            raise bad(key, "a value > 0")
+    for key in non_negative:
+        if not getattr(cfg, key) >= 0:
+            raise bad(key, "a value >= 0")
+    for key in fraction:
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise bad(key, "a value in [0, 1]")
+    for key in widths:
+        sizes = getattr(cfg, key)
+        if not sizes or any(int(w) <= 0 for w in sizes):
+            raise bad(key, "a non-empty list of positive layer sizes, e.g. [256,256]")
+
+
 @dataclass
 class RunConfig:
     """Everything about a run that is not an algorithm hyperparameter."""
@@ -42,6 +68,10 @@ class RunConfig:
     run_dir: str = ""  # empty: runs/<env>/<algo>/<seed>-<time>
     tensorboard: bool = True
     progress: bool = True  # console progress bar
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("n_envs", "eval_episodes", "threads", "clip_obs"),
+                     non_negative=("total_steps", "eval_every", "checkpoint_every", "log_every"))
 
 
 def config_fields(cfg_type: type) -> dict[str, Any]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -104,8 +105,13 @@ def _set_mujoco_state(env: gym.Env, state: np.ndarray) -> None:
     mujoco.mj_forward(env.model, env.data)
 
 
-def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any]) -> gym.Env:
+def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any], subprocess: bool) -> gym.Env:
     import ctrlrl.envs  # noqa: F401  (subprocesses need the registrations too)
+
+    if subprocess:
+        # a terminal's Ctrl-C reaches the whole process group; the main process handles it
+        # (finish the iteration, checkpoint), so workers must not die on it first
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return SnapshotWrapper(gym.make(env_id, **env_kwargs), index)
 
@@ -169,7 +175,8 @@ class VecEnv:
             raise UserError(f"vec_mode {mode!r} is not known; use sync or async")
         if n_envs < 1:
             raise UserError(f"n_envs={n_envs}: need at least one environment")
-        fns = [partial(_make_one, env_id, i, env_kwargs or {}) for i in range(n_envs)]
+        fns = [partial(_make_one, env_id, i, env_kwargs or {}, mode == "async")
+               for i in range(n_envs)]
         vec_cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
         self.envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
         self.env_id, self.n_envs = env_id, n_envs

@@ -263,3 +263,8 @@ class QEnsemble(nn.Module):
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging θ_targ ← (1 − τ)·θ_targ + τ·θ, in one fused call over all tensors."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def adam(params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with the fused kernel (one call for all parameters; CPU and CUDA)."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
