@@ -143,7 +143,7 @@ class Algorithm:
             raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
                             "pass --run-dir with a writable folder") from None
         self.run_dir = path
-        self.run = type(self.run)(**{**to_dict(self.run), "run_dir": str(path)})
+        self.run = dataclasses.replace(self.run, run_dir=str(path))
         return path
 
     def config_dict(self) -> dict[str, Any]:
@@ -157,7 +157,7 @@ class Algorithm:
     def learn(self, total_steps: int | None = None) -> Algorithm:
         """Train until `total_steps` env steps (default: the run config's)."""
         if total_steps is not None:
-            self.run = type(self.run)(**{**to_dict(self.run), "total_steps": total_steps})
+            self.run = dataclasses.replace(self.run, total_steps=total_steps)
         if self.run_dir is None:
             self.setup_run_dir()
         run = self.run

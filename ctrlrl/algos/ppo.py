@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import MLP, adam, make_policy, orthogonal_init
+from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
 
 
 @dataclass
@@ -57,8 +57,8 @@ class PPO(OnPolicyAlgorithm):
         self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
         if cfg.ortho_init:
             orthogonal_init(self.value_fn, last_gain=1.0)
-        self.params = [*self.policy.parameters(), *self.value_fn.parameters()]
-        self.optimizer = adam(self.params, cfg.learning_rate, cfg.adam_eps)
+        self.flat = FlatParams(self.policy, self.value_fn)  # one optimiser over both nets
+        self.optimizer = adam([self.flat.param], cfg.learning_rate, cfg.adam_eps)
         self.rollout = self.make_rollout_buffer()
         self._loss = self.maybe_compile(self.loss)
 
@@ -98,9 +98,9 @@ class PPO(OnPolicyAlgorithm):
             epoch_kl = []
             for b in rollout.minibatches(cfg.batch_size):
                 loss, stats_row, approx_kl = self._loss(b)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.flat.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
 

@@ -14,7 +14,7 @@ import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import QEnsemble, TanhGaussianPolicy, adam, soft_update
+from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, adam, soft_update
 
 
 @dataclass
@@ -54,8 +54,9 @@ class SAC(OffPolicyAlgorithm):
         log_alpha = torch.tensor(float(cfg.ent_coef), device=device).log()
         self.log_alpha = log_alpha.requires_grad_(cfg.autotune)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.actor_opt = adam(self.actor.parameters(), cfg.learning_rate)
-        self.critic_opt = adam(self.critic.parameters(), cfg.learning_rate)
+        self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
+        self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
+        self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
         self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
 
     def state_modules(self):
@@ -87,13 +88,13 @@ class SAC(OffPolicyAlgorithm):
             target = b.rewards + cfg.gamma * (1 - b.terminated) * (next_q - alpha * next_log_prob)
         q = self.critic(b.obs, b.actions)
         critic_loss = 0.5 * ((q - target) ** 2).mean(1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
 
         q_pi = self.critic(b.obs, pi_action, detach_params=True).min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
+        self.actor_flat.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()
 

@@ -14,7 +14,7 @@ import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import DeterministicPolicy, QEnsemble, adam, soft_update
+from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, soft_update
 
 
 @dataclass
@@ -53,8 +53,9 @@ class TD3(OffPolicyAlgorithm):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = QEnsemble(obs_dim, act_dim, cfg.hidden_sizes, 2).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = adam(self.actor.parameters(), cfg.learning_rate)
-        self.critic_opt = adam(self.critic.parameters(), cfg.learning_rate)
+        self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
+        self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
+        self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
 
     def state_modules(self):
         return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,
@@ -79,14 +80,14 @@ class TD3(OffPolicyAlgorithm):
             target = b.rewards + cfg.gamma * (1 - b.terminated) * next_q
         q = self.critic(b.obs, b.actions)
         critic_loss = ((q - target) ** 2).mean(1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
         self.metrics["critic_loss"] = critic_loss.detach()
 
         if (self.n_updates + 1) % cfg.policy_delay == 0:
             actor_loss = -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean()
-            self.actor_opt.zero_grad(set_to_none=True)
+            self.actor_flat.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             soft_update(self.actor_target, self.actor, cfg.tau)

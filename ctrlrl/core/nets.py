@@ -85,9 +85,10 @@ class GaussianPolicy(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.net(obs)
-        log_std = self.log_std.expand_as(mean)
-        action = mean + torch.exp(log_std) * torch.randn_like(mean)
-        return action, gaussian_log_prob(action, mean, log_std)
+        noise = torch.randn_like(mean)
+        action = mean + torch.exp(self.log_std) * noise
+        # log N(action) from the standard-normal draw directly: (action − mean)/std is `noise`
+        return action, (-0.5 * noise.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
 
     def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
         mean = self.net(obs)
@@ -268,3 +269,35 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 def adam(params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam with the fused kernel (one call for all parameters; CPU and CUDA)."""
     return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
+
+
+class FlatParams:
+    """The parameters of some modules re-seated as views into one flat tensor, grads likewise.
+
+    Small RL networks spend most of an update in per-tensor overhead: zeroing, norm-clipping and
+    Adam each touch a dozen tensors. With one flat parameter they are one op each, and the
+    optimiser sees a single tensor. Build it after `.to(device)` and after copying any target
+    networks; zero grads with `zero_grad()` (never `set_to_none`, which would unhook the views).
+    """
+
+    def __init__(self, *modules: nn.Module):
+        params = [p for m in modules for p in m.parameters()]
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        grad = torch.zeros_like(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = flat[offset:offset + n].view_as(p)
+            p.grad = grad[offset:offset + n].view_as(p)  # backward accumulates into this view
+            offset += n
+        self.param = nn.Parameter(flat)  # shares storage with the modules' parameters
+        self.param.grad = grad
+
+    def zero_grad(self) -> None:
+        self.param.grad.zero_()
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradient to global L2 norm ≤ max_norm; returns the norm before clipping."""
+        norm = torch.linalg.vector_norm(self.param.grad)
+        self.param.grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
+        return norm
