@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
+from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, adam, soft_update
 
@@ -58,6 +59,7 @@ class SAC(OffPolicyAlgorithm):
         self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
         self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
         self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
+        self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
@@ -69,6 +71,16 @@ class SAC(OffPolicyAlgorithm):
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor.mode(obs)
+
+    def critic_loss(self, b: Batch, alpha: torch.Tensor) -> torch.Tensor:
+        """Soft Bellman error of every Q head against the min-of-targets soft value."""
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(b.next_obs)
+            next_q = self.critic_target(b.next_obs, next_action).min(0).values
+            soft_value = next_q - alpha * next_log_prob
+            target = b.rewards + self.cfg.gamma * (1 - b.terminated) * soft_value
+        q = self.critic(b.obs, b.actions)
+        return 0.5 * ((q - target) ** 2).mean(1).sum()
 
     def update(self) -> None:
         cfg = self.cfg
@@ -82,12 +94,7 @@ class SAC(OffPolicyAlgorithm):
             alpha_loss.backward()
             self.alpha_opt.step()
 
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(b.next_obs)
-            next_q = self.critic_target(b.next_obs, next_action).min(0).values
-            target = b.rewards + cfg.gamma * (1 - b.terminated) * (next_q - alpha * next_log_prob)
-        q = self.critic(b.obs, b.actions)
-        critic_loss = 0.5 * ((q - target) ** 2).mean(1).sum()
+        critic_loss = self._critic_loss(b, alpha)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()

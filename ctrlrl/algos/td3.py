@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ctrlrl.algos.base import OffPolicyAlgorithm
+from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, soft_update
 
@@ -56,6 +57,7 @@ class TD3(OffPolicyAlgorithm):
         self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
         self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
         self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
+        self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
         return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,
@@ -69,9 +71,9 @@ class TD3(OffPolicyAlgorithm):
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(obs)
 
-    def update(self) -> None:
+    def critic_loss(self, b: Batch) -> torch.Tensor:
+        """Bellman error of both Q heads against the clipped double-Q target with smoothing."""
         cfg = self.cfg
-        b = self.replay.sample(cfg.batch_size)
         with torch.no_grad():
             noise = (cfg.target_policy_noise * torch.randn_like(b.actions)).clamp(
                 -cfg.target_noise_clip, cfg.target_noise_clip)
@@ -79,7 +81,12 @@ class TD3(OffPolicyAlgorithm):
             next_q = self.critic_target(b.next_obs, next_action).min(0).values
             target = b.rewards + cfg.gamma * (1 - b.terminated) * next_q
         q = self.critic(b.obs, b.actions)
-        critic_loss = ((q - target) ** 2).mean(1).sum()
+        return ((q - target) ** 2).mean(1).sum()
+
+    def update(self) -> None:
+        cfg = self.cfg
+        b = self.replay.sample(cfg.batch_size)
+        critic_loss = self._critic_loss(b)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
