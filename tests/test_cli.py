@@ -238,3 +238,28 @@ def test_out_of_range_settings_are_user_errors(algo, setting, tmp_path, capsys):
     code = cli.main([*args, "--set", setting])
     assert code != 0
     assert_one_line_error(capsys.readouterr().err, key)
+
+
+def test_diverged_training_stops_with_a_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch):
+    """A non-finite loss ends the run with a UserError before NaN weights are checkpointed."""
+    import ctrlrl
+    from ctrlrl.algos.sac import SAC
+
+    run_dir = tmp_path / "r"
+    overrides = {"progress": False, "tensorboard": False, "eval_every": 0, "n_envs": 1,
+                 "learning_starts": 20, "log_every": 20, "checkpoint_every": 20,
+                 "hidden_sizes": [16, 16], "batch_size": 8}
+    algo = ctrlrl.make("sac", "Pendulum-v1", overrides, total_steps=40, run_dir=str(run_dir))
+    algo.learn()
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    good = ckpt.read_bytes()
+    real_update = SAC.update
+
+    def diverging_update(self):
+        real_update(self)
+        self.metrics["critic_loss"] = torch.tensor(float("nan"))
+
+    monkeypatch.setattr(SAC, "update", diverging_update)
+    with pytest.raises(ctrlrl.UserError, match=r"diverged: train/critic_loss is nan at step 60"):
+        algo.learn(total_steps=100)
+    assert ckpt.read_bytes() == good

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -192,7 +193,12 @@ class Algorithm:
         logger.record("time/total_timesteps", self.step)
         logger.record("train/n_updates", self.n_updates)
         for key, value in self.metrics.items():
-            logger.record(f"train/{key}", value.item() if torch.is_tensor(value) else value)
+            value = value.item() if torch.is_tensor(value) else value
+            if not math.isfinite(value):  # stop before a checkpoint of NaN weights replaces a good one
+                raise UserError(f"training diverged: train/{key} is {value} at step {self.step}; "
+                                f"the last checkpoint is {self.checkpoint_path}; lower the "
+                                "learning_rate or check the env's rewards for NaN/inf")
+            logger.record(f"train/{key}", value)
         logger.dump(self.step)
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
