@@ -17,13 +17,13 @@ import numpy as np
 EVAL_EPISODES = 10
 SEEDS = (0, 1, 2)
 SETTINGS = {
-    "ppo": {"env": "InvertedPendulum-v5", "total_steps": 24_576,
-            "config": {"n_steps": 1024, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4,
+    "ppo": {"env": "InvertedPendulum-v5", "total_steps": 20_480,
+            "config": {"n_steps": 1024, "batch_size": 64, "n_epochs": 10, "learning_rate": 1e-3,
                        "hidden_sizes": [64, 64]}},
-    "sac": {"env": "Pendulum-v1", "total_steps": 6_000,
+    "sac": {"env": "Pendulum-v1", "total_steps": 5_000,
             "config": {"learning_starts": 1_000, "batch_size": 256, "learning_rate": 1e-3,
                        "hidden_sizes": [64, 64]}},
-    "td3": {"env": "Pendulum-v1", "total_steps": 6_000,
+    "td3": {"env": "Pendulum-v1", "total_steps": 7_000,
             "config": {"learning_starts": 1_000, "batch_size": 256, "learning_rate": 1e-3,
                        "hidden_sizes": [64, 64], "exploration_noise": 0.1}},
 }

@@ -8,9 +8,16 @@ torch 2.13.0 CPU, one thread) with `python benchmarks/sb3_reference.py ALGO`:
 
 | test | env | budget | SB3 per seed (0, 1, 2) | SB3 mean |
 |---|---|---|---|---|
-| ppo | InvertedPendulum-v5 | 24,576 steps | 1000.0, 1000.0, 1000.0 | 1000.0 |
-| sac | Pendulum-v1 | 6,000 steps | -99.2, -174.1, -396.7 | -223.3 |
-| td3 | Pendulum-v1 | 6,000 steps | -166.5, -323.1, -175.6 | -221.7 |
+| ppo | InvertedPendulum-v5 | 20,480 steps | 1000.0, 1000.0, 1000.0 | 1000.0 |
+| sac | Pendulum-v1 | 5,000 steps | -100.6, -178.9, -414.8 | -231.4 |
+| td3 | Pendulum-v1 | 7,000 steps | -134.6, -221.0, -133.1 | -162.9 |
+
+The budgets are where SB3 has clearly learned yet each test runs in well under a minute. PPO uses
+learning_rate 1e-3 (at the paper's 3e-4 neither library is reliably at 1000 before ~28k steps).
+The two libraries evaluate from different start states (SB3 runs 10 episodes on one env seeded
+seed+10000; ctrlrl one episode on each of 10 envs seeded seed+10000+i), which alone moves a
+Pendulum 10-episode mean by about ±25; the measured margins are larger than that
+(ctrlrl at the time of writing: SAC -128.1, TD3 -143.9).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 from sb3_reference import EVAL_EPISODES, SEEDS, SETTINGS
 
-SB3_MEAN = {"ppo": 1000.0, "sac": -223.3, "td3": -221.7}
+SB3_MEAN = {"ppo": 1000.0, "sac": -231.4, "td3": -162.9}
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac", "td3"])
@@ -34,7 +41,8 @@ def test_reaches_stable_baselines3(algo, tmp_path):
     s = SETTINGS[algo]
     # SB3 does not normalise unless asked: neither do we here (the presets would)
     overrides = {**s["config"], "normalize_obs": False, "normalize_reward": False, "n_envs": 1,
-                 "eval_every": 0, "progress": False, "tensorboard": False, "threads": 1}
+                 "eval_every": 0, "progress": False, "tensorboard": False, "threads": 1,
+                 **({"save_replay": False} if algo != "ppo" else {})}
     per_seed = []
     for seed in SEEDS:
         model = ctrlrl.make(algo, s["env"], overrides, seed=seed, device="cpu",
