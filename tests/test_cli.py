@@ -263,3 +263,15 @@ def test_diverged_training_stops_with_a_clear_error_and_keeps_checkpoint(tmp_pat
     with pytest.raises(ctrlrl.UserError, match=r"diverged: train/critic_loss is nan at step 60"):
         algo.learn(total_steps=100)
     assert ckpt.read_bytes() == good
+
+
+def test_every_evaluation_is_logged_even_between_log_dumps(tmp_path):
+    import ctrlrl
+
+    run_dir = tmp_path / "r"
+    overrides = {"progress": False, "tensorboard": False, "n_envs": 1, "eval_every": 100,
+                 "eval_episodes": 2, "log_every": 1000, "learning_starts": 50,
+                 "hidden_sizes": [16, 16], "batch_size": 8}
+    ctrlrl.make("td3", "Pendulum-v1", overrides, total_steps=400, run_dir=str(run_dir)).learn()
+    steps = [row["step"] for row in read_metrics(run_dir) if "eval/mean_reward" in row]
+    assert steps == [100, 200, 300, 400]

@@ -213,6 +213,7 @@ class Algorithm:
         returns = self.evaluate()
         logger.record("eval/mean_reward", returns.mean())
         logger.record("eval/std_reward", returns.std())
+        logger.dump(self.step)  # now: evaluations may come more often than log dumps
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
