@@ -17,7 +17,7 @@ PRESET_DIR = Path(__file__).parent / "algos" / "presets"
 # run settings that may differ when a run is resumed: they do not change what is computed
 # (`threads` is not one: on CPU a different thread count changes floating-point results)
 RUNTIME_KEYS = {"total_steps", "device", "progress", "tensorboard", "run_dir", "vec_mode",
-                "checkpoint_every", "log_every"}
+                "checkpoint_every", "log_every", "eval_every", "eval_episodes"}
 
 
 def list_algos() -> list[str]:
@@ -51,10 +51,13 @@ def make(algo: str, env: str = "Hopper-v5", overrides: dict[str, Any] | None = N
     return cls(run, cfg)
 
 
-def load(path: str | Path, device: str | None = None) -> Algorithm:
-    """An algorithm restored from a checkpoint file or a run dir, ready to `predict` or `learn`."""
+def load(path: str | Path, device: str | None = None, replay: bool = True) -> Algorithm:
+    """An algorithm restored from a checkpoint file or a run dir, ready to `predict` or `learn`.
+
+    `replay=False` skips the stored replay buffer: quicker and lighter when only acting.
+    """
     ckpt = Algorithm.read_checkpoint(path)
-    return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device)
+    return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device, extra=replay)
 
 
 def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,

@@ -97,7 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ctrlrl import api
 
-    algo = api.load(args.path, device=args.device)
+    algo = api.load(args.path, device=args.device, replay=False)
     returns = algo.evaluate(args.episodes, args.seed)
     print(f"{algo.name} on {algo.run.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
           f"over {len(returns)} deterministic episodes")

@@ -275,3 +275,32 @@ def test_every_evaluation_is_logged_even_between_log_dumps(tmp_path):
     ctrlrl.make("td3", "Pendulum-v1", overrides, total_steps=400, run_dir=str(run_dir)).learn()
     steps = [row["step"] for row in read_metrics(run_dir) if "eval/mean_reward" in row]
     assert steps == [100, 200, 300, 400]
+
+
+def test_negative_seed_is_one_line(tmp_path, capsys):
+    code = cli.main(["train", "ppo", "--env", "Pendulum-v1", "--run-dir", str(tmp_path / "r"),
+                     "--seed", "-1"])
+    assert code != 0
+    assert_one_line_error(capsys.readouterr().err, "seed")
+
+
+def test_unsupported_observation_space_is_one_line(tmp_path, capsys):
+    code = cli.main(["train", "ppo", "--env", "FrozenLake-v1", "--run-dir", str(tmp_path / "r")])
+    assert code != 0
+    assert_one_line_error(capsys.readouterr().err, "FrozenLake-v1")
+
+
+def test_scientific_notation_in_set_is_a_number(tmp_path):
+    from ctrlrl.api import resolve
+    from ctrlrl.core.config import parse_set
+
+    _, _, cfg = resolve("sac", "Pendulum-v1", parse_set(["learning_rate=1e-4",
+                                                            "buffer_size=1e5"]))
+    assert cfg.learning_rate == 1e-4 and cfg.buffer_size == 100_000
+
+
+def test_off_policy_refuses_normalisation(tmp_path):
+    import ctrlrl
+
+    with pytest.raises(ctrlrl.UserError, match="normalize_obs"):
+        ctrlrl.make("sac", "Pendulum-v1", {"normalize_obs": True}, run_dir=str(tmp_path / "r"))

@@ -79,23 +79,24 @@ def test_resume_equals_straight_run(algo, tmp_path):
     resumed.close()
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac"])
-def test_resume_equals_straight_run_with_normalisation_and_eval(algo, tmp_path):
-    extra = {"normalize_obs": True, "normalize_reward": True, "n_envs": 2,
+@pytest.mark.parametrize(("algo", "normalize"), [("ppo", True), ("sac", False)])
+def test_resume_equals_straight_run_with_normalisation_and_eval(algo, normalize, tmp_path):
+    extra = {"normalize_obs": normalize, "normalize_reward": normalize, "n_envs": 2,
              "eval_every": STEPS[algo], "eval_episodes": 2}
     straight, resumed = _straight_and_resumed(algo, tmp_path, extra, ckpt_every=(10, 0))
     rows_s, rows_r = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
     assert any("eval/mean_reward" in r for r in rows_s)
     assert rows_s == rows_r
     assert_same_state(straight, resumed)
-    assert np.array_equal(straight.env.obs_rms.mean, resumed.env.obs_rms.mean)
+    if normalize:
+        assert np.array_equal(straight.env.obs_rms.mean, resumed.env.obs_rms.mean)
     straight.close()
     resumed.close()
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_save_load_predict(algo, tmp_path):
-    a = make_algo(algo, tmp_path / "run", seed=2, normalize_obs=True).learn()
+    a = make_algo(algo, tmp_path / "run", seed=2, normalize_obs=algo == "ppo").learn()
     path = a.save(tmp_path / "model.pt")
     b = ctrlrl.load(path)
     c = ctrlrl.load(tmp_path / "run")  # a run dir resolves to checkpoints/latest.pt
@@ -184,8 +185,9 @@ def test_evaluation_does_not_perturb_training(tmp_path):
     rows_b = read_metrics(tmp_path / "b")
     assert sum("eval/mean_reward" in r for r in rows_b) == 3
     assert_same_state(a, b)
-    strip = [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rows_b]
-    assert strip == read_metrics(tmp_path / "a")
+    # evaluations are logged in rows of their own; the training rows must be unchanged
+    train_rows = [r for r in rows_b if not any(k.startswith("eval/") for k in r)]
+    assert train_rows == read_metrics(tmp_path / "a")
     a.close()
     b.close()
 

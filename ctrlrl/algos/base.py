@@ -134,10 +134,12 @@ class Algorithm:
                 path = base.with_name(f"{base.name}-{k}")
         else:
             path = Path(run_dir or self.run.run_dir)
-        if not resuming and (path / "config.yaml").exists():
+        if not resuming and (path / "checkpoints" / CHECKPOINT_NAME).exists():
             raise UserError(f"run dir {path} already holds a run; continue it with "
                             f"--resume {path} or pass another --run-dir")
         try:
+            if not resuming:  # a run that died before its first checkpoint leaves only logs
+                (path / "metrics.jsonl").unlink(missing_ok=True)
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
             (path / "config.yaml").write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
         except OSError as exc:
@@ -203,8 +205,12 @@ class Algorithm:
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
         """Returns of deterministic episodes on a separate, unnormalised env."""
-        n = episodes or self.run.eval_episodes
+        n = self.run.eval_episodes if episodes is None else episodes
+        if n < 1:
+            raise UserError(f"episodes={n}: evaluate at least one episode")
         if self._eval_env is None or self._eval_env.n_envs != n:
+            if self._eval_env is not None:
+                self._eval_env.close()
             self._eval_env = VecEnv(self.run.env, n)
         seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
         return evaluate(self.predict, self._eval_env, seed)
@@ -217,6 +223,13 @@ class Algorithm:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        for key, module in self.state_modules().items():
+            if isinstance(module, nn.Module) and not all(
+                    torch.isfinite(t).all() for t in module.state_dict().values()
+                    if t.is_floating_point()):
+                raise UserError(f"training diverged: {key} has NaN/inf weights at step {self.step}"
+                                f"; not overwriting the last checkpoint {path}; lower the "
+                                "learning_rate or check the env's rewards for NaN/inf")
         rng = {"torch": torch.get_rng_state(), "numpy": self.np_rng.bit_generator.state}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -235,14 +248,19 @@ class Algorithm:
         save_checkpoint(Path(path), state)
         return Path(path)
 
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Restore everything a checkpoint holds, for exact continuation."""
+    def load_state(self, ckpt: dict[str, Any], extra: bool = True) -> None:
+        """Restore everything a checkpoint holds, for exact continuation.
+
+        `extra=False` skips the algorithm's extra state (the replay buffer): enough to act.
+        """
         if ckpt["algo"] != self.name:
             raise UserError(f"checkpoint is for {ckpt['algo']!r}, not {self.name!r}")
         modules = self.state_modules()
         try:
             for key, module in modules.items():
                 module.load_state_dict(ckpt["modules"][key])
+            if extra:
+                self.load_extra_state(ckpt["extra"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"checkpoint does not fit this {self.name} configuration "
                             f"({str(exc).splitlines()[0]}); load it with its own config") from None
@@ -255,15 +273,15 @@ class Algorithm:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
         self.metrics = dict(ckpt["metrics"])
-        self.load_extra_state(ckpt["extra"])
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None) -> Algorithm:
+    def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None,
+                        extra: bool = True) -> Algorithm:
         run = from_dict(RunConfig, ckpt["run"], "checkpoint run config")
         # a loaded model that trains again writes a new run, never into the original one
         run = dataclasses.replace(run, run_dir="", **({"device": device} if device else {}))
         algo = cls(run, from_dict(cls.Config, ckpt["config"], f"checkpoint {cls.name} config"))
-        algo.load_state(ckpt)
+        algo.load_state(ckpt, extra)
         return algo
 
     @staticmethod
@@ -286,7 +304,8 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 @contextlib.contextmanager
 def _deferred_sigint():
-    """First Ctrl-C: finish the current iteration, checkpoint, stop. Second: abort at once.
+    """First Ctrl-C (or SIGTERM, e.g. a preempted job): finish the current iteration,
+    checkpoint, stop. A second one aborts at once.
 
     Either way the checkpoint on disk stays intact: it is only ever replaced atomically.
     """
@@ -302,11 +321,12 @@ def _deferred_sigint():
         print("\nCtrl-C: finishing this iteration and saving a checkpoint "
               "(press again to abort)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: flag["hit"]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class OnPolicyAlgorithm(Algorithm):
@@ -380,6 +400,10 @@ class OffPolicyAlgorithm(Algorithm):
                 or not np.all(np.isfinite(space.high)):
             raise UserError(f"{self.name} needs a bounded continuous (Box) action space; "
                             f"{self.run.env} has {space}")
+        if self.run.normalize_obs or self.run.normalize_reward:
+            # stored transitions would mix the statistics of the moment each was collected
+            raise UserError(f"{self.name} does not support normalize_obs/normalize_reward; "
+                            "drop those settings")
         self.act_dim = int(np.prod(space.shape))
         self._act_low, self._act_high = space.low, space.high
         self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
@@ -408,7 +432,9 @@ class OffPolicyAlgorithm(Algorithm):
         self.obs = step.obs
         self.step += n
         self.episodes.extend(step.episodes)
-        if self.step >= self.cfg.learning_starts:
+        # after a resume without a stored replay buffer, refill it before learning again
+        warm = min(self.cfg.learning_starts, self.replay.capacity)
+        if self.step >= self.cfg.learning_starts and self.replay.size >= max(warm, 1):
             for _ in range(self.cfg.gradient_steps):
                 self.update()
                 self.n_updates += 1

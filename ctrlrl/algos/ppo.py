@@ -91,8 +91,10 @@ class PPO(OnPolicyAlgorithm):
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
         if cfg.anneal_lr:
+            # fraction of training left when this rollout began (total_steps sets the schedule)
+            started = self.step - cfg.n_steps * self.run.n_envs
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * max(
-                0.0, 1.0 - self.step / self.run.total_steps)
+                0.0, 1.0 - started / self.run.total_steps)
         stats: list[torch.Tensor] = []
         for _ in range(cfg.n_epochs):
             epoch_kl = []

@@ -23,7 +23,7 @@ class SACConfig:
     buffer_size: int = 1_000_000
     learning_starts: int = 10_000  # uniform-random steps before learning
     batch_size: int = 256
-    gradient_steps: int = 1  # per env step
+    gradient_steps: int = 1  # per vector step (n_envs transitions)
     learning_rate: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005

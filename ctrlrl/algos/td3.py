@@ -23,7 +23,7 @@ class TD3Config:
     buffer_size: int = 1_000_000
     learning_starts: int = 25_000
     batch_size: int = 256
-    gradient_steps: int = 1
+    gradient_steps: int = 1  # per vector step (n_envs transitions)
     learning_rate: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005

@@ -1,4 +1,5 @@
-"""Rollout and replay storage as preallocated tensors on the training device."""
+"""Rollout storage (host arrays, moved to the device once per rollout) and replay storage
+(one preallocated tensor on the training device)."""
 
 from __future__ import annotations
 
@@ -158,7 +159,9 @@ class ReplayBuffer:
         return Batch(o, a, r.squeeze(1), o2, d.squeeze(1))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"storage": self.storage[: self.size].cpu(), "pos": self.pos, "size": self.size}
+        # clone: saving a view would write the whole preallocated storage behind it
+        return {"storage": self.storage[: self.size].cpu().clone(), "pos": self.pos,
+                "size": self.size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         stored = state["storage"]

@@ -71,7 +71,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("n_envs", "eval_episodes", "threads", "clip_obs"),
-                     non_negative=("total_steps", "eval_every", "checkpoint_every", "log_every"))
+                     non_negative=("seed", "total_steps", "eval_every", "checkpoint_every",
+                                   "log_every"))
 
 
 def config_fields(cfg_type: type) -> dict[str, Any]:
@@ -105,6 +106,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise UserError(f"setting {key}={value!r}: expected true or false")
+    if typ in (int, float) and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads `1e-4` and `1e6` as strings: a float needs a dot there
+        try:
+            value = float(value)
+        except ValueError:
+            raise UserError(f"setting {key}={value!r}: expected a number") from None
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
             raise UserError(f"setting {key}={value!r}: expected an integer")
@@ -176,6 +183,9 @@ def resolve_device(requested: str) -> torch.device:
             f"--device {requested} asked for CUDA but torch sees no CUDA device "
             f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
         )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {requested}: torch sees {torch.cuda.device_count()} CUDA "
+                        "device(s); pick an index below that")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {requested!r} is not supported; use auto, cpu or cuda")
     return device

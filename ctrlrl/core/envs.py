@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,7 +61,7 @@ class SnapshotWrapper(gym.Wrapper):
     def ctrlrl_snapshot(self) -> dict[str, Any]:
         layers = [
             {k: np.array(v) if isinstance(v, np.ndarray) else v
-             for k, v in vars(obj).items() if isinstance(v, _SIMPLE) and not _is_space_attr(k)}
+             for k, v in vars(obj).items() if _is_state_value(k, v)}
             for obj in self._chain()
         ]
         state: dict[str, Any] = {"layers": layers, "rng": self.unwrapped.np_random.bit_generator.state}
@@ -82,8 +83,15 @@ class SnapshotWrapper(gym.Wrapper):
             _set_mujoco_state(self.unwrapped, state["mujoco"])
 
 
-def _is_space_attr(name: str) -> bool:
-    return name in ("render_mode", "metadata", "spec")
+def _is_state_value(name: str, value: Any) -> bool:
+    """Numbers and numeric arrays: what a snapshot can store in a weights-only checkpoint.
+
+    Envs whose state lives elsewhere (lists, Box2D worlds) are restored only in these parts,
+    so their resume is not bit-exact; MuJoCo and classic-control envs are.
+    """
+    if name in ("render_mode", "metadata", "spec") or not isinstance(value, _SIMPLE):
+        return False
+    return not isinstance(value, np.ndarray) or value.dtype.kind in "biufc"
 
 
 def _mujoco_state(env: gym.Env) -> np.ndarray | None:
@@ -105,12 +113,12 @@ def _set_mujoco_state(env: gym.Env, state: np.ndarray) -> None:
     mujoco.mj_forward(env.model, env.data)
 
 
-def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any], subprocess: bool) -> gym.Env:
+def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any]) -> gym.Env:
     import ctrlrl.envs  # noqa: F401  (subprocesses need the registrations too)
 
-    if subprocess:
-        # a terminal's Ctrl-C reaches the whole process group; the main process handles it
-        # (finish the iteration, checkpoint), so workers must not die on it first
+    if multiprocessing.parent_process() is not None:
+        # an async worker: a terminal's Ctrl-C reaches the whole process group, and the main
+        # process handles it (finish the iteration, checkpoint), so workers must not die first
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return SnapshotWrapper(gym.make(env_id, **env_kwargs), index)
@@ -175,13 +183,17 @@ class VecEnv:
             raise UserError(f"vec_mode {mode!r} is not known; use sync or async")
         if n_envs < 1:
             raise UserError(f"n_envs={n_envs}: need at least one environment")
-        fns = [partial(_make_one, env_id, i, env_kwargs or {}, mode == "async")
-               for i in range(n_envs)]
+        fns = [partial(_make_one, env_id, i, env_kwargs or {}) for i in range(n_envs)]
         vec_cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
         self.envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
         self.env_id, self.n_envs = env_id, n_envs
         self.observation_space = self.envs.single_observation_space
         self.action_space = self.envs.single_action_space
+        space = self.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            self.envs.close()
+            raise UserError(f"{env_id} observes {space}; ctrlrl's networks take flat Box "
+                            "observations (wrap the env, e.g. gymnasium's FlattenObservation)")
         self.gamma, self.clip_obs = gamma, clip_obs
         self.obs_rms = RunningMeanStd(self.observation_space.shape) if normalize_obs else None
         self.ret_rms = RunningMeanStd(()) if normalize_reward else None

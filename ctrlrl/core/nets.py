@@ -277,7 +277,8 @@ class FlatParams:
     Small RL networks spend most of an update in per-tensor overhead: zeroing, norm-clipping and
     Adam each touch a dozen tensors. With one flat parameter they are one op each, and the
     optimiser sees a single tensor. Build it after `.to(device)` and after copying any target
-    networks; zero grads with `zero_grad()` (never `set_to_none`, which would unhook the views).
+    networks; zero grads with `zero_grad()`. Moving or casting the modules afterwards, or a
+    `backward(create_graph=True)` (which assigns grads out of place), unhooks the views.
     """
 
     def __init__(self, *modules: nn.Module):
@@ -291,10 +292,12 @@ class FlatParams:
             p.grad = grad[offset:offset + n].view_as(p)  # backward accumulates into this view
             offset += n
         self.param = nn.Parameter(flat)  # shares storage with the modules' parameters
-        self.param.grad = grad
+        self.param.grad = self._grad = grad
 
     def zero_grad(self) -> None:
-        self.param.grad.zero_()
+        # re-attach in case an optimizer's zero_grad(set_to_none=True) dropped the flat grad
+        self.param.grad = self._grad
+        self._grad.zero_()
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Scale the gradient to global L2 norm ≤ max_norm; returns the norm before clipping."""
