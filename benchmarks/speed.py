@@ -3,11 +3,15 @@
     python benchmarks/speed.py                       # ppo, sac, td3 on Hopper-v5, 3 rounds
     python benchmarks/speed.py --algos ppo --rounds 5 --env Hopper-v5
     python benchmarks/speed.py --memory              # peak RSS of SAC with a full 1M buffer
+    python benchmarks/speed.py --algos ppo --compile --warmup 8192 --steps 32768
+                                                     # steady state, incl. ctrlrl --compile
 
 Each measurement is a fresh subprocess with one torch thread, so neither library warms the other's
 caches; rounds alternate sb3, ctrlrl, sb3, ctrlrl, ... so drift in machine load hits both alike.
 Hyperparameters are stable-baselines3's defaults on both sides (listed in `SETTINGS`); evaluation
-and checkpointing are off. The figure is steps / wall time of `learn()`, after construction.
+and checkpointing are off. The figure is steps / wall time of `learn()`, after construction;
+with `--warmup W` both libraries first learn W steps untimed (e.g. to exclude torch.compile's
+build time) and the figure is the steady-state rate of the steps after that.
 Writes a markdown table to stdout (and to --out if given).
 """
 
@@ -31,7 +35,7 @@ SETTINGS = {
 }
 
 
-def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool) -> float:
+def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool, warmup: int) -> float:
     import torch
 
     torch.set_num_threads(1)
@@ -41,8 +45,10 @@ def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool) -> floa
 
         cls = {"ppo": PPO, "sac": SAC, "td3": TD3}[algo]
         model = cls("MlpPolicy", gym.make(env_id), seed=0, device="cpu", verbose=0)
+        if warmup:
+            model.learn(warmup)
         start = time.perf_counter()
-        model.learn(steps)
+        model.learn(steps, reset_num_timesteps=not warmup)
     else:
         import tempfile
 
@@ -50,11 +56,11 @@ def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool) -> floa
 
         overrides = {**SETTINGS[algo]["ctrlrl"], "eval_every": 0, "checkpoint_every": 0,
                      "progress": False, "tensorboard": False, "compile": compile_}
-        model = ctrlrl.make(algo, env_id, overrides, seed=0, device="cpu", total_steps=steps,
+        model = ctrlrl.make(algo, env_id, overrides, seed=0, device="cpu", total_steps=warmup,
                             run_dir=tempfile.mkdtemp(prefix="ctrlrl-speed-"))
-        model.setup_run_dir()
-        start = time.perf_counter()
         model.learn()
+        start = time.perf_counter()
+        model.learn(warmup + steps)
     return steps / (time.perf_counter() - start)
 
 
@@ -91,6 +97,8 @@ def main() -> None:
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time ctrlrl --compile")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (both libs)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default per algo)")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--out")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -100,35 +108,41 @@ def main() -> None:
         if args.worker[0] == "memory":
             print(json.dumps(memory_worker(args.worker[1])))
         else:
-            lib, algo, env_id, steps, comp = args.worker
-            print(json.dumps(worker(lib, algo, env_id, int(steps), comp == "1")))
+            lib, algo, env_id, steps, comp, *warmup = args.worker
+            print(json.dumps(worker(lib, algo, env_id, int(steps), comp == "1",
+                                    int(warmup[0]) if warmup else 0)))
         return
 
     lines = [f"machine: {platform.processor() or platform.machine()}, "
              f"{_cpu_name()}, python {platform.python_version()}, 1 torch thread per process",
              f"command: python benchmarks/speed.py --algos {args.algos} --env {args.env} "
-             f"--rounds {args.rounds}{' --compile' if args.compile else ''}", ""]
+             f"--rounds {args.rounds}{' --compile' if args.compile else ''}"
+             + (f" --warmup {args.warmup}" if args.warmup else "")
+             + (f" --steps {args.steps}" if args.steps else ""), ""]
     if args.memory:
         mem = run_worker(["memory", args.env])
         lines.append(f"SAC on {args.env}, 1M-transition buffer fully written: buffer "
                      f"{mem['buffer_mib']:.0f} MiB, process peak RSS {mem['peak_rss_mib']:.0f} MiB")
     else:
         variants = ["sb3", "ctrlrl"] + (["ctrlrl-compile"] if args.compile else [])
-        lines += ["| algo | steps | " + " | ".join(f"{v} fps (median)" for v in variants)
-                  + " | ctrlrl / sb3 | per-round fps |",
-                  "|---|---|" + "---|" * len(variants) + "---|---|"]
+        ratios = " | ".join(f"{v} / sb3" for v in variants[1:])
+        lines += ["| algo | timed steps | " + " | ".join(f"{v} fps (median)" for v in variants)
+                  + f" | {ratios} | per-round fps |",
+                  "|---|---|" + "---|" * (2 * len(variants) - 1) + "---|"]
         for algo in args.algos.split(","):
-            steps = SETTINGS[algo]["steps"]
+            steps = args.steps or SETTINGS[algo]["steps"]
             fps: dict[str, list[float]] = {v: [] for v in variants}
             for _ in range(args.rounds):
                 for v in variants:
                     lib = "sb3" if v == "sb3" else "ctrlrl"
                     fps[v].append(run_worker([lib, algo, args.env, str(steps),
-                                              "1" if v == "ctrlrl-compile" else "0"]))
+                                              "1" if v == "ctrlrl-compile" else "0",
+                                              str(args.warmup)]))
             med = {v: statistics.median(x) for v, x in fps.items()}
             rounds = "; ".join(f"{v}: " + ", ".join(f"{x:.0f}" for x in xs) for v, xs in fps.items())
+            ratio = " | ".join(f"{med[v] / med['sb3']:.2f}x" for v in variants[1:])
             lines.append(f"| {algo} | {steps} | " + " | ".join(f"{med[v]:.0f}" for v in variants)
-                         + f" | {med['ctrlrl'] / med['sb3']:.2f}x | {rounds} |")
+                         + f" | {ratio} | {rounds} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
