@@ -81,10 +81,12 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     saved_run = from_dict(RunConfig, saved["run"], f"{config_file} run")
     saved_cfg = from_dict(cls.Config, saved["config"], f"{config_file} config")
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
-    diffs = [f"{key}: run has {old!r}, this command has {new!r}"
-             for old_cfg, new_cfg in ((saved_run, run), (saved_cfg, cfg))
-             for (key, old), new in zip(to_dict(old_cfg).items(), to_dict(new_cfg).values(), strict=False)
-             if old != new and key not in RUNTIME_KEYS]
+    diffs = []
+    for before, after in ((saved_run, run), (saved_cfg, cfg)):
+        now = to_dict(after)
+        diffs += [f"{key}: run has {old!r}, this command has {now[key]!r}"
+                  for key, old in to_dict(before).items()
+                  if old != now[key] and key not in RUNTIME_KEYS]
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")
