@@ -60,6 +60,17 @@ def load(path: str | Path, device: str | None = None, replay: bool = True) -> Al
     return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device, extra=replay)
 
 
+def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
+    """Differences that matter between a saved `config.yaml` dict and a resolved config:
+    everything but runtime settings (`RUNTIME_KEYS`), as "key: run has X, this command has Y"."""
+    diffs = []
+    for section, now in (("run", to_dict(run)), ("config", to_dict(cfg))):
+        diffs += [f"{key}: run has {old!r}, this command has {now.get(key)!r}"
+                  for key, old in saved[section].items()
+                  if old != now.get(key) and key not in RUNTIME_KEYS]
+    return diffs
+
+
 def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
            overrides: dict[str, Any] | None = None, **run_flags: Any) -> Algorithm:
     """Continue the run in `run_dir` from its last checkpoint.
@@ -81,12 +92,7 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     saved_run = from_dict(RunConfig, saved["run"], f"{config_file} run")
     saved_cfg = from_dict(cls.Config, saved["config"], f"{config_file} config")
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
-    diffs = []
-    for before, after in ((saved_run, run), (saved_cfg, cfg)):
-        now = to_dict(after)
-        diffs += [f"{key}: run has {old!r}, this command has {now[key]!r}"
-                  for key, old in to_dict(before).items()
-                  if old != now[key] and key not in RUNTIME_KEYS]
+    diffs = config_diffs(saved, run, cfg)
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")

@@ -51,7 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="curves.png")
     plot.add_argument("--metric", default=None,
                       help="default: eval/mean_reward when logged, else rollout/ep_rew_mean")
+
+    sweep = sub.add_parser("sweep", help="run an algorithms × envs × seeds grid")
+    sweep.add_argument("--algos", required=True, help="comma-separated, e.g. ppo,sac")
+    _add_grid_flags(sweep)
+    bench = sub.add_parser("bench", help="a sweep with stable-baselines3's twin of each algorithm")
+    bench.add_argument("--vs", required=True, choices=["sb3"], help="the reference library")
+    bench.add_argument("--algos", required=True, help="ctrlrl baselines with an SB3 twin: ppo,sac,td3")
+    _add_grid_flags(bench)
+
+    report = sub.add_parser("report", help="result table and learning curves of runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_GLOB",
+                        help="run dirs, globs of them, or folders holding runs (a sweep's --out)")
+    report.add_argument("-o", "--output", required=True,
+                        help="output stem: writes STEM.md, STEM.png, STEM.json")
+    report.add_argument("--metric", default=None,
+                        help="default: eval/normalized_score when logged, else eval/mean_reward")
+    report.add_argument("--welch", metavar="A,B", help="add Welch's t-test of label A vs label B")
+    report.add_argument("--aggregate", action="store_true",
+                        help="add a row and panel per algorithm over all envs (normalised scores only)")
+    report.add_argument("--title", default=None)
     return parser
+
+
+def _add_grid_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--envs", required=True, help="comma-separated gymnasium ids")
+    p.add_argument("--seeds", default="0", help="e.g. 0-4 or 0,3,7 (default 0)")
+    p.add_argument("--total-steps", type=int, dest="total_steps",
+                   help="env steps per run (default: each preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run of the grid")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                   help="add a grid axis over a setting; the values become part of the label")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="runs at a time (default: the number of cores; one torch thread each)")
+    p.add_argument("--out", default="runs/sweep", help="where the runs go (default runs/sweep)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
+    p.add_argument("--ray-storage", default="shared", choices=["shared", "copy"], dest="storage",
+                   help="shared: Ray tasks write --out directly (a path all nodes see); copy: each "
+                        "task works locally and sends its run dir back")
 
 
 def _cmd_list(_: argparse.Namespace) -> None:
@@ -105,17 +144,54 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    from ctrlrl.core.plotting import plot_runs
+    from ctrlrl.harness.report import plot_runs
 
     out = plot_runs(args.runs, args.output, args.metric)
     print(f"wrote {out}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from ctrlrl.core.config import parse_set
+    from ctrlrl.harness import sweep
+
+    algos = sweep.parse_names(args.algos, "algos")
+    if args.command == "bench":
+        from ctrlrl.harness.sb3 import TWINS
+
+        bases = {base: twin for twin, base in TWINS.items()}
+        missing = [a for a in algos if a not in bases]
+        if missing:
+            raise UserError(f"--algos {','.join(missing)}: stable-baselines3 has a twin only for "
+                            f"{', '.join(bases)}")
+        algos = [name for a in algos for name in (a, bases[a])]
+    specs = sweep.expand_grid(algos, sweep.parse_names(args.envs, "envs"),
+                              sweep.parse_seeds(args.seeds), args.total_steps, args.out,
+                              parse_set(args.set), sweep.parse_vary(args.vary))
+    outcome = sweep.sweep(specs, args.workers, args.backend, args.address, args.storage)
+    print(f"sweep done: {outcome['done']} trained, {outcome['skipped']} already complete; "
+          f"table: ctrlrl report {args.out} -o docs/results/NAME")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from ctrlrl.harness.report import write_report
+
+    welch = None
+    if args.welch:
+        welch = tuple(n.strip() for n in args.welch.split(","))
+        if len(welch) != 2:
+            raise UserError(f"--welch {args.welch!r}: name two labels, e.g. --welch pdppo,ppo")
+    paths = write_report(args.runs, args.output, args.metric, welch, args.title,
+                         "ctrlrl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
+                         args.aggregate)
+    print("wrote " + ", ".join(map(str, paths)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ctrlrl.algos.base import TrainingInterrupted
 
-    commands = {"list": _cmd_list, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot}
+    commands = {"list": _cmd_list, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
+                "sweep": _cmd_sweep, "bench": _cmd_sweep, "report": _cmd_report}
     try:
         commands[args.command](args)
     except UserError as exc:

@@ -66,6 +66,8 @@ class Algorithm:
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
         self.step = 0  # env steps taken (all envs together)
         self.n_updates = 0  # gradient steps taken
+        self.wall_time = 0.0  # seconds spent in `learn`, summed over resumed sessions
+        self._session: tuple[float, float] | None = None  # (clock at start, wall_time at start)
         self.episodes: deque[tuple[float, int]] = deque(maxlen=100)  # (return, length)
         self.run_dir: Path | None = None
         self._eval_env: VecEnv | None = None
@@ -169,32 +171,42 @@ class Algorithm:
         run = self.run
         logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress)
         start_step, start_time = self.step, time.perf_counter()
+        self._session = (start_time, self.wall_time)
         try:
             with _deferred_sigint() as interrupted:
                 while self.step < run.total_steps and not interrupted():
                     before = self.step
                     self.train_iteration()
-                    if _crossed(before, self.step, run.eval_every):
+                    if crossed(before, self.step, run.eval_every):
                         self._evaluate(logger)
-                    if _crossed(before, self.step, run.log_every) or self.step >= run.total_steps:
+                    if crossed(before, self.step, run.log_every) or self.step >= run.total_steps:
                         self._log(logger, start_step, start_time)
-                    if _crossed(before, self.step, run.checkpoint_every):
+                    if crossed(before, self.step, run.checkpoint_every):
                         self.save(self.checkpoint_path)
                 self.save(self.checkpoint_path)
                 if interrupted():
                     raise TrainingInterrupted(self.checkpoint_path)
         finally:
+            self.wall_time = self.elapsed()
+            self._session = None
             logger.close()
         return self
+
+    def elapsed(self) -> float:
+        """Wall time spent training this run so far, across resumes."""
+        if self._session is None:
+            return self.wall_time
+        start, before = self._session
+        return before + time.perf_counter() - start
 
     def _log(self, logger: Logger, start_step: int, start_time: float) -> None:
         if self.episodes:
             rets, lens = zip(*self.episodes, strict=True)
             logger.record("rollout/ep_rew_mean", np.mean(rets))
             logger.record("rollout/ep_len_mean", np.mean(lens))
-        elapsed = time.perf_counter() - start_time
-        logger.record("time/fps", (self.step - start_step) / max(elapsed, 1e-9))
-        logger.record("time/time_elapsed", elapsed)
+        session = time.perf_counter() - start_time
+        logger.record("time/fps", (self.step - start_step) / max(session, 1e-9))
+        logger.record("time/time_elapsed", self.elapsed())  # whole run, unlike the fps
         logger.record("time/total_timesteps", self.step)
         logger.record("train/n_updates", self.n_updates)
         for key, value in self.metrics.items():
@@ -240,6 +252,7 @@ class Algorithm:
             **self.config_dict(),
             "step": self.step,
             "n_updates": self.n_updates,
+            "wall_time": self.elapsed(),
             "episodes": [list(e) for e in self.episodes],
             "modules": {k: m.state_dict() for k, m in self.state_modules().items()},
             "env": self.env.state_dict(),
@@ -270,6 +283,7 @@ class Algorithm:
         self.env.load_state_dict(ckpt["env"])
         self.obs = ckpt["obs"]
         self.step, self.n_updates = ckpt["step"], ckpt["n_updates"]
+        self.wall_time = float(ckpt.get("wall_time", 0.0))
         self.episodes = deque((tuple(e) for e in ckpt["episodes"]), maxlen=100)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
@@ -301,8 +315,23 @@ class Algorithm:
             self._eval_env.close()
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
+def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
+
+
+_stop = threading.Event()  # a stop was asked for (Ctrl-C, SIGTERM, a sweep shutting down)
+
+
+def request_stop(signum: int | None = None, frame: Any = None) -> None:
+    """Ask the training loop of this process to checkpoint and stop after its current iteration.
+
+    Usable as a signal handler; a request that comes before `learn` starts is honoured when it does.
+    """
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
 
 
 @contextlib.contextmanager
@@ -312,24 +341,24 @@ def _deferred_sigint():
 
     Either way the checkpoint on disk stays intact: it is only ever replaced atomically.
     """
-    flag = {"hit": False}
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield stop_requested
         return
 
     def handler(signum, frame):
-        if flag["hit"]:
+        if _stop.is_set():
             raise KeyboardInterrupt
-        flag["hit"] = True
+        _stop.set()
         print("\nCtrl-C: finishing this iteration and saving a checkpoint "
               "(press again to abort)", file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: flag["hit"]
+        yield stop_requested
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        _stop.clear()
 
 
 class OnPolicyAlgorithm(Algorithm):

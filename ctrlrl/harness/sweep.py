@@ -1,0 +1,493 @@
+"""Seed × env × algorithm sweeps: each run a separate process (locally) or a Ray task.
+
+A sweep writes every run to a fixed place, `<out>/<env>/<label>/seed<k>/`, so running the same
+command again skips the runs that finished (`done.json`), resumes the ones that were cut short
+from their checkpoints, and starts the rest. Run dirs are ordinary ctrlrl run dirs: `ctrlrl
+report`, `ctrlrl eval` and TensorBoard read them like any other.
+
+Stopping: Ctrl-C (or SIGTERM) on the sweep asks every running run to finish its iteration and
+checkpoint; runs live in their own process group, so the terminal's Ctrl-C reaches the sweep
+only and each run is asked exactly once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctrlrl.core.errors import UserError
+
+DONE_FILE = "done.json"
+SPEC_FILE = "sweep.json"
+SB3_PREFIX = "sb3-"
+ORPHAN_GRACE_S = 120  # a worker whose sweep died exits after this long (its run has checkpointed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep. `settings` are `--set` overrides (YAML values) plus this run's
+    `--vary` values; `variant` names the varied ones, which become part of the label."""
+
+    algo: str
+    env: str
+    seed: int
+    total_steps: int | None
+    out: str
+    settings: tuple[tuple[str, Any], ...] = ()
+    variant: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.variant:
+            return self.algo
+        return f"{self.algo}[{','.join(f'{k}={v}' for k, v in self.variant)}]"
+
+    @property
+    def run_dir(self) -> Path:
+        name = self.algo + "".join(f"__{k}={v}" for k, v in self.variant)  # no glob characters
+        return Path(self.out) / self.env / name / f"seed{self.seed}"
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return {**dict(self.settings), **dict(self.variant)}
+
+    def flags(self) -> dict[str, Any]:
+        flags: dict[str, Any] = {"seed": self.seed, "progress": False}
+        if self.total_steps is not None:
+            flags["total_steps"] = self.total_steps
+        return flags
+
+
+# ---- the grid ---------------------------------------------------------------------------------
+def parse_names(text: str, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--{what} is empty; give a comma-separated list, e.g. --{what} a,b")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-4` → 0..4; `0,3,7`; combinations such as `0-2,10`."""
+    seeds: list[int] = []
+    try:
+        for part in parse_names(text, "seeds"):
+            lo, _, hi = part.partition("-")
+            seeds += range(int(lo), int(hi) + 1) if hi else [int(lo)]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: use a range like 0-4 or a list like 0,3,7") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"--seeds {text!r}: need at least one seed, all >= 0")
+    return sorted(set(seeds))
+
+
+def parse_vary(items: Iterable[str]) -> list[tuple[str, list[Any]]]:
+    """`--vary lam=0,0.1,1` → [("lam", [0, 0.1, 1])]; values are YAML like --set's."""
+    from ctrlrl.core.config import parse_set
+
+    out = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UserError(f"--vary {item!r}: use KEY=V1,V2,..., e.g. --vary learning_rate=1e-4,3e-4")
+        out.append((key.strip(), [parse_set([f"{key}={v}"])[key.strip()] for v in values.split(",")]))
+    return out
+
+
+def expand_grid(algos: list[str], envs: list[str], seeds: list[int], total_steps: int | None,
+                out: str, settings: dict[str, Any] | None = None,
+                vary: list[tuple[str, list[Any]]] | None = None) -> list[RunSpec]:
+    """All runs, seed-major: a sweep stopped early has every cell covered by its first seeds.
+
+    A setting `ALGO.key` applies to that algorithm only (and to its stable-baselines3 twin);
+    a plain `key` to every run.
+    """
+    settings = settings or {}
+    scopes = {key.partition(".")[0] for key in settings if "." in key}
+    unknown = scopes - {_base_name(a) for a in algos}
+    if unknown:
+        raise UserError(f"--set {sorted(unknown)[0]}.…: that algorithm is not in this grid "
+                        f"({', '.join(algos)}); scope a setting as ALGO.key=value")
+    keys = [k for k, _ in vary or []]
+    variants = [tuple(zip(keys, values, strict=True))
+                for values in itertools.product(*(v for _, v in vary or []))]
+    specs = []
+    for seed, env, algo, variant in itertools.product(seeds, envs, algos, variants):
+        mine = {k: v for k, v in settings.items() if "." not in k}
+        mine.update({k.partition(".")[2]: v for k, v in settings.items()
+                     if k.partition(".")[0] == _base_name(algo) and "." in k})
+        specs.append(RunSpec(algo, env, seed, total_steps, out, tuple(sorted(mine.items())), variant))
+    return specs
+
+
+def _base_name(algo: str) -> str:
+    """The ctrlrl algorithm whose configuration a run uses (its own, or an sb3 twin's base)."""
+    return algo.removeprefix(SB3_PREFIX)
+
+
+def resolve_spec(spec: RunSpec):
+    """(algorithm class or None for sb3, RunConfig, algo config) of a run, checked."""
+    from ctrlrl import api
+
+    if spec.algo.startswith(SB3_PREFIX):
+        from ctrlrl.harness.sb3 import sb3_base
+
+        _, run, cfg = api.resolve(sb3_base(spec.algo), spec.env, spec.overrides, **spec.flags())
+        return None, run, cfg
+    return api.resolve(spec.algo, spec.env, spec.overrides, **spec.flags())
+
+
+def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
+    """Each run with its state: `complete`, `resume` or `start`. Checks every setting first, and
+    refuses a run dir that was made with a different configuration (it would be mixed up)."""
+    from ctrlrl import api
+    from ctrlrl.algos.base import CHECKPOINT_NAME
+
+    out = []
+    for spec in specs:
+        _, run, cfg = resolve_spec(spec)
+        spec = dataclasses.replace(spec, total_steps=run.total_steps)
+        config_file = spec.run_dir / "config.yaml"
+        if config_file.is_file():
+            saved = yaml.safe_load(config_file.read_text())
+            diffs = api.config_diffs(saved, run, cfg) if saved.get("algo") == spec.algo else ["algo"]
+            if diffs:
+                raise UserError(f"{spec.run_dir} holds a run with another configuration "
+                                f"({'; '.join(diffs)}); pass another --out for this sweep")
+        done = spec.run_dir / DONE_FILE
+        if done.is_file() and json.loads(done.read_text())["steps"] >= run.total_steps:
+            state = "complete"
+        elif (spec.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file() \
+                and not spec.algo.startswith(SB3_PREFIX):
+            state = "resume"
+        else:
+            state = "start"
+        out.append((spec, state))
+    return out
+
+
+# ---- one run ------------------------------------------------------------------------------------
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train one run (a `plan`ned spec: budget resolved) to its budget, resuming when it has a
+    checkpoint; never raises.
+
+    Returns {"status": "done" | "stopped" | "failed", "message", "steps", "wall_time"}.
+    """
+    from ctrlrl.algos.base import TrainingInterrupted, stop_requested
+
+    if stop_requested():  # queued before the sweep was stopped
+        return {"status": "stopped", "message": "not started"}
+    run_dir = spec.run_dir
+    try:
+        if spec.algo.startswith(SB3_PREFIX):
+            from ctrlrl.harness.sb3 import train_sb3
+
+            steps, wall = train_sb3(spec)
+        else:
+            steps, wall = _train_ctrlrl(spec)
+    except TrainingInterrupted:
+        return {"status": "stopped", "message": "stopped; checkpoint saved"}
+    except UserError as exc:
+        _write_error(run_dir, str(exc))
+        return {"status": "failed", "message": str(exc)}
+    except Exception as exc:  # one broken run must not take the sweep down
+        _write_error(run_dir, traceback.format_exc())
+        return {"status": "failed",
+                "message": f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.txt'})"}
+    if steps < spec.total_steps:
+        return {"status": "stopped", "message": f"stopped at step {steps}"}
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    (run_dir / DONE_FILE).write_text(json.dumps({"steps": steps, "wall_time": wall}))
+    return {"status": "done", "message": f"{steps} steps in {wall:.0f} s", "steps": steps,
+            "wall_time": wall}
+
+
+def _train_ctrlrl(spec: RunSpec) -> tuple[int, float]:
+    from ctrlrl import api
+    from ctrlrl.algos.base import CHECKPOINT_NAME
+
+    if (spec.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file():
+        algo = api.resume(spec.run_dir, spec.algo, spec.env, spec.overrides, **spec.flags())
+    else:
+        algo = api.make(spec.algo, spec.env, spec.overrides, **spec.flags())
+        algo.setup_run_dir(spec.run_dir)
+    write_spec(spec)
+    try:
+        algo.learn()
+    finally:
+        algo.close()
+    return algo.step, algo.wall_time
+
+
+def write_spec(spec: RunSpec) -> None:
+    """`sweep.json`: the run's label and grid cell, for reports."""
+    data = {"label": spec.label, "algo": spec.algo, "env": spec.env, "seed": spec.seed,
+            "variant": dict(spec.variant)}
+    (spec.run_dir / SPEC_FILE).write_text(json.dumps(data))
+
+
+def _write_error(run_dir: Path, text: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(text + "\n")
+
+
+# ---- local processes ------------------------------------------------------------------------------
+def _worker_init(parent_pid: int, stop) -> None:
+    """Runs in each worker process: own process group (the terminal's Ctrl-C goes to the sweep
+    alone), and a watcher that stops the run (checkpoint first) when the sweep sets `stop` or dies.
+
+    `stop` is a lock-free shared byte, polled: an `mp.Event` would deadlock the sweep's `set()`
+    on the waits of workers that have already exited.
+    """
+    from ctrlrl.algos.base import request_stop
+
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid and not stop.value:
+            time.sleep(0.5)
+        request_stop()
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        time.sleep(ORPHAN_GRACE_S)  # the sweep died: leave its run time to checkpoint, then go
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_local(specs: list[RunSpec], workers: int, on_update: Callable[[], None],
+              on_result: Callable[[RunSpec, dict], None]) -> None:
+    """Run `specs` on `workers` processes (a fresh one per run: no state leaks between runs)."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.RawValue("b", 0)
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                  initargs=(os.getpid(), stop), max_tasks_per_child=1)
+    futures = {pool.submit(run_one, spec): spec for spec in specs}
+    pending = set(futures)
+    try:
+        with _sigterm_as_interrupt():
+            while pending:
+                done, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    on_result(futures[fut], _result(fut))
+                on_update()
+    except KeyboardInterrupt:
+        print("\nsweep: stopping; each running run saves a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+        stop.value = 1
+        for fut in pending:
+            fut.cancel()
+        try:
+            for fut in pending:
+                if not fut.cancelled():
+                    on_result(futures[fut], _result(fut))
+        except KeyboardInterrupt:  # checkpoints on disk stay valid: they are replaced atomically
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(fut: cf.Future) -> dict[str, Any]:
+    try:
+        return fut.result()
+    except Exception as exc:  # the worker process itself died
+        return {"status": "failed", "message": f"worker process died ({type(exc).__name__}: {exc})"}
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM on the sweep (a batch system's stop) behaves like Ctrl-C."""
+
+    def __enter__(self):
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        self._old = signal.signal(signal.SIGTERM, handler) \
+            if threading.current_thread() is threading.main_thread() else None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+# ---- Ray ------------------------------------------------------------------------------------------
+def run_ray(specs: list[RunSpec], workers: int, address: str | None, storage: str,
+            on_update: Callable[[], None], on_result: Callable[[RunSpec, dict], None]) -> None:
+    """Each run one Ray task (1 CPU). `storage="shared"`: tasks write to `out` directly (a local
+    Ray instance, or a path every node mounts); `storage="copy"`: each task works in a temporary
+    dir on its node, receiving the run dir (to resume) and sending it back when it ends."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--backend ray needs Ray: pip install 'ctrlrl[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    task = ray.remote(num_cpus=1, max_calls=1)(_ray_task)
+    refs = {task.remote(spec, storage, _pack(spec.run_dir) if storage == "copy" else None): spec
+            for spec in specs}
+    try:
+        with _sigterm_as_interrupt():
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in done:
+                    spec = refs[ref]
+                    try:
+                        result, archive = ray.get(ref)
+                    except Exception as exc:
+                        result, archive = {"status": "failed", "message": f"Ray task failed: {exc}"}, None
+                    if archive is not None:
+                        _unpack(archive, spec.run_dir)
+                    on_result(spec, result)
+                on_update()
+    except KeyboardInterrupt:
+        print("\nsweep: cancelling the Ray tasks; runs continue later from their last checkpoint",
+              file=sys.stderr, flush=True)
+        for ref in refs:
+            ray.cancel(ref)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_task(spec: RunSpec, storage: str, archive: bytes | None):
+    if storage == "shared":
+        return run_one(spec), None
+    with tempfile.TemporaryDirectory(prefix="ctrlrl-ray-") as tmp:
+        local = dataclasses.replace(spec, out=tmp)
+        if archive is not None:
+            _unpack(archive, local.run_dir)
+        result = run_one(local)
+        return result, _pack(local.run_dir)
+
+
+def _pack(run_dir: Path) -> bytes | None:
+    if not run_dir.is_dir():
+        return None
+    with tempfile.TemporaryFile() as f:
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+            tar.add(run_dir, arcname=".")
+        f.seek(0)
+        return f.read()
+
+
+def _unpack(archive: bytes, run_dir: Path) -> None:
+    import io
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(run_dir, filter="data")
+
+
+# ---- the command ----------------------------------------------------------------------------------
+def sweep(specs: list[RunSpec], workers: int, backend: str = "local", address: str | None = None,
+          storage: str = "shared", progress: bool = True) -> dict[str, int]:
+    """Run the grid; returns counts by outcome. Raises UserError listing failed runs."""
+    if workers < 1:
+        raise UserError(f"--workers {workers}: need at least 1")
+    if backend not in ("local", "ray"):
+        raise UserError(f"--backend {backend!r}: use local or ray")
+    planned = plan(specs)
+    todo = [s for s, state in planned if state != "complete"]
+    counts = {state: sum(1 for _, s in planned if s == state) for state in ("complete", "resume", "start")}
+    print(f"sweep: {len(planned)} runs in {specs[0].out}: {counts['complete']} complete (skipped), "
+          f"{counts['resume']} to resume, {counts['start']} to start; {backend}, "
+          f"{min(workers, max(len(todo), 1))} at a time", file=sys.stderr, flush=True)
+    bar = _SweepProgress([s for s, _ in planned], progress)
+    outcomes = {"done": 0, "stopped": 0, "failed": 0, "skipped": counts["complete"]}
+    failed: list[str] = []
+
+    def on_result(spec: RunSpec, result: dict) -> None:
+        outcomes[result["status"]] += 1
+        bar.finished(spec, result)
+        if result["status"] == "failed":
+            failed.append(f"{spec.run_dir}: {result['message'].splitlines()[0]}")
+
+    try:
+        if todo and backend == "local":
+            run_local(todo, workers, bar.update, on_result)
+        elif todo:
+            run_ray(todo, workers, address, storage, bar.update, on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        raise UserError("sweep stopped; run the same command again to finish the missing runs") from None
+    bar.close()
+    if failed:
+        raise UserError(f"{len(failed)} of {len(planned)} runs failed: " + " | ".join(failed))
+    return outcomes
+
+
+class _SweepProgress:
+    """One bar over all runs' env steps (read from their metrics.jsonl), a line per finished run."""
+
+    def __init__(self, specs: list[RunSpec], enabled: bool):
+        self.specs = specs
+        self.total = sum(s.total_steps or 0 for s in specs)
+        self.n_done = 0
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]sweep"), BarColumn(),
+                                 TextColumn("{task.fields[runs]}"), TimeRemainingColumn())
+            self._task = self._bar.add_task("sweep", total=self.total, runs="")
+            self._bar.start()
+        self.update()
+
+    def update(self) -> None:
+        if self._bar is None:
+            return
+        steps = sum(min(_logged_step(s.run_dir), s.total_steps or 0) for s in self.specs)
+        self._bar.update(self._task, completed=steps,
+                         runs=f"{self.n_done}/{len(self.specs)} runs")
+
+    def finished(self, spec: RunSpec, result: dict) -> None:
+        self.n_done += 1
+        line = f"[{result['status']}] {spec.label} on {spec.env} seed {spec.seed}: {result['message']}"
+        if self._bar is not None:
+            self._bar.console.print(line.splitlines()[0])
+        else:
+            print(line.splitlines()[0], file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self.update()
+            self._bar.stop()
+
+
+def _logged_step(run_dir: Path) -> int:
+    """The step of the last line of a run's metrics.jsonl (0 if none yet)."""
+    if (run_dir / DONE_FILE).is_file():
+        return json.loads((run_dir / DONE_FILE).read_text())["steps"]
+    try:
+        with open(run_dir / "metrics.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0

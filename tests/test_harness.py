@@ -1,0 +1,327 @@
+"""The experiment harness: sweeps that survive being stopped, reports with checked statistics,
+stable-baselines3 twins under the same evaluation protocol, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, assert_one_line_error
+
+from ctrlrl import cli
+from ctrlrl.core.config import parse_set
+from ctrlrl.harness import report, stats, sweep
+
+# 2 algorithms × 2 envs × 2 seeds at a tiny budget: evaluations at 400 and 800 steps
+SETS = ["eval_every=400", "eval_episodes=2", "checkpoint_every=200", "tensorboard=false",
+        "hidden_sizes=[32,32]", "ppo.n_envs=1", "ppo.n_steps=200", "ppo.batch_size=50",
+        "ppo.n_epochs=2", "ppo.normalize_obs=false", "ppo.normalize_reward=false",
+        "td3.learning_starts=100", "td3.batch_size=32", "td3.buffer_size=2000"]
+GRID = ["--algos", "ppo,td3", "--envs", "Pendulum-v1,InvertedPendulum-v5", "--seeds", "0-1",
+        "--total-steps", "800", *(a for s in SETS for a in ("--set", s))]
+
+
+def eval_rows(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, eval/mean_reward) of each evaluation a run logged."""
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r["eval/mean_reward"]) for r in rows if "eval/mean_reward" in r]
+
+
+def grid_specs(out: Path) -> list[sweep.RunSpec]:
+    return sweep.expand_grid(["ppo", "td3"], ["Pendulum-v1", "InvertedPendulum-v5"], [0, 1], 800,
+                             str(out), parse_set(SETS))
+
+
+def sweep_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ctrlrl.cli", "sweep", *GRID, "--workers", "2", "--out", str(out),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def stopped_and_finished(tmp_path_factory):
+    """The grid, stopped with Ctrl-C once one run has finished and another is midway (has a
+    checkpoint), then run again to the end.
+
+    Returns (out dir, {run dir: its files when stopped} for runs complete then, states planned
+    for the second run, the second run's stderr).
+    """
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    proc = subprocess.Popen(sweep_cmd(out), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    def midway() -> bool:
+        done = {p.parent for p in out.glob("*/*/*/done.json")}
+        started = {p.parent.parent for p in out.glob("*/*/*/checkpoints/latest.pt")}
+        return bool(done) and bool(started - done)
+
+    while not midway():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "run the same command again" in err
+    complete = {d.parent: {f: (d.parent / f).read_bytes() for f in ("metrics.jsonl", "done.json")}
+                for d in out.glob("*/*/*/done.json")}
+    states = {spec.run_dir: state for spec, state in sweep.plan(grid_specs(out))}
+    again = subprocess.run(sweep_cmd(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    return out, complete, states, again.stderr
+
+
+def test_stopped_sweep_reruns_only_the_missing_work(stopped_and_finished):
+    out, complete, states, err = stopped_and_finished
+    assert 1 <= len(complete) < 8
+    assert {d for d, s in states.items() if s == "complete"} == set(complete)
+    assert f"{len(complete)} complete (skipped)" in err
+    assert "resume" in states.values(), "the run stopped midway should continue from its checkpoint"
+    assert err.count("[done]") == 8 - len(complete)
+    for run_dir, files in complete.items():  # finished runs were not touched again
+        for name, data in files.items():
+            assert (run_dir / name).read_bytes() == data
+    runs = sorted(out.glob("*/*/seed*"))
+    assert len(runs) == 8
+    for run_dir in runs:
+        assert json.loads((run_dir / "done.json").read_text())["steps"] >= 800
+        # a stopped run checkpoints where it stopped: no evaluation is lost or repeated
+        assert [step for step, _ in eval_rows(run_dir)] == [400, 800]
+
+
+def test_resumed_sweep_run_equals_a_straight_run(stopped_and_finished, tmp_path):
+    out, _, states, _ = stopped_and_finished
+    resumed = next(d for d, s in states.items() if s == "resume")
+    spec = next(s for s in grid_specs(tmp_path) if s.run_dir.relative_to(tmp_path) ==
+                resumed.relative_to(out))
+    spec = sweep.plan([spec])[0][0]
+    assert sweep.run_one(spec)["status"] == "done"
+
+    assert eval_rows(spec.run_dir) == eval_rows(resumed)
+
+
+def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):
+    out, *_ = stopped_and_finished
+    assert cli.main(["report", str(out), "-o", str(tmp_path / "res" / "grid"),
+                     "--welch", "ppo,td3"]) == 0
+    table = (tmp_path / "res" / "grid.md").read_text()
+    data = json.loads((tmp_path / "res" / "grid.json").read_text())
+    assert {(r["env"], r["label"], r["seeds"]) for r in data["rows"]} == {
+        (e, a, 2) for e in ("InvertedPendulum-v5", "Pendulum-v1") for a in ("ppo", "td3")}
+    assert data["metric"] == "eval/mean_reward"
+    for row in data["rows"]:
+        assert row["final_ci"][0] <= row["final_mean"] <= row["final_ci"][1]
+        assert row["best_mean"] >= row["final_mean"]
+        assert row["steps_min"] >= 800 and row["fps_mean"] > 0 and row["wall_time_mean"] > 0
+        assert (row["label"] == "ppo") == ("welch" in row)
+    assert table.count("| Pendulum-v1 |") == 2 and "Welch ppo vs td3" in table
+    png = (tmp_path / "res" / "grid.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- statistics, against hand-computed values --------------------------------------------------
+def test_bootstrap_ci_hand_computed():
+    # the mean of a resample of [0, 0, 0, 1] is K/4 with K ~ Binomial(4, 1/4):
+    # P(K = 0) = 0.316 > 2.5%, so the lower bound is 0; P(K ≤ 2) = 0.949 < 97.5% ≤ P(K ≤ 3) = 0.996,
+    # so the upper bound is 3/4. With 10 000 resamples the Monte-Carlo error (≈ 0.2%) cannot move them.
+    low, high = stats.bootstrap_ci(np.array([0.0, 0.0, 0.0, 1.0]))
+    assert (float(low), float(high)) == (0.0, 0.75)
+    low, high = stats.bootstrap_ci(np.array([5.0, 5.0, 5.0, 9.0]))  # shift and scale carry over
+    assert (float(low), float(high)) == (5.0, 8.0)
+
+
+def test_bootstrap_ci_fixed_seed_and_normal_theory():
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=200)
+    a, b = stats.bootstrap_ci(x), stats.bootstrap_ci(x)
+    assert (a[0], a[1]) == (b[0], b[1])  # same logs, same report
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x))
+    assert float(a[0]) == pytest.approx(x.mean() - half, abs=0.1 * half)
+    assert float(a[1]) == pytest.approx(x.mean() + half, abs=0.1 * half)
+    assert stats.bootstrap_ci(np.array([7.0])) == (7.0, 7.0)
+
+
+def test_iqm_hand_computed():
+    assert stats.iqm([10, 1, 2, 3, 4, 100, 5, 6]) == 4.5  # drops 1, 2 and 10, 100
+    assert stats.iqm([1, 2, 3, 4, 100]) == 3.0  # ⌊5/4⌋ = 1 dropped at each end
+
+
+def test_welch_and_auc_hand_computed():
+    a, b = np.array([1.0, 2.0, 3.0, 6.0]), np.array([0.0, 1.0, 1.0])
+    t = (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / 4 + b.var(ddof=1) / 3)
+    assert stats.welch(a, b)[0] == pytest.approx(t)
+    assert 0 < stats.welch(a, b)[1] < 1
+    assert stats.area_under_curve(np.array([0, 10, 20]), np.array([0.0, 10.0, 10.0])) == 7.5
+
+
+def write_run(path: Path, env: str, algo: str, seed: int, evals: dict[int, float],
+              metric: str = "eval/mean_reward", **config) -> Path:
+    """A run dir as ctrlrl writes it, with chosen evaluation values."""
+    path.mkdir(parents=True)
+    cfg = {"algo": algo, "run": {"env": env, "seed": seed, "total_steps": max(evals)},
+           "config": {"learning_rate": 3e-4, **config}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [{"step": s, metric: v} for s, v in evals.items()]
+    rows.append({"step": max(evals), "time/time_elapsed": 10.0})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_report_numbers_hand_computed(tmp_path):
+    finals = [1.0, 2.0, 3.0, 10.0]
+    for seed, final in enumerate(finals):
+        write_run(tmp_path / f"a{seed}", "Pendulum-v1", "ppo", seed, {100: 0.0, 200: 20.0, 300: final})
+    groups = report.read_groups([str(tmp_path / "a*")])
+    row = report.build_report(groups, "eval/mean_reward")["rows"][0]
+    assert row["seeds"] == 4 and row["final_mean"] == 4.0 and row["best_mean"] == 20.0
+    assert row["iqm_final"] == 2.5  # mean of 2 and 3
+    assert row["auc_mean"] == pytest.approx(np.mean([(10 + 10 + f / 2) / 2 for f in finals]))
+    assert row["fps_mean"] == 30.0 and row["steps_min"] == row["steps_max"] == 300
+
+
+def test_aggregate_pools_normalised_scores_across_envs(tmp_path):
+    for env, score in (("Hopper-v5", 40.0), ("Walker2d-v5", 60.0)):
+        for seed in (0, 1):
+            write_run(tmp_path / env / str(seed), env, "td3bc", seed, {100: score + seed},
+                      metric="eval/normalized_score")
+    paths = report.write_report([str(tmp_path)], str(tmp_path / "out"), pooled=True)
+    rows = json.loads(paths[2].read_text())["rows"]
+    pooled = next(r for r in rows if r["env"] == "all 2 envs")
+    assert pooled["seeds"] == 4 and pooled["final_mean"] == 50.5
+
+
+# ---- stable-baselines3 rows ----------------------------------------------------------------------
+def test_sb3_twin_uses_the_same_evaluation_protocol(tmp_path, capsys):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    from ctrlrl.core.envs import VecEnv
+    from ctrlrl.core.evaluation import evaluate
+
+    out = tmp_path / "bench"
+    sets = ["eval_every=200", "eval_episodes=3", "n_envs=1", "n_steps=100", "batch_size=50",
+            "n_epochs=2", "normalize_obs=false", "normalize_reward=false", "tensorboard=false"]
+    assert cli.main(["bench", "--vs", "sb3", "--algos", "ppo", "--envs", "Pendulum-v1",
+                     "--seeds", "3", "--total-steps", "400", "--workers", "2", "--out", str(out),
+                     *(a for s in sets for a in ("--set", s))]) == 0
+    ours, twin = out / "Pendulum-v1" / "ppo" / "seed3", out / "Pendulum-v1" / "sb3-ppo" / "seed3"
+    config = yaml.safe_load((twin / "config.yaml").read_text())
+    assert config["algo"] == "sb3-ppo" and config["library"].startswith("stable-baselines3")
+    assert config["config"] == yaml.safe_load((ours / "config.yaml").read_text())["config"]
+
+    assert [s for s, _ in eval_rows(twin)] == [s for s, _ in eval_rows(ours)] == [200, 400]
+    # the logged evaluation is ctrlrl's protocol: deterministic, 3 episodes, seeds 10003, 10004, ...
+    model = PPO.load(twin / "checkpoints" / "sb3_model.zip", device="cpu")
+    env = VecEnv("Pendulum-v1", 3)
+    returns = evaluate(lambda obs: model.predict(obs, deterministic=True)[0], env, 3 + 10_000)
+    env.close()
+    assert returns.mean() == pytest.approx(eval_rows(twin)[-1][1], rel=1e-6)
+    groups = report.read_groups([str(out)])
+    assert set(groups["Pendulum-v1"]) == {"ppo", "sb3-ppo"}
+
+
+def test_sb3_twin_gets_ctrlrls_hyperparameters(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ctrlrl.harness.sb3 import _build
+
+    spec = sweep.expand_grid(["sb3-sac"], ["Pendulum-v1"], [0], 1000, str(tmp_path),
+                             {"learning_rate": 1e-3, "hidden_sizes": [64, 32], "tau": 0.01})[0]
+    _, run, cfg = sweep.resolve_spec(spec)
+    model = _build("sb3-sac", make_vec_env("Pendulum-v1", 1), run, cfg, "cpu")
+    assert model.learning_rate == 1e-3 and model.tau == 0.01 and model.gamma == cfg.gamma
+    assert model.learning_starts == cfg.learning_starts and model.batch_size == cfg.batch_size
+    assert [m.out_features for m in model.actor.latent_pi if hasattr(m, "out_features")] == [64, 32]
+
+
+# ---- bad input: one clear line each ------------------------------------------------------------
+def test_report_of_an_empty_glob(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nothing*"), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "nothing*", "no files match")
+
+
+def test_report_refuses_different_envs_in_one_panel(tmp_path, capsys):
+    write_run(tmp_path / "h", "Hopper-v5", "ppo", 0, {100: 1.0})
+    write_run(tmp_path / "w", "Walker2d-v5", "ppo", 0, {100: 2.0})
+    assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r"), "--aggregate"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "different envs", "Hopper-v5", "Walker2d-v5")
+
+
+def test_report_refuses_differently_configured_seeds(tmp_path, capsys):
+    write_run(tmp_path / "a", "Hopper-v5", "ppo", 0, {100: 1.0})
+    write_run(tmp_path / "b", "Hopper-v5", "ppo", 1, {100: 2.0}, learning_rate=1e-3)
+    assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "learning_rate", "--vary")
+
+
+def test_report_names_a_missing_metric(tmp_path, capsys):
+    write_run(tmp_path / "a", "Hopper-v5", "ppo", 0, {100: 1.0})
+    write_run(tmp_path / "b", "Hopper-v5", "ppo", 1, {100: 1.0}, metric="rollout/ep_rew_mean")
+    assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(tmp_path / "b"), "eval/mean_reward", "--metric")
+    assert cli.main(["report", str(tmp_path / "b"), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--eval-every 0", "--metric")
+    assert cli.main(["report", str(tmp_path / "a"), "-o", str(tmp_path / "r"), "--welch", "ppo,xyz"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "xyz")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["sweep", "--algos", "ppo,nope", "--envs", "Pendulum-v1"], "nope"),
+    (["sweep", "--algos", "ppo", "--envs", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+    (["sweep", "--algos", "ppo", "--envs", "Pendulum-v1", "--set", "sac.tau=0.1"], "sac"),
+    (["sweep", "--algos", "ppo", "--envs", "Pendulum-v1", "--seeds", "a-b"], "--seeds"),
+    (["sweep", "--algos", "ppo", "--envs", "Pendulum-v1", "--vary", "gamma"], "--vary"),
+    (["bench", "--vs", "sb3", "--algos", "ppo,mdpo", "--envs", "Pendulum-v1"], "mdpo"),
+])
+def test_sweep_bad_input(args, needle, tmp_path, capsys):
+    assert cli.main([*args, "--out", str(tmp_path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, needle)
+
+
+def test_sweep_refuses_an_out_dir_made_with_other_settings(tmp_path, capsys):
+    run_dir = grid_specs(tmp_path)[0].run_dir
+    write_run(run_dir, "Pendulum-v1", "ppo", 0, {100: 1.0}, gamma=0.5)
+    assert cli.main(["sweep", *GRID, "--out", str(tmp_path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(run_dir), "another --out")
+
+
+def test_grid_order_labels_and_scoped_settings(tmp_path):
+    specs = sweep.expand_grid(["ppo", "sb3-ppo", "td3"], ["Pendulum-v1"], [0, 1], 10, str(tmp_path),
+                              {"gamma": 0.9, "ppo.n_steps": 64},
+                              sweep.parse_vary(["learning_rate=1e-3,3e-4"]))
+    assert [s.seed for s in specs] == [0] * 6 + [1] * 6  # seed-major
+    first = specs[0]
+    assert first.label == "ppo[learning_rate=1e-3]"  # as typed
+    _, run, cfg = sweep.resolve_spec(first)
+    assert (cfg.gamma, cfg.n_steps, cfg.learning_rate, run.total_steps) == (0.9, 64, 1e-3, 10)
+    assert specs[2].overrides["n_steps"] == 64  # the twin shares its base algorithm's settings
+    assert "n_steps" not in specs[4].overrides
+    assert "[" not in str(first.run_dir)
+    assert sweep.parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+# ---- Ray ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["shared", "copy"])
+def test_ray_backend_matches_the_local_report(storage, stopped_and_finished, tmp_path):
+    pytest.importorskip("ray")
+    local, *_ = stopped_and_finished
+    out = tmp_path / "ray"
+    proc = subprocess.run(sweep_cmd(out, "--backend", "ray", "--ray-storage", storage), cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    tables = []
+    for runs in (local, out):
+        paths = report.write_report([str(runs)], str(tmp_path / runs.name))
+        rows = json.loads(paths[2].read_text())["rows"]
+        tables.append([(r["env"], r["label"], r["seeds"], r["steps_min"], len(r["final"]))
+                       for r in rows])
+    assert tables[0] == tables[1]
+    # the same seeds give the same evaluations wherever they ran (CPU, one thread each)
+    for run_dir in local.glob("*/*/seed*"):
+        assert eval_rows(out / run_dir.relative_to(local)) == eval_rows(run_dir)
