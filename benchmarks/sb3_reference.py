@@ -1,11 +1,13 @@
 """stable-baselines3 reference figures for the learning tests (tests/test_learning.py).
 
-    python benchmarks/sb3_reference.py ppo          # or sac, td3; --seeds 0 1 2
+    python benchmarks/sb3_reference.py ppo          # or sac, td3, mdpo, mdpo-off; --seeds 0 1 2
 
 Trains stable-baselines3's algorithm with exactly the settings of `SETTINGS` (ctrlrl key names,
 translated below), one torch thread, then prints each seed's mean return over 10 deterministic
 evaluation episodes and their mean. Everything not in `SETTINGS` is each library's default.
 The tests assert that ctrlrl, with the same settings and seeds, reaches at least that mean.
+An entry with a `baseline` checks another algorithm against that SB3 baseline (MDPO against PPO
+and SAC, ALGORITHMS.md §1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ SETTINGS = {
     "sac": {"env": "Pendulum-v1", "total_steps": 5_000,
             "config": {"learning_starts": 1_000, "batch_size": 256, "learning_rate": 1e-3,
                        "hidden_sizes": [64, 64]}},
+    # on-policy MDPO takes 10 full-batch steps per rollout where PPO takes 160 minibatch steps:
+    # it needs a longer budget to reach InvertedPendulum's maximum; PPO is checked at that budget
+    "mdpo": {"env": "InvertedPendulum-v5", "total_steps": 51_200, "baseline": "ppo",
+             "config": {"n_steps": 1024, "learning_rate": 1e-3, "hidden_sizes": [64, 64]},
+             "baseline_config": {"batch_size": 64, "n_epochs": 10}},
+    "mdpo-off": {"env": "Pendulum-v1", "total_steps": 5_000, "baseline": "sac",
+                 "config": {"learning_starts": 1_000, "batch_size": 256, "learning_rate": 1e-3,
+                            "hidden_sizes": [64, 64]}},
     "td3": {"env": "Pendulum-v1", "total_steps": 7_000,
             "config": {"learning_starts": 1_000, "batch_size": 256, "learning_rate": 1e-3,
                        "hidden_sizes": [64, 64], "exploration_noise": 0.1}},
@@ -40,8 +50,9 @@ def sb3_returns(algo: str, seed: int) -> np.ndarray:
 
     torch.set_num_threads(1)
     s = SETTINGS[algo]
-    cfg, env = s["config"], gym.make(s["env"])
+    cfg, env = {**s["config"], **s.get("baseline_config", {})}, gym.make(s["env"])
     net = list(cfg["hidden_sizes"])
+    algo = s.get("baseline", algo)
     if algo == "ppo":
         model = PPO("MlpPolicy", env, n_steps=cfg["n_steps"], batch_size=cfg["batch_size"],
                     n_epochs=cfg["n_epochs"], learning_rate=cfg["learning_rate"],

@@ -5,6 +5,7 @@
     python benchmarks/speed.py --memory              # peak RSS of SAC with a full 1M buffer
     python benchmarks/speed.py --algos ppo --compile --warmup 8192 --steps 32768
                                                      # steady state, incl. ctrlrl --compile
+    python benchmarks/speed.py --pairs mdpo,mdpo-off # ctrlrl algorithm vs its ctrlrl baseline
 
 Each measurement is a fresh subprocess with one torch thread, so neither library warms the other's
 caches; rounds alternate sb3, ctrlrl, sb3, ctrlrl, ... so drift in machine load hits both alike.
@@ -35,7 +36,20 @@ SETTINGS = {
 }
 
 
-def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool, warmup: int) -> float:
+# --pairs: algorithm → (its ctrlrl baseline, the baseline's overrides, the algorithm's overrides),
+# set so both take the same gradient steps per iteration: MDPO's 10 full-batch policy steps and
+# 10 full-batch value steps against PPO's 10 full-batch epochs of its joint loss; MDPO-off and SAC
+# one step per env step each. Normalisation off on both sides (as in SETTINGS).
+_PLAIN = {"normalize_obs": False, "normalize_reward": False}
+PAIRS = {
+    "mdpo": ("ppo", {**_PLAIN, "batch_size": 2048, "n_epochs": 10},
+             {**_PLAIN, "sgd_steps": 10, "vf_epochs": 10, "vf_batch_size": 2048}),
+    "mdpo-off": ("sac", {"learning_starts": 100}, {"learning_starts": 100}),
+}
+
+
+def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool, warmup: int,
+           settings: dict | None = None) -> float:
     import torch
 
     torch.set_num_threads(1)
@@ -54,7 +68,8 @@ def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool, warmup:
 
         import ctrlrl
 
-        overrides = {**SETTINGS[algo]["ctrlrl"], "eval_every": 0, "checkpoint_every": 0,
+        overrides = {**(SETTINGS[algo]["ctrlrl"] if settings is None else settings),
+                     "eval_every": 0, "checkpoint_every": 0,
                      "progress": False, "tensorboard": False, "compile": compile_}
         model = ctrlrl.make(algo, env_id, overrides, seed=0, device="cpu", total_steps=warmup,
                             run_dir=tempfile.mkdtemp(prefix="ctrlrl-speed-"))
@@ -100,6 +115,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (both libs)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per algo)")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--pairs", help="e.g. mdpo,mdpo-off: each against its ctrlrl baseline")
     parser.add_argument("--out")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,18 +124,35 @@ def main() -> None:
         if args.worker[0] == "memory":
             print(json.dumps(memory_worker(args.worker[1])))
         else:
-            lib, algo, env_id, steps, comp, *warmup = args.worker
-            print(json.dumps(worker(lib, algo, env_id, int(steps), comp == "1",
-                                    int(warmup[0]) if warmup else 0)))
+            lib, algo, env_id, steps, comp, warmup, *settings = args.worker
+            print(json.dumps(worker(lib, algo, env_id, int(steps), comp == "1", int(warmup),
+                                    json.loads(settings[0]) if settings else None)))
         return
 
     lines = [f"machine: {platform.processor() or platform.machine()}, "
              f"{_cpu_name()}, python {platform.python_version()}, 1 torch thread per process",
-             f"command: python benchmarks/speed.py --algos {args.algos} --env {args.env} "
+             "command: python benchmarks/speed.py "
+             + (f"--pairs {args.pairs}" if args.pairs else f"--algos {args.algos}")
+             + f" --env {args.env} "
              f"--rounds {args.rounds}{' --compile' if args.compile else ''}"
              + (f" --warmup {args.warmup}" if args.warmup else "")
              + (f" --steps {args.steps}" if args.steps else ""), ""]
-    if args.memory:
+    if args.pairs:
+        lines += ["| algo | baseline | timed steps | baseline fps (median) | algo fps (median) "
+                  "| algo / baseline | per-round fps |", "|---|---|---|---|---|---|---|"]
+        for algo in args.pairs.split(","):
+            base, base_settings, algo_settings = PAIRS[algo]
+            steps = args.steps or SETTINGS[base]["steps"]
+            fps: dict[str, list[float]] = {base: [], algo: []}
+            for _ in range(args.rounds):
+                for name, settings in ((base, base_settings), (algo, algo_settings)):
+                    fps[name].append(run_worker(["ctrlrl", name, args.env, str(steps), "0",
+                                                 str(args.warmup), json.dumps(settings)]))
+            med = {k: statistics.median(v) for k, v in fps.items()}
+            rounds = "; ".join(f"{k}: " + ", ".join(f"{x:.0f}" for x in v) for k, v in fps.items())
+            lines.append(f"| {algo} | {base} | {steps} | {med[base]:.0f} | {med[algo]:.0f} | "
+                         f"{med[algo] / med[base]:.2f}x | {rounds} |")
+    elif args.memory:
         mem = run_worker(["memory", args.env])
         lines.append(f"SAC on {args.env}, 1M-transition buffer fully written: buffer "
                      f"{mem['buffer_mib']:.0f} MiB, process peak RSS {mem['peak_rss_mib']:.0f} MiB")

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--aggregate", action="store_true",
                         help="add a row and panel per algorithm over all envs (normalised scores only)")
     report.add_argument("--title", default=None)
+    report.add_argument("--notes", default=None, metavar="FILE",
+                        help="markdown appended under the table (the discussion of the results)")
     return parser
 
 
@@ -182,7 +184,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
             raise UserError(f"--welch {args.welch!r}: name two labels, e.g. --welch pdppo,ppo")
     paths = write_report(args.runs, args.output, args.metric, welch, args.title,
                          "ctrlrl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
-                         args.aggregate)
+                         args.aggregate, args.notes)
     print("wrote " + ", ".join(map(str, paths)))
 
 

@@ -325,3 +325,9 @@ def test_ray_backend_matches_the_local_report(storage, stopped_and_finished, tmp
     # the same seeds give the same evaluations wherever they ran (CPU, one thread each)
     for run_dir in local.glob("*/*/seed*"):
         assert eval_rows(out / run_dir.relative_to(local)) == eval_rows(run_dir)
+
+
+def test_ray_backend_without_ray_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    assert cli.main(["sweep", *GRID, "--backend", "ray", "--out", str(tmp_path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "pip install 'ctrlrl[ray]'")

@@ -17,9 +17,9 @@ from conftest import (
 
 import ctrlrl
 from ctrlrl import api
-from ctrlrl.algos.base import CHECKPOINT_NAME
+from ctrlrl.algos.base import CHECKPOINT_NAME, TrainingInterrupted, request_stop
 
-ALGOS = ["ppo", "sac", "td3"]
+ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off"]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -52,10 +52,22 @@ def _straight_and_resumed(algo, tmp_path, extra=None, ckpt_every=(0, 0)):
     n = STEPS[algo]
     straight = make_algo(algo, tmp_path / "straight", seed=1, total_steps=2 * n,
                          checkpoint_every=ckpt_every[0], **extra).learn()
-    first = make_algo(algo, tmp_path / "split", seed=1, total_steps=n,
-                      checkpoint_every=ckpt_every[1], **extra).learn()
+    # the split run has the straight run's budget (schedules such as MDPO's t_k and annealed
+    # learning rates depend on it) and is stopped at n the way Ctrl-C stops it
+    first = make_algo(algo, tmp_path / "split", seed=1, total_steps=2 * n,
+                      checkpoint_every=ckpt_every[1], **extra)
+    iteration = first.train_iteration
+
+    def stop_at_n() -> None:
+        iteration()
+        if first.step >= n:
+            request_stop()
+
+    first.train_iteration = stop_at_n
+    with pytest.raises(TrainingInterrupted):
+        first.learn()
     first.close()
-    resumed = api.resume(tmp_path / "split", total_steps=2 * n)
+    resumed = api.resume(tmp_path / "split")
     assert resumed.step == n
     resumed.learn()
     assert resumed.step == straight.step == 2 * n

@@ -82,10 +82,16 @@ class SAC(OffPolicyAlgorithm):
         q = self.critic(b.obs, b.actions)
         return 0.5 * ((q - target) ** 2).mean(1).sum()
 
+    def actor_loss(self, obs: torch.Tensor, action: torch.Tensor, log_prob: torch.Tensor,
+                   pre_tanh: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """E[α log π(ã|s) − min_i Q_i(s, ã)] over reparameterised actions ã = tanh(u)."""
+        q_pi = self.critic(obs, action, detach_params=True).min(0).values
+        return (alpha * log_prob - q_pi).mean()
+
     def update(self) -> None:
         cfg = self.cfg
         b = self.replay.sample(cfg.batch_size)
-        pi_action, log_prob = self.actor.sample(b.obs)
+        pi_action, log_prob, pre_tanh = self.actor.rsample(b.obs)
 
         alpha = self.log_alpha.detach().exp()
         if cfg.autotune:
@@ -99,8 +105,7 @@ class SAC(OffPolicyAlgorithm):
         critic_loss.backward()
         self.critic_opt.step()
 
-        q_pi = self.critic(b.obs, pi_action, detach_params=True).min(0).values
-        actor_loss = (alpha * log_prob - q_pi).mean()
+        actor_loss = self.actor_loss(b.obs, pi_action, log_prob, pre_tanh, alpha)
         self.actor_flat.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()

@@ -157,17 +157,19 @@ def apply_overrides(
 
 
 def load_preset(path: Path, env_id: str) -> dict[str, Any]:
-    """Per-env overrides from a preset YAML; top-level keys starting with `_` only hold anchors."""
+    """Per-env overrides from a preset YAML; top-level keys starting with `_` only hold anchors,
+    and a `default` entry applies to every env (the env's own entry wins)."""
     if not path.exists():
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"preset {path} is not valid YAML ({exc}); fix the file") from None
-    entry = data.get(env_id, {})
-    if not isinstance(entry, dict):
-        raise UserError(f"preset {path}: entry {env_id!r} must be a mapping of key: value")
-    return dict(entry)
+    entries = [data.get("default", {}), data.get(env_id, {})]
+    for name, entry in zip(("default", env_id), entries, strict=True):
+        if not isinstance(entry, dict):
+            raise UserError(f"preset {path}: entry {name!r} must be a mapping of key: value")
+    return {**entries[0], **entries[1]}
 
 
 def resolve_device(requested: str) -> torch.device:

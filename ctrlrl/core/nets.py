@@ -91,13 +91,33 @@ class GaussianPolicy(nn.Module):
         return action, (-0.5 * noise.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
 
     def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
-        mean = self.net(obs)
-        log_std = self.log_std.expand_as(mean)
+        return self.log_prob_entropy_of(self.dist_params(obs), action)
+
+    @staticmethod
+    def log_prob_entropy_of(params: tuple[torch.Tensor, torch.Tensor], action: torch.Tensor):
+        """log π(action) and entropy from `dist_params` (one forward serves both and the KL)."""
+        mean, log_std = params
         entropy = (log_std + 0.5 + _LOG_SQRT_2PI).sum(-1)
         return gaussian_log_prob(action, mean, log_std), entropy
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
+
+    def dist_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.net(obs)
+        return mean, self.log_std.expand_as(mean)
+
+    @staticmethod
+    def kl(p: tuple[torch.Tensor, torch.Tensor], q: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """KL(p ‖ q) per state, closed form for diagonal Gaussians given by `dist_params`."""
+        (mp, lp), (mq, lq) = p, q
+        return (lq - lp + 0.5 * (torch.exp(2 * (lp - lq)) + ((mp - mq) * torch.exp(-lq)).pow(2))
+                - 0.5).sum(-1)
+
+
+def categorical_kl(logp: torch.Tensor, logq: torch.Tensor, dims: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    """KL(p ‖ q) of categoricals given as log-probabilities; impossible actions (−inf) add 0."""
+    return (logp.exp() * (logp - logq)).nan_to_num(nan=0.0).sum(dims)
 
 
 class CategoricalPolicy(nn.Module):
@@ -116,12 +136,22 @@ class CategoricalPolicy(nn.Module):
         return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
 
     def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
-        logp_all = torch.log_softmax(self.net(obs), -1)
+        return self.log_prob_entropy_of(self.dist_params(obs), action)
+
+    @staticmethod
+    def log_prob_entropy_of(logp_all: torch.Tensor, action: torch.Tensor):
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).argmax(-1)
+
+    def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(obs), -1)
+
+    @staticmethod
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return categorical_kl(p, q)
 
 
 class MultiCategoricalPolicy(nn.Module):
@@ -152,7 +182,10 @@ class MultiCategoricalPolicy(nn.Module):
         return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
 
     def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
-        logp_all = self._log_probs(obs)
+        return self.log_prob_entropy_of(self._log_probs(obs), action)
+
+    @staticmethod
+    def log_prob_entropy_of(logp_all: torch.Tensor, action: torch.Tensor):
         p = logp_all.exp()
         entropy = -(p * logp_all.nan_to_num(neginf=0.0)).sum((-1, -2))
         logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1).sum(-1)
@@ -160,6 +193,13 @@ class MultiCategoricalPolicy(nn.Module):
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self._log_probs(obs).argmax(-1)
+
+    def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._log_probs(obs)
+
+    @staticmethod
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return categorical_kl(p, q, (-1, -2))
 
 
 def make_policy(space: gym.Space, obs_dim: int, hidden: Sequence[int], act: str,
@@ -191,11 +231,24 @@ class TanhGaussianPolicy(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample and its log-probability (with the tanh change of variables)."""
+        action, log_prob, _ = self.rsample(obs)
+        return action, log_prob
+
+    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`sample` plus the pre-tanh draw u, so another policy can score the same action."""
         mean, log_std = self._params(obs)
         u = mean + torch.exp(log_std) * torch.randn_like(mean)
+        return torch.tanh(u), self._log_prob(u, mean, log_std), u
+
+    def log_prob_pre_tanh(self, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """log π(tanh(u) | obs) of an action given by its pre-tanh value u."""
+        return self._log_prob(u, *self._params(obs))
+
+    @staticmethod
+    def _log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
         # log(1 - tanh(u)^2) = 2·(log 2 − u − softplus(−2u)), stable for large |u|
         correction = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
-        return torch.tanh(u), gaussian_log_prob(u, mean, log_std) - correction.sum(-1)
+        return gaussian_log_prob(u, mean, log_std) - correction.sum(-1)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self._params(obs)[0])

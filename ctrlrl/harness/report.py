@@ -217,7 +217,8 @@ def build_report(groups: dict[str, dict[str, list[Run]]], metric: str,
     return report
 
 
-def markdown(report: dict[str, Any], title: str, image: str | None, command: str | None) -> str:
+def markdown(report: dict[str, Any], title: str, image: str | None, command: str | None,
+             notes: str | None = None) -> str:
     metric, welch = report["metric"], report.get("welch")
     lines = [f"# {title}", ""]
     if command:
@@ -247,13 +248,22 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
         lines.append("| " + " | ".join(cells) + " |")
     if image:
         lines += ["", f"![learning curves]({image})"]
+    if notes:
+        lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
 def write_report(patterns: list[str], output: str, metric: str | None = None,
                  welch: tuple[str, str] | None = None, title: str | None = None,
-                 command: str | None = None, pooled: bool = False) -> list[Path]:
-    """`<output>.md` (table), `<output>.png` (curves), `<output>.json` (the numbers)."""
+                 command: str | None = None, pooled: bool = False,
+                 notes: str | None = None) -> list[Path]:
+    """`<output>.md` (table, then the text of the `notes` file), `<output>.png` (curves),
+    `<output>.json` (the numbers)."""
+    if notes is not None:
+        try:
+            notes = Path(notes).read_text()
+        except OSError as exc:
+            raise UserError(f"--notes {notes}: cannot read it ({exc.strerror})") from None
     out = Path(output)
     if out.suffix in (".md", ".png", ".json"):
         out = out.with_suffix("")
@@ -264,7 +274,7 @@ def write_report(patterns: list[str], output: str, metric: str | None = None,
         groups = {**groups, f"all {len(groups)} envs": aggregate(groups, metric)}
     png = plot_groups(groups, metric, out.with_suffix(".png"))
     md = out.with_suffix(".md")
-    md.write_text(markdown(report, title or out.name, png.name, command))
+    md.write_text(markdown(report, title or out.name, png.name, command, notes))
     js = out.with_suffix(".json")
     js.write_text(json.dumps(report, indent=1))
     return [md, png, js]
