@@ -232,7 +232,7 @@ def test_sb3_twin_gets_ctrlrls_hyperparameters(tmp_path):
 
     spec = sweep.expand_grid(["sb3-sac"], ["Pendulum-v1"], [0], 1000, str(tmp_path),
                              {"learning_rate": 1e-3, "hidden_sizes": [64, 32], "tau": 0.01})[0]
-    _, run, cfg = sweep.resolve_spec(spec)
+    run, cfg = sweep.resolve_spec(spec)
     model = _build("sb3-sac", make_vec_env("Pendulum-v1", 1), run, cfg, "cpu")
     assert model.learning_rate == 1e-3 and model.tau == 0.01 and model.gamma == cfg.gamma
     assert model.learning_starts == cfg.learning_starts and model.batch_size == cfg.batch_size
@@ -297,7 +297,7 @@ def test_grid_order_labels_and_scoped_settings(tmp_path):
     assert [s.seed for s in specs] == [0] * 6 + [1] * 6  # seed-major
     first = specs[0]
     assert first.label == "ppo[learning_rate=1e-3]"  # as typed
-    _, run, cfg = sweep.resolve_spec(first)
+    run, cfg = sweep.resolve_spec(first)
     assert (cfg.gamma, cfg.n_steps, cfg.learning_rate, run.total_steps) == (0.9, 64, 1e-3, 10)
     assert specs[2].overrides["n_steps"] == 64  # the twin shares its base algorithm's settings
     assert "n_steps" not in specs[4].overrides

@@ -33,6 +33,7 @@ from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import evaluate
 from ctrlrl.core.logger import Logger
+from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
 
 CHECKPOINT_NAME = "latest.pt"
 
@@ -364,12 +365,22 @@ def _deferred_sigint():
 class OnPolicyAlgorithm(Algorithm):
     """Collect `n_steps` per env with the current policy, compute GAE, then `update`.
 
-    Subclasses set `self.policy` (a `core.nets` policy head) and `self.value_fn` in `build` and
-    implement `update(data)` over the flattened rollout.
+    Subclasses set `self.policy` and `self.value_fn` in `build` (`build_actor_critic` makes the
+    usual pair) and implement `update(rollout)`.
     """
 
     policy: nn.Module
     value_fn: nn.Module
+
+    def build_actor_critic(self) -> None:
+        """`self.policy` (the head for the action space) and `self.value_fn`, from the config's
+        hidden_sizes, activation, ortho_init and log_std_init."""
+        cfg = self.cfg
+        self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
+                                  cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
+        self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
+        if cfg.ortho_init:
+            orthogonal_init(self.value_fn, last_gain=1.0)
 
     def make_rollout_buffer(self) -> RolloutBuffer:
         space = self.env.action_space

@@ -43,7 +43,7 @@ from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.algos.sac import SAC, SACConfig
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
+from ctrlrl.core.nets import FlatParams, adam
 
 
 @dataclass
@@ -85,11 +85,7 @@ class MDPO(OnPolicyAlgorithm):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
-                                  cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
-        self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
-        if cfg.ortho_init:
-            orthogonal_init(self.value_fn, last_gain=1.0)
+        self.build_actor_critic()
         self.policy_flat, self.value_flat = FlatParams(self.policy), FlatParams(self.value_fn)
         self.policy_opt = adam([self.policy_flat.param], cfg.learning_rate, cfg.adam_eps)
         self.value_opt = adam([self.value_flat.param], cfg.learning_rate, cfg.adam_eps)

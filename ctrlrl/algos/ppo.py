@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
+from ctrlrl.core.nets import FlatParams, adam
 
 
 @dataclass
@@ -52,11 +52,7 @@ class PPO(OnPolicyAlgorithm):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
-                                  cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
-        self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
-        if cfg.ortho_init:
-            orthogonal_init(self.value_fn, last_gain=1.0)
+        self.build_actor_critic()
         self.flat = FlatParams(self.policy, self.value_fn)  # one optimiser over both nets
         self.optimizer = adam([self.flat.param], cfg.learning_rate, cfg.adam_eps)
         self.rollout = self.make_rollout_buffer()

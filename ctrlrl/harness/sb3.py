@@ -89,7 +89,7 @@ def train_sb3(spec) -> tuple[int, float]:
     from ctrlrl.core.logger import Logger
     from ctrlrl.harness.sweep import resolve_spec, write_spec
 
-    _, run, cfg = resolve_spec(spec)
+    run, cfg = resolve_spec(spec)
     torch.set_num_threads(run.threads)
     run_dir = spec.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -142,15 +142,16 @@ def _base_name(algo: str) -> str:
 
 
 def resolve_spec(spec: RunSpec):
-    """(algorithm class or None for sb3, RunConfig, algo config) of a run, checked."""
+    """(RunConfig, algorithm config) of a run, checked; an sb3 twin takes its base's."""
     from ctrlrl import api
 
-    if spec.algo.startswith(SB3_PREFIX):
+    algo = spec.algo
+    if algo.startswith(SB3_PREFIX):
         from ctrlrl.harness.sb3 import sb3_base
 
-        _, run, cfg = api.resolve(sb3_base(spec.algo), spec.env, spec.overrides, **spec.flags())
-        return None, run, cfg
-    return api.resolve(spec.algo, spec.env, spec.overrides, **spec.flags())
+        algo = sb3_base(algo)
+    _, run, cfg = api.resolve(algo, spec.env, spec.overrides, **spec.flags())
+    return run, cfg
 
 
 def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
@@ -161,7 +162,7 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
 
     out = []
     for spec in specs:
-        _, run, cfg = resolve_spec(spec)
+        run, cfg = resolve_spec(spec)
         spec = dataclasses.replace(spec, total_steps=run.total_steps)
         config_file = spec.run_dir / "config.yaml"
         if config_file.is_file():
