@@ -1,0 +1,180 @@
+"""Multi-item, multi-machine lot-sizing with stochastic demand (ALGORITHMS.md §2).
+
+Each period every machine m either idles (a_m = 0) or produces item a_m. A transition splits into
+a deterministic decision step, `post_decision(obs, action)` (setups, setup losses, production: the
+post-decision state s^x), and a stochastic step (demand d_i, lost sales, holding). Observation:
+inventories I_i (n values in [0, max_inv]) then machine setups σ_m (M values in {0..n}, 0 = idle),
+as one float32 vector; demand is not observed. Reward = −(setup + lost-sales + holding cost); the
+three parts are in `info` with the post-decision observation.
+
+Instances are JSON files in `instances/` made by `generate_instance(n_items, n_machines, seed)`;
+`ctrlrl/LotSizing-<n>x<M>-v0` registers each, `ctrlrl/LotSizing-v0` takes `instance=` (a name or a
+path to a JSON file) and `demand=` ("binomial:20:0.4" default, "poisson:8", "zero").
+
+Choices the spec leaves open: post-decision inventory is capped at `max_inv` (production beyond it
+is discarded at once, so with zero demand s' = s^x exactly); a setup loss can eat into existing stock
+(inventory floored at 0); reset draws each inventory uniformly from 0..`initial_inventory_max` and
+each machine's setup uniformly from the items it can make, or idle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from ctrlrl.core.errors import UserError
+
+INSTANCE_DIR = Path(__file__).parent / "instances"
+REFERENCE_SIZES = ((15, 5), (20, 10), (25, 10), (25, 15), (30, 10), (30, 15))
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    seed: int
+    holding: np.ndarray  # (n,) cost per unit held at the end of a period
+    lost_sales: np.ndarray  # (n,) cost per unit of unmet demand
+    setup_cost: np.ndarray  # (M, n) cost of switching machine m to item i
+    setup_loss: np.ndarray  # (M, n) units of item i lost when machine m switches to it
+    capacity: np.ndarray  # (M, n) units of item i machine m makes per period (0: cannot)
+    initial_inventory_max: int = 50
+    max_inv: int = 100
+    horizon: int = 100
+
+    @property
+    def n_items(self) -> int:
+        return len(self.holding)
+
+    @property
+    def n_machines(self) -> int:
+        return len(self.capacity)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Instance:
+        arrays = {"holding", "lost_sales", "setup_cost", "setup_loss", "capacity"}
+        return cls(**{k: np.asarray(v, dtype=float) if k in arrays else v for k, v in data.items()})
+
+
+def generate_instance(n_items: int, n_machines: int, seed: int) -> Instance:
+    """A random instance in the reference generator's ranges: holding 0.01, lost sales 0.1–0.3,
+    setup cost 15–30, setup loss 1–3, capacity 0–40 with ~40% zeros (every item makable)."""
+    rng = np.random.default_rng(seed)
+    capacity = rng.integers(1, 41, (n_machines, n_items)) * (rng.random((n_machines, n_items)) >= 0.4)
+    for i in np.flatnonzero(capacity.sum(0) == 0):  # no item without a machine that makes it
+        capacity[rng.integers(n_machines), i] = rng.integers(1, 41)
+    return Instance(
+        name=f"{n_items}x{n_machines}", seed=seed,
+        holding=np.full(n_items, 0.01),
+        lost_sales=np.round(rng.uniform(0.1, 0.3, n_items), 4),
+        setup_cost=rng.integers(15, 31, (n_machines, n_items)).astype(float),
+        setup_loss=rng.integers(1, 4, (n_machines, n_items)).astype(float),
+        capacity=capacity.astype(float))
+
+
+def load_instance(instance: str | Instance) -> Instance:
+    if isinstance(instance, Instance):
+        return instance
+    path = Path(instance) if str(instance).endswith(".json") else INSTANCE_DIR / f"{instance}.json"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in INSTANCE_DIR.glob("*.json")))
+        raise UserError(f"lot-sizing instance {instance!r} not found; use one of {names} or a "
+                        "path to a JSON file written by ctrlrl.envs.lot_sizing.generate_instance")
+    return Instance.from_json(json.loads(path.read_text()))
+
+
+def _demand_sampler(spec: str):
+    kind, *args = spec.split(":")
+    try:
+        if kind == "binomial":
+            n, p = int(args[0]), float(args[1])
+            return lambda rng, size: rng.binomial(n, p, size)
+        if kind == "poisson":
+            lam = float(args[0])
+            return lambda rng, size: rng.poisson(lam, size)
+        if kind == "zero" and not args:
+            return lambda rng, size: np.zeros(size, dtype=np.int64)
+    except (IndexError, ValueError):
+        pass
+    raise UserError(f"demand={spec!r}: use binomial:N:P, poisson:LAMBDA or zero")
+
+
+class LotSizingEnv(gym.Env):
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, instance: str | Instance = "20x10", demand: str = "binomial:20:0.4"):
+        self.instance = inst = load_instance(instance)
+        self.demand_spec = demand
+        self._demand = _demand_sampler(demand)
+        n, m = inst.n_items, inst.n_machines
+        self.observation_space = gym.spaces.Box(
+            0.0, np.concatenate([np.full(n, inst.max_inv), np.full(m, n)]).astype(np.float32),
+            dtype=np.float32)
+        self.action_space = gym.spaces.MultiDiscrete(np.full(m, n + 1))
+        # (M, n+1) tables with a zero "idle" column: indexing by the action needs no branches
+        pad = np.zeros((m, 1))
+        self._capacity = np.hstack([pad, inst.capacity])
+        self._setup_cost = np.hstack([pad, inst.setup_cost])
+        self._setup_loss = np.hstack([pad, inst.setup_loss])
+        self._rows = np.arange(m)
+        self.obs = np.zeros(n + m, dtype=np.float32)
+        self.t = 0
+
+    def decision(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(post-decision observations, setup costs) for a batch (or one) of obs and actions."""
+        n = self.instance.n_items
+        obs, action = np.asarray(obs), np.asarray(action, dtype=np.int64)
+        setups = obs[..., n:].astype(np.int64)
+        switch = (action != 0) & (action != setups)  # (..., M)
+        capacity = self._capacity[self._rows, action]  # (..., M): what each machine makes
+        loss = np.where(switch, self._setup_loss[self._rows, action], 0.0)
+        setup_cost = np.where(switch, self._setup_cost[self._rows, action], 0.0).sum(-1)
+        items = np.eye(n + 1)[action][..., 1:]  # (..., M, n): which item each machine works on
+        delta = ((capacity - loss)[..., None] * items).sum(-2)
+        inventory = np.clip(obs[..., :n] + delta, 0.0, self.instance.max_inv)
+        post = np.concatenate([inventory, action.astype(np.float64)], -1).astype(np.float32)
+        return post, setup_cost
+
+    def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The post-decision state s^x = f(s, a): pure, batched over leading dimensions."""
+        return self.decision(obs, action)[0]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        inst, rng = self.instance, self.np_random
+        inventory = rng.integers(0, inst.initial_inventory_max + 1, inst.n_items)
+        setups = np.array([rng.choice(np.concatenate([[0], np.flatnonzero(row) + 1]))
+                           for row in inst.capacity])
+        self.obs = np.concatenate([inventory, setups]).astype(np.float32)
+        self.t = 0
+        return self.obs.copy(), {}
+
+    def step(self, action):
+        inst = self.instance
+        post, setup_cost = self.decision(self.obs, action)
+        demand = self._demand(self.np_random, inst.n_items)
+        stock = post[: inst.n_items].astype(np.float64)
+        sold = np.minimum(stock, demand)
+        inventory = stock - sold
+        lost_cost = float(inst.lost_sales @ (demand - sold))
+        holding_cost = float(inst.holding @ inventory)
+        self.obs = np.concatenate([inventory, post[inst.n_items:]]).astype(np.float32)
+        self.t += 1
+        info = {"post_decision_obs": post, "cost_setup": float(setup_cost),
+                "cost_lost_sales": lost_cost, "cost_holding": holding_cost}
+        reward = -(float(setup_cost) + lost_cost + holding_cost)
+        return self.obs.copy(), reward, False, self.t >= inst.horizon, info
+
+
+def register() -> None:
+    gym.register("ctrlrl/LotSizing-v0", entry_point=LotSizingEnv)
+    for n, m in REFERENCE_SIZES:
+        gym.register(f"ctrlrl/LotSizing-{n}x{m}-v0", entry_point=LotSizingEnv,
+                     kwargs={"instance": f"{n}x{m}"})

@@ -1,0 +1,119 @@
+"""The lot-sizing environment (ALGORITHMS.md §2): dynamics, costs, seeding, instances, checkers."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import make_algo
+
+import ctrlrl.envs  # noqa: F401  (registers the ids)
+from ctrlrl.core.errors import UserError
+from ctrlrl.envs.lot_sizing import INSTANCE_DIR, REFERENCE_SIZES, Instance, LotSizingEnv, generate_instance
+
+
+def play(env: LotSizingEnv, seed: int, steps: int, action_seed: int = 0):
+    """Random play; yields (obs, action, next obs, reward, info) per step."""
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(action_seed)
+    for _ in range(steps):
+        action = rng.integers(0, env.action_space.nvec)
+        next_obs, reward, _, truncated, info = env.step(action)
+        yield obs, action, next_obs, reward, info
+        obs = env.reset()[0] if truncated else next_obs
+
+
+def test_passes_gymnasium_and_sb3_checkers():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    check_env(gym.make("ctrlrl/LotSizing-25x15-v0").unwrapped)
+    sb3_check_env(gym.make("ctrlrl/LotSizing-15x5-v0").unwrapped)
+
+
+def test_stable_baselines3_ppo_trains_on_it():
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", gym.make("ctrlrl/LotSizing-15x5-v0"), n_steps=512, batch_size=128,
+                n_epochs=1, seed=0, device="cpu")
+    model.learn(2048)
+    assert model.num_timesteps >= 2048
+
+
+def test_ctrlrl_ppo_trains_on_it(tmp_path):
+    algo = make_algo("ppo", tmp_path, env="ctrlrl/LotSizing-15x5-v0", total_steps=256).learn()
+    assert algo.step == 256 and np.isfinite(float(algo.metrics["value_loss"]))
+    algo.close()
+
+
+def test_zero_demand_reaches_the_post_decision_state():
+    env = LotSizingEnv("20x10", demand="zero")
+    for obs, action, next_obs, _, info in play(env, seed=1, steps=300):
+        np.testing.assert_array_equal(next_obs, env.post_decision(obs, action))
+        np.testing.assert_array_equal(info["post_decision_obs"], next_obs)
+        assert info["cost_lost_sales"] == 0.0
+
+
+def test_post_decision_is_pure_and_batched():
+    env = LotSizingEnv("25x10")
+    rows = list(play(env, seed=2, steps=50))
+    obs = np.stack([r[0] for r in rows])
+    actions = np.stack([r[1] for r in rows])
+    before = obs.copy()
+    batched = env.post_decision(obs, actions)
+    np.testing.assert_array_equal(obs, before)  # inputs untouched
+    for k, (o, a, *_rest, info) in enumerate(rows):
+        np.testing.assert_array_equal(batched[k], env.post_decision(o, a))
+        np.testing.assert_array_equal(batched[k], info["post_decision_obs"])
+
+
+@pytest.mark.parametrize("demand", ["binomial:20:0.4", "poisson:30", "zero"])
+def test_costs_add_up_and_inventory_stays_in_bounds(demand):
+    env = LotSizingEnv("30x15", demand=demand)
+    n = env.instance.n_items
+    for _, action, next_obs, reward, info in play(env, seed=3, steps=400):
+        assert info["cost_setup"] + info["cost_lost_sales"] + info["cost_holding"] == \
+            pytest.approx(-reward, abs=1e-9)
+        assert np.all(next_obs[:n] >= 0) and np.all(next_obs[:n] <= env.instance.max_inv)
+        np.testing.assert_array_equal(next_obs[n:], action)  # setups follow the action
+        assert env.observation_space.contains(next_obs)
+
+
+def test_setup_cost_only_when_a_machine_switches_to_an_item():
+    env = LotSizingEnv("15x5", demand="zero")
+    obs, _ = env.reset(seed=0)
+    setups = obs[15:].astype(int)
+    _, cost = env.decision(obs, setups)  # keep every setup: no cost
+    assert cost == 0.0
+    _, cost = env.decision(obs, np.zeros(5, dtype=int))  # idle everything: no cost
+    assert cost == 0.0
+    switch = setups.copy()
+    switch[0] = 1 if setups[0] != 1 else 2
+    _, cost = env.decision(obs, switch)
+    assert cost == env.instance.setup_cost[0, switch[0] - 1]
+
+
+def test_same_seed_same_demand_path_and_different_seed_differs():
+    def path(seed):
+        return [(r[2].tolist(), r[3]) for r in play(LotSizingEnv("20x10"), seed=seed, steps=150)]
+
+    assert path(4) == path(4)
+    assert path(4) != path(5)
+
+
+@pytest.mark.parametrize(("n", "m"), REFERENCE_SIZES)
+def test_generator_reproduces_the_instance_files(n, m):
+    data = json.loads((INSTANCE_DIR / f"{n}x{m}.json").read_text())
+    assert generate_instance(n, m, data["seed"]).to_json() == data
+    inst = Instance.from_json(data)
+    assert inst.capacity.shape == (m, n) and np.all(inst.capacity.sum(0) > 0)
+    assert 0.2 < np.mean(inst.capacity == 0) < 0.6  # ~40% of machine-item pairs cannot produce
+
+
+def test_bad_instance_or_demand_is_a_clear_error():
+    with pytest.raises(UserError, match="not found; use one of"):
+        LotSizingEnv("7x7")
+    with pytest.raises(UserError, match="binomial:N:P"):
+        LotSizingEnv("15x5", demand="normal:3")
