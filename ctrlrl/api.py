@@ -60,6 +60,28 @@ def load(path: str | Path, device: str | None = None, replay: bool = True) -> Al
     return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device, extra=replay)
 
 
+def evaluate_heuristic(env: str, episodes: int = 10, seed: int = 0):
+    """Returns of an env's scripted `heuristic_action` policy: one episode on each of `episodes`
+    envs seeded seed, seed+1, … (the protocol ctrlrl uses for trained policies)."""
+    import gymnasium as gym
+
+    from ctrlrl.core.envs import VecEnv
+    from ctrlrl.core.evaluation import evaluate
+
+    check_env_id(env)
+    policy = getattr(gym.make(env).unwrapped, "heuristic_action", None)
+    if policy is None:
+        raise UserError(f"{env} has no scripted heuristic policy (an env provides one as "
+                        "`heuristic_action(obs)`); evaluate a trained run instead")
+    if episodes < 1:
+        raise UserError(f"--episodes {episodes}: evaluate at least one episode")
+    vec = VecEnv(env, episodes)
+    try:
+        return evaluate(policy, vec, seed)
+    finally:
+        vec.close()
+
+
 def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
     """Differences that matter between a saved `config.yaml` dict and a resolved config:
     everything but runtime settings (`RUNTIME_KEYS`), as "key: run has X, this command has Y"."""

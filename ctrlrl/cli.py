@@ -40,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
 
-    ev = sub.add_parser("eval", help="evaluate a run dir or checkpoint")
-    ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
+    ev = sub.add_parser("eval", help="evaluate a run dir or checkpoint, or an env's heuristic")
+    ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", nargs="?")
+    ev.add_argument("--policy", choices=["heuristic"],
+                    help="evaluate the env's scripted heuristic instead of a trained policy")
+    ev.add_argument("--env", help="with --policy heuristic: the env id")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=None, help="default: the run's seed + 10000")
     ev.add_argument("--device", default=None)
@@ -138,6 +141,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ctrlrl import api
 
+    if args.policy == "heuristic":
+        if args.env is None or args.path is not None:
+            raise UserError("--policy heuristic takes --env ENV_ID and no run dir, e.g. "
+                            "ctrlrl eval --policy heuristic --env ctrlrl/LotSizing-20x10-v0")
+        returns = api.evaluate_heuristic(args.env, args.episodes, args.seed or 0)
+        print(f"heuristic on {args.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
+              f"over {len(returns)} episodes (seeds {args.seed or 0}…)")
+        return
+    if args.path is None:
+        raise UserError("eval needs a RUN_DIR or checkpoint (or --policy heuristic --env ENV_ID)")
     algo = api.load(args.path, device=args.device, replay=False)
     returns = algo.evaluate(args.episodes, args.seed)
     print(f"{algo.name} on {algo.run.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "

@@ -146,6 +146,45 @@ class LotSizingEnv(gym.Env):
         """The post-decision state s^x = f(s, a): pure, batched over leading dimensions."""
         return self.decision(obs, action)[0]
 
+    def mean_demand(self) -> float:
+        kind, *args = self.demand_spec.split(":")
+        return {"binomial": lambda: int(args[0]) * float(args[1]),
+                "poisson": lambda: float(args[0]), "zero": lambda: 0.0}[kind]()
+
+    def heuristic_action(self, obs: np.ndarray, reorder_cover: float = 0.5,
+                         stocked_cover: float = 12.0) -> np.ndarray:
+        """An (s, S)-style base-stock policy, the sanity baseline beside RL.
+
+        A setup is the expensive part (15–30 against 0.1–0.3 per lost unit and 0.01 per unit held),
+        so a machine keeps making its current item — output above `max_inv` is simply discarded —
+        and switches only when its item is stocked (≥ S = `stocked_cover` periods of mean demand)
+        while an item it can make has run low (< s = `reorder_cover` periods) and no other machine
+        makes it; then it takes the lowest such item. An idle machine takes the lowest item it can make.
+        """
+        inst = self.instance
+        n = inst.n_items
+        obs = np.asarray(obs)
+        if obs.ndim > 1:
+            return np.stack([self.heuristic_action(o, reorder_cover, stocked_cover) for o in obs])
+        mu = self.mean_demand()
+        inventory, action = obs[:n], obs[n:].astype(np.int64).copy()
+        taken = np.zeros(n + 1, dtype=bool)
+        taken[action] = True
+        for m in range(inst.n_machines):  # greedy, machines in index order
+            item = action[m]
+            makable = (inst.capacity[m] > 0) & ~taken[1:]
+            if item and inst.capacity[m, item - 1] > 0:
+                makable &= inventory < reorder_cover * mu
+                if inventory[item - 1] < stocked_cover * mu or not makable.any():
+                    continue
+            elif not makable.any():
+                action[m] = 0
+                continue
+            taken[item] = False
+            action[m] = 1 + np.flatnonzero(makable)[np.argmin(inventory[makable])]
+            taken[action[m]] = True
+        return action
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         inst, rng = self.instance, self.np_random
