@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any, NoReturn
 
@@ -196,7 +197,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         if len(welch) != 2:
             raise UserError(f"--welch {args.welch!r}: name two labels, e.g. --welch pdppo,ppo")
     paths = write_report(args.runs, args.output, args.metric, welch, args.title,
-                         "ctrlrl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
+                         "ctrlrl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
                          args.aggregate, args.notes)
     print("wrote " + ", ".join(map(str, paths)))
 
