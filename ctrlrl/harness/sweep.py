@@ -338,10 +338,7 @@ def run_ray(specs: list[RunSpec], workers: int, address: str | None, storage: st
     """Each run one Ray task (1 CPU). `storage="shared"`: tasks write to `out` directly (a local
     Ray instance, or a path every node mounts); `storage="copy"`: each task works in a temporary
     dir on its node, receiving the run dir (to resume) and sending it back when it ends."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--backend ray needs Ray: pip install 'ctrlrl[ray]'") from None
+    ray = _import_ray()
     started = not ray.is_initialized()
     if started:
         kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
@@ -373,6 +370,14 @@ def run_ray(specs: list[RunSpec], workers: int, address: str | None, storage: st
     finally:
         if started:
             ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--backend ray needs Ray: pip install 'ctrlrl[ray]'") from None
+    return ray
 
 
 def _ray_task(spec: RunSpec, storage: str, archive: bytes | None):
@@ -413,6 +418,8 @@ def sweep(specs: list[RunSpec], workers: int, backend: str = "local", address: s
         raise UserError(f"--workers {workers}: need at least 1")
     if backend not in ("local", "ray"):
         raise UserError(f"--backend {backend!r}: use local or ray")
+    if backend == "ray":
+        _import_ray()  # before anything is planned or printed
     planned = plan(specs)
     todo = [s for s, state in planned if state != "complete"]
     counts = {state: sum(1 for _, s in planned if s == state) for state in ("complete", "resume", "start")}
