@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from ctrlrl.core.buffers import ReplayBuffer, RolloutBuffer
+from ctrlrl.core.buffers import ReplayBuffer, RolloutBatch, RolloutBuffer, explained_variance
 from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import VecEnv
@@ -390,6 +390,22 @@ class OnPolicyAlgorithm(Algorithm):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_fn(obs).squeeze(-1)
+
+    def rollout_schedule(self) -> tuple[int, float]:
+        """(index k of the rollout just collected, fraction of `total_steps` left when it began):
+        what annealed learning rates and MDPO's t_k depend on."""
+        batch = self.cfg.n_steps * self.run.n_envs
+        started = self.step - batch
+        return started // batch, max(0.0, 1.0 - started / self.run.total_steps)
+
+    def rollout_metrics(self, data: RolloutBatch) -> dict[str, Any]:
+        """Metrics every on-policy update logs: the value fit, and the Gaussian policy's std."""
+        with torch.no_grad():
+            metrics: dict[str, Any] = {
+                "explained_variance": explained_variance(data.returns, data.values)}
+        if hasattr(self.policy, "log_std"):
+            metrics["std"] = self.policy.log_std.exp().mean().detach()
+        return metrics
 
     def train_iteration(self) -> None:
         buf, gamma, n = self.rollout, self.cfg.gamma, self.run.n_envs

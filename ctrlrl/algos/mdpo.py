@@ -41,7 +41,7 @@ import torch
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.algos.sac import SAC, SACConfig
-from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
+from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import FlatParams, adam
 
@@ -113,24 +113,18 @@ class MDPO(OnPolicyAlgorithm):
             loss = torch.maximum(loss, (clipped - b.returns).pow(2))
         return loss.mean()
 
-    def iteration_schedule(self) -> tuple[float, float]:
-        """(t_k, fraction of training left) for the rollout just collected."""
-        batch = self.cfg.n_steps * self.run.n_envs
-        started = self.step - batch
-        t_k = step_size(started // batch, self.run.total_steps // batch) \
-            if self.cfg.anneal_step_size else 1.0
-        return t_k, max(0.0, 1.0 - started / self.run.total_steps)
-
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
-        t_k, left = self.iteration_schedule()
+        k, left = self.rollout_schedule()
+        t_k = step_size(k, self.run.total_steps // (cfg.n_steps * self.run.n_envs)) \
+            if cfg.anneal_step_size else 1.0
         lr = cfg.learning_rate * (left if cfg.anneal_lr else 1.0)
         for opt in (self.policy_opt, self.value_opt):
             opt.param_groups[0]["lr"] = lr
         data = rollout.all()
         adv = data.advantages
         if cfg.normalize_advantage and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = standardize(adv)
         with torch.no_grad():
             old_params = self.policy.dist_params(data.obs)  # π_k: the policy that collected the data
         kl_weight = torch.tensor(1.0 / t_k, device=self.device)  # a tensor: no recompile per k
@@ -151,14 +145,9 @@ class MDPO(OnPolicyAlgorithm):
                 self.value_opt.step()
                 value_losses.append(value_loss.detach())
         surrogate, kl, entropy = stats.detach()  # at the last inner step (KL after m − 1 steps)
-        with torch.no_grad():
-            var_y = data.returns.var()
-            explained = 1 - (data.returns - data.values).var() / var_y if var_y > 0 else 0.0
         self.metrics = {"policy_gradient_loss": -surrogate, "kl_mirror": kl, "step_size": t_k,
                         "entropy": entropy, "value_loss": torch.stack(value_losses).mean(),
-                        "explained_variance": explained, "learning_rate": lr}
-        if hasattr(self.policy, "log_std"):
-            self.metrics["std"] = self.policy.log_std.exp().mean().detach()
+                        "learning_rate": lr, **self.rollout_metrics(data)}
 
 
 # ---- off-policy ---------------------------------------------------------------------------------

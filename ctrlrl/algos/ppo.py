@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
-from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
+from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import FlatParams, adam
 
@@ -66,7 +66,7 @@ class PPO(OnPolicyAlgorithm):
         cfg = self.cfg
         adv = b.advantages
         if cfg.normalize_advantage and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = standardize(adv)
         log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
         log_ratio = log_prob - b.log_probs
         ratio = log_ratio.exp()
@@ -86,11 +86,8 @@ class PPO(OnPolicyAlgorithm):
 
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
-        if cfg.anneal_lr:
-            # fraction of training left when this rollout began (total_steps sets the schedule)
-            started = self.step - cfg.n_steps * self.run.n_envs
-            self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * max(
-                0.0, 1.0 - started / self.run.total_steps)
+        if cfg.anneal_lr:  # by the fraction of training left when this rollout began
+            self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * self.rollout_schedule()[1]
         stats: list[torch.Tensor] = []
         for _ in range(cfg.n_epochs):
             epoch_kl = []
@@ -108,14 +105,9 @@ class PPO(OnPolicyAlgorithm):
             if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
                 break
         means = torch.stack(stats).mean(0)
-        data = rollout.all()
-        var_y = data.returns.var()
         self.metrics = {
             "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
             "clip_fraction": means[3], "loss": means[4], "approx_kl": kl,
-            "explained_variance": 1 - (data.returns - data.values).var() / var_y
-            if var_y > 0 else 0.0,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
+            **self.rollout_metrics(rollout.all()),
         }
-        if hasattr(self.policy, "log_std"):
-            self.metrics["std"] = self.policy.log_std.exp().mean().detach()

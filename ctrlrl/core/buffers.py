@@ -38,6 +38,17 @@ def compute_gae(
     return adv, adv + values
 
 
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """(x − mean) / (std + 1e-8): advantages on a common scale."""
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> torch.Tensor | float:
+    """1 − Var(returns − values) / Var(returns); 0 when the returns do not vary."""
+    var_y = returns.var()
+    return 1 - (returns - values).var() / var_y if var_y > 0 else 0.0
+
+
 class RolloutBatch(NamedTuple):
     obs: torch.Tensor
     actions: torch.Tensor
