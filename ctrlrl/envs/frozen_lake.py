@@ -35,6 +35,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         self.n_cells = self.n_rows * self.n_cols
         self._terminal = np.isin(desc.ravel(), [b"H", b"G"])
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
+        self._eye = np.eye(self.n_cells, dtype=np.float32)
         # intended[s, a]: the cell action a aims at from cell s
         rows, cols = np.divmod(np.arange(self.n_cells), self.n_cols)
         target_r = np.clip(rows[:, None] + _MOVES[:, 0], 0, self.n_rows - 1)
@@ -43,7 +44,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         self._intended = np.where(self._terminal[:, None], np.arange(self.n_cells)[:, None], intended)
 
     def _one_hot(self, cells: np.ndarray) -> np.ndarray:
-        return np.eye(self.n_cells, dtype=np.float32)[cells]
+        return self._eye[cells].copy()  # a row of `_eye` would be a view shared across calls
 
     def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """One-hot intended cell for (batches of) one-hot observations and actions: pure."""

@@ -124,6 +124,7 @@ class LotSizingEnv(gym.Env):
         self._setup_cost = np.hstack([pad, inst.setup_cost])
         self._setup_loss = np.hstack([pad, inst.setup_loss])
         self._rows = np.arange(m)
+        self._item_of_action = np.eye(n + 1)[:, 1:]  # one-hot item per action value (idle: zeros)
         self.obs = np.zeros(n + m, dtype=np.float32)
         self.t = 0
 
@@ -136,7 +137,7 @@ class LotSizingEnv(gym.Env):
         capacity = self._capacity[self._rows, action]  # (..., M): what each machine makes
         loss = np.where(switch, self._setup_loss[self._rows, action], 0.0)
         setup_cost = np.where(switch, self._setup_cost[self._rows, action], 0.0).sum(-1)
-        items = np.eye(n + 1)[action][..., 1:]  # (..., M, n): which item each machine works on
+        items = self._item_of_action[action]  # (..., M, n): which item each machine works on
         delta = ((capacity - loss)[..., None] * items).sum(-2)
         inventory = np.clip(obs[..., :n] + delta, 0.0, self.instance.max_inv)
         post = np.concatenate([inventory, action.astype(np.float64)], -1).astype(np.float32)
