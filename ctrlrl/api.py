@@ -69,17 +69,20 @@ def evaluate_heuristic(env: str, episodes: int = 10, seed: int = 0):
     from ctrlrl.core.evaluation import evaluate
 
     check_env_id(env)
-    policy = getattr(gym.make(env).unwrapped, "heuristic_action", None)
-    if policy is None:
-        raise UserError(f"{env} has no scripted heuristic policy (an env provides one as "
-                        "`heuristic_action(obs)`); evaluate a trained run instead")
     if episodes < 1:
         raise UserError(f"--episodes {episodes}: evaluate at least one episode")
+    probe = gym.make(env)  # the policy is the env's method: it reads the env's constants
+    policy = getattr(probe.unwrapped, "heuristic_action", None)
+    if policy is None:
+        probe.close()
+        raise UserError(f"{env} has no scripted heuristic policy (an env provides one as "
+                        "`heuristic_action(obs)`); evaluate a trained run instead")
     vec = VecEnv(env, episodes)
     try:
         return evaluate(policy, vec, seed)
     finally:
         vec.close()
+        probe.close()
 
 
 def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
