@@ -35,13 +35,15 @@ FAST: dict[str, dict[str, Any]] = {
              "hidden_sizes": [32, 32], "log_every": 64},
     "mdpo-off": {**QUIET, "learning_starts": 50, "buffer_size": 2000, "batch_size": 32,
                  "hidden_sizes": [32, 32], "log_every": 50, "old_update_every": 20},
+    "pdppo": {**QUIET, "n_steps": 64, "n_epochs": 2, "actor_hidden_sizes": [32, 32],
+              "critic_hidden_sizes": [32, 32], "log_every": 64},
 }
 
 # env and step budgets per algorithm: N steps for a first segment, a multiple of log_every
 # (and of n_steps × n_envs for PPO) so a resumed run logs at the same steps as a straight one
 ENV = {"ppo": "Pendulum-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1", "mdpo": "Pendulum-v1",
-       "mdpo-off": "Pendulum-v1"}
-STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100}
+       "mdpo-off": "Pendulum-v1", "pdppo": "ctrlrl/LotSizing-15x5-v0"}
+STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128}
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -419,6 +419,7 @@ class OnPolicyAlgorithm(Algorithm):
             action_np = out[:, :-2].reshape(n, *buf.act_shape)
             if buf.discrete:
                 action_np = action_np.astype(np.int64)
+            self.on_action(action_np)
             step = self.env.step(self.to_env_action(action_np))
             reward = step.reward
             truncated = step.truncated & ~step.terminated
@@ -435,6 +436,10 @@ class OnPolicyAlgorithm(Algorithm):
             last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
         buf.finish(last_values, gamma, self.cfg.gae_lambda)
         self.update(buf)
+
+    def on_action(self, action: np.ndarray) -> None:
+        """Called with each rollout action before the env steps (the env's current observation is
+        `self.env.obs`, raw `self.env.raw_obs`); PDPPO records the post-decision state here."""
 
     def update(self, rollout: RolloutBuffer) -> None:
         raise NotImplementedError

@@ -8,6 +8,7 @@ written to `config.yaml` in the run directory and is what `--resume` checks agai
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -157,19 +158,23 @@ def apply_overrides(
 
 
 def load_preset(path: Path, env_id: str) -> dict[str, Any]:
-    """Per-env overrides from a preset YAML; top-level keys starting with `_` only hold anchors,
-    and a `default` entry applies to every env (the env's own entry wins)."""
+    """Per-env overrides from a preset YAML. Top-level keys starting with `_` only hold anchors;
+    `default` applies to every env, a key with `*` to every env id it matches (fnmatch, in file
+    order), and the env's own entry wins over both."""
     if not path.exists():
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"preset {path} is not valid YAML ({exc}); fix the file") from None
-    entries = [data.get("default", {}), data.get(env_id, {})]
-    for name, entry in zip(("default", env_id), entries, strict=True):
+    names = ["default", *(k for k in data if "*" in k and fnmatch.fnmatchcase(env_id, k)), env_id]
+    merged: dict[str, Any] = {}
+    for name in names:
+        entry = data.get(name, {})
         if not isinstance(entry, dict):
             raise UserError(f"preset {path}: entry {name!r} must be a mapping of key: value")
-    return {**entries[0], **entries[1]}
+        merged.update(entry)
+    return merged
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -202,9 +202,11 @@ class VecEnv:
         self._ep_return = np.zeros(n_envs)
         self._ep_length = np.zeros(n_envs, np.int64)
         self.obs: np.ndarray | None = None  # normalised current observation
+        self.raw_obs: np.ndarray | None = None  # the same, as the env gave it
 
     def reset(self, seed: int) -> np.ndarray:
         raw, _ = self.envs.reset(seed=[seed + i for i in range(self.n_envs)])
+        self.raw_obs = raw
         if self.obs_rms is not None and self.training:
             self.obs_rms.update(raw)
         self.obs = self.normalize_obs(raw)
@@ -243,7 +245,7 @@ class VecEnv:
         for i in np.flatnonzero(done):
             episodes.append((float(self._ep_return[i]), int(self._ep_length[i])))
             self._ep_return[i], self._ep_length[i] = 0.0, 0
-        self.obs = self.normalize_obs(raw_obs)
+        self.obs, self.raw_obs = self.normalize_obs(raw_obs), raw_obs
         next_obs = self.obs if raw_next is raw_obs else self.normalize_obs(raw_next)
         return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward,
                     np.asarray(terminated), np.asarray(truncated), episodes)
@@ -253,6 +255,7 @@ class VecEnv:
         return {
             "envs": list(self.envs.call("ctrlrl_snapshot")),
             "obs": None if self.obs is None else self.obs.copy(),
+            "raw_obs": None if self.raw_obs is None else self.raw_obs.copy(),
             "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
             "ret_rms": None if self.ret_rms is None else self.ret_rms.state_dict(),
             "disc_return": self._disc_return.copy(),
@@ -268,6 +271,7 @@ class VecEnv:
             )
         self.envs.call("ctrlrl_restore", state["envs"])
         self.obs = state["obs"]
+        self.raw_obs = state.get("raw_obs", state["obs"])  # checkpoints before raw_obs was kept
         for rms, key in ((self.obs_rms, "obs_rms"), (self.ret_rms, "ret_rms")):
             if rms is not None and state[key] is not None:
                 rms.load_state_dict(state[key])

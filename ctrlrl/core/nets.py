@@ -186,10 +186,17 @@ class MultiCategoricalPolicy(nn.Module):
 
     @staticmethod
     def log_prob_entropy_of(logp_all: torch.Tensor, action: torch.Tensor):
-        p = logp_all.exp()
-        entropy = -(p * logp_all.nan_to_num(neginf=0.0)).sum((-1, -2))
-        logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1).sum(-1)
-        return logp, entropy
+        logp, entropy = MultiCategoricalPolicy.factor_log_prob_entropy_of(logp_all, action)
+        return logp.sum(-1), entropy.sum(-1)
+
+    def factor_log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor):
+        """Per-component log-probabilities and entropies, each (..., n_components)."""
+        return self.factor_log_prob_entropy_of(self._log_probs(obs), action)
+
+    @staticmethod
+    def factor_log_prob_entropy_of(logp_all: torch.Tensor, action: torch.Tensor):
+        entropy = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
+        return logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), entropy
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return self._log_probs(obs).argmax(-1)
