@@ -25,6 +25,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, dest="eval_every", help="env steps; 0 disables")
     p.add_argument("--eval-episodes", type=int, dest="eval_episodes")
     p.add_argument("--run-dir", dest="run_dir", help="default runs/<env>/<algo>/<seed>-<time>")
+    p.add_argument("--dataset", help="offline algorithms: PATH.hdf5, d4rl:<task> or minari:<id> "
+                   "(the env defaults to the dataset's)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the update")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="curves.png")
     plot.add_argument("--metric", default=None,
                       help="default: eval/mean_reward when logged, else rollout/ep_rew_mean")
+
+    collect = sub.add_parser("collect", help="generate a D4RL-format offline dataset with SAC")
+    collect.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
+    collect.add_argument("--level", required=True,
+                         help="random, medium, medium-replay, expert or medium-expert")
+    collect.add_argument("-o", "--output", default=None,
+                         help="default <data dir>/generated/<env>-<level>.hdf5 ($CTRLRL_DATA)")
+    collect.add_argument("--size", type=int, default=1_000_000,
+                         help="transitions to record (not medium-replay: the whole buffer)")
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--train-steps", type=int, default=1_000_000, dest="train_steps",
+                         help="most SAC steps to reach the medium level")
+    collect.add_argument("--expert-steps", type=int, default=1_000_000, dest="expert_steps",
+                         help="SAC steps for the expert policy")
+    collect.add_argument("--expert-return", type=float, default=None, dest="expert_return",
+                         help="default: D4RL's reference expert score for the env")
 
     sweep = sub.add_parser("sweep", help="run an algorithms × envs × seeds grid")
     sweep.add_argument("--algos", required=True, help="comma-separated, e.g. ppo,sac")
@@ -117,17 +135,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     flags: dict[str, Any] = {k: getattr(args, k) for k in
                              ("seed", "device", "total_steps", "n_envs", "eval_every",
-                              "eval_episodes", "run_dir", "compile")
+                              "eval_episodes", "run_dir", "compile", "dataset")
                              if getattr(args, k) is not None}
     overrides = parse_set(args.set)
     if args.resume:
         algo = api.resume(args.resume, args.algo, args.env, overrides, **flags)
         print(f"resuming {algo.name} on {algo.run.env} at step {algo.step} in {algo.run_dir}")
     else:
-        if args.env is None:
+        env = args.env
+        if env is None and args.dataset:
+            from ctrlrl.data import dataset_env
+
+            env = dataset_env(args.dataset)
+        if env is None:
             api.algo_class(args.algo)
             raise UserError("--env is required, e.g. --env Hopper-v5 (`ctrlrl list` shows ids)")
-        algo = api.make(args.algo, args.env, overrides, **flags)
+        algo = api.make(args.algo, env, overrides, **flags)
         algo.setup_run_dir()
         print(f"training {algo.name} on {algo.run.env} (seed {algo.run.seed}, "
               f"{algo.device}) in {algo.run_dir}")
@@ -157,6 +180,18 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"{algo.name} on {algo.run.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
           f"over {len(returns)} deterministic episodes")
     algo.close()
+
+
+def _cmd_collect(args: argparse.Namespace) -> None:
+    from ctrlrl.data import data_dir
+    from ctrlrl.data.collect import collect
+
+    name = f"{args.env.replace('/', '_')}-{args.level}.hdf5"
+    output = args.output or data_dir() / "generated" / name
+    meta = collect(args.env, args.level, output, args.size, args.seed, args.train_steps,
+                   args.expert_steps, args.expert_return, progress=sys.stderr.isatty())
+    print(f"wrote {output}: {meta['transitions']} transitions, {meta['episodes']} episodes, "
+          f"mean episode return {meta['episode_return_mean']:.1f}")
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
@@ -207,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     from ctrlrl.algos.base import TrainingInterrupted
 
     commands = {"list": _cmd_list, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
-                "sweep": _cmd_sweep, "bench": _cmd_sweep, "report": _cmd_report}
+                "collect": _cmd_collect, "sweep": _cmd_sweep, "bench": _cmd_sweep,
+                "report": _cmd_report}
     try:
         commands[args.command](args)
     except UserError as exc:

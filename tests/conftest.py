@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,11 @@ QUIET: dict[str, Any] = {"progress": False, "tensorboard": False, "eval_every": 
                          "n_envs": 1, "normalize_obs": False, "normalize_reward": False,
                          "device": "cpu"}
 
+# a small random-action Hopper dataset in D4RL format, written once per test session (no network)
+OFFLINE_DATA = Path(tempfile.gettempdir()) / f"ctrlrl-tests-{os.getpid()}" / "hopper-random.hdf5"
+OFFLINE: dict[str, Any] = {**QUIET, "dataset": str(OFFLINE_DATA), "batch_size": 32,
+                           "hidden_sizes": [32, 32], "log_every": 50}
+
 FAST: dict[str, dict[str, Any]] = {
     "ppo": {**QUIET, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "hidden_sizes": [32, 32],
             "log_every": 64},
@@ -37,15 +45,33 @@ FAST: dict[str, dict[str, Any]] = {
                  "hidden_sizes": [32, 32], "log_every": 50, "old_update_every": 20},
     "pdppo": {**QUIET, "n_steps": 64, "n_epochs": 2, "actor_hidden_sizes": [32, 32],
               "critic_hidden_sizes": [32, 32], "log_every": 64},
+    "td3bc": OFFLINE,
+    "bc": OFFLINE,
+    "a2pr": {**{k: v for k, v in OFFLINE.items() if k != "hidden_sizes"},
+             "actor_hidden_sizes": [32, 32], "critic_hidden_sizes": [32, 32],
+             "vae_hidden_sizes": [32, 32]},
+    "odice": {**OFFLINE, "policy_hidden_sizes": [32, 32]},
 }
 
 # env and step budgets per algorithm: N steps for a first segment, a multiple of log_every
 # (and of n_steps × n_envs for PPO) so a resumed run logs at the same steps as a straight one
 ENV = {"ppo": "Pendulum-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1", "mdpo": "Pendulum-v1",
-       "mdpo-off": "Pendulum-v1", "pdppo": "ctrlrl/LotSizing-15x5-v0"}
-STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128}
+       "mdpo-off": "Pendulum-v1", "pdppo": "ctrlrl/LotSizing-15x5-v0", "td3bc": "Hopper-v5",
+       "bc": "Hopper-v5", "a2pr": "Hopper-v5", "odice": "Hopper-v5"}
+STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128,
+         "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100}
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_dataset() -> Iterator[Path]:
+    """`OFFLINE_DATA`: 3000 random-action Hopper-v5 transitions made by `ctrlrl collect`'s code."""
+    from ctrlrl.data.collect import collect
+
+    collect("Hopper-v5", "random", OFFLINE_DATA, size=3000, seed=0, progress=False)
+    yield OFFLINE_DATA
+    shutil.rmtree(OFFLINE_DATA.parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import ctrlrl
 from ctrlrl import api
 from ctrlrl.algos.base import CHECKPOINT_NAME, TrainingInterrupted, request_stop
 
-ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo"]
+ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo", "td3bc", "bc", "a2pr", "odice"]
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ctrlrl.algos.a2pr import A2PR
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.algos.mdpo import MDPO, MDPOOff
+from ctrlrl.algos.odice import ODICE, ODICEIL
 from ctrlrl.algos.pdppo import PDPPO
 from ctrlrl.algos.ppo import PPO
 from ctrlrl.algos.sac import SAC
 from ctrlrl.algos.td3 import TD3
+from ctrlrl.algos.td3bc import BC, TD3BC
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (PPO, SAC, TD3, MDPO, MDPOOff, PDPPO)}
+REGISTRY: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (PPO, SAC, TD3, TD3BC, BC, MDPO, MDPOOff, PDPPO, A2PR, ODICE, ODICEIL)}

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,14 +26,23 @@ import torch
 import yaml
 from torch import nn
 
-from ctrlrl.core.buffers import ReplayBuffer, RolloutBatch, RolloutBuffer, explained_variance
+from ctrlrl.core.buffers import (
+    OfflineBuffer,
+    ReplayBuffer,
+    RolloutBatch,
+    RolloutBuffer,
+    explained_variance,
+)
 from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.evaluation import evaluate
+from ctrlrl.core.evaluation import evaluate, normalized_score
 from ctrlrl.core.logger import Logger
-from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+from ctrlrl.core.nets import MLP, Standardizer, make_policy, orthogonal_init
+
+if TYPE_CHECKING:
+    from ctrlrl.data import Dataset
 
 CHECKPOINT_NAME = "latest.pt"
 
@@ -459,6 +468,11 @@ class OffPolicyAlgorithm(Algorithm):
     """
 
     def build_replay(self) -> None:
+        self.check_box_actions()
+        self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
+
+    def check_box_actions(self) -> None:
+        """A bounded Box action space (policies act in [-1, 1]) and no running normalisation."""
         space = self.env.action_space
         if not isinstance(space, gym.spaces.Box) or not np.all(np.isfinite(space.low)) \
                 or not np.all(np.isfinite(space.high)):
@@ -470,7 +484,6 @@ class OffPolicyAlgorithm(Algorithm):
                             "drop those settings")
         self.act_dim = int(np.prod(space.shape))
         self._act_low, self._act_high = space.low, space.high
-        self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         action = np.clip(action, -1.0, 1.0)
@@ -512,3 +525,88 @@ class OffPolicyAlgorithm(Algorithm):
 
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.exploration_action(obs)
+
+
+class OfflineAlgorithm(OffPolicyAlgorithm):
+    """Learns from a fixed dataset (`RunConfig.dataset`): an off-policy learner whose replay buffer
+    is the dataset and which never steps its env for data. One iteration is one gradient step, so
+    `step`, `total_steps`, `eval_every` and the logs count gradient steps; the env only evaluates
+    (`eval/mean_reward`, and `eval/normalized_score` where the env has D4RL reference scores).
+
+    Dataset actions are rescaled from the env's box to the policy's [-1, 1]. With
+    `normalize_states` in the config, observations are standardised with the dataset's mean and
+    std (+1e-3, TD3+BC's rule); the statistics are part of the checkpoint, so a loaded policy acts
+    without the dataset. The dataset is read when training starts (`learn`), not when a checkpoint
+    is loaded to act, and it is not stored in checkpoints: a resumed run reads it again.
+    """
+
+    replay: OfflineBuffer | None
+    actor: nn.Module  # observations (standardised) → actions in [-1, 1]
+
+    def build_replay(self) -> None:
+        if not self.run.dataset:
+            raise UserError(f"{self.name} learns offline: pass --dataset PATH.hdf5 | "
+                            "d4rl:<task> | minari:<id> (or --set dataset=…)")
+        self.check_box_actions()
+        self.obs_stats = Standardizer(self.obs_dim).to(self.device)
+        self.replay = None
+
+    def load_dataset(self) -> None:
+        from ctrlrl.data import load
+
+        data = self.prepare_dataset(load(self.run.dataset, self.run.env))
+        low, high = self._act_low, self._act_high
+        actions = np.clip(2.0 * (data.actions - low) / (high - low) - 1.0, -1.0, 1.0)
+        obs, next_obs, actions, rewards, terminals = (
+            torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            for x in (data.observations, data.next_observations, actions, data.rewards,
+                      data.terminals))
+        if getattr(self.cfg, "normalize_states", False):
+            self.obs_stats.fit(obs)
+        with torch.no_grad():
+            obs, next_obs = self.obs_stats(obs), self.obs_stats(next_obs)
+        self.replay = OfflineBuffer(obs, actions, rewards, next_obs, terminals)
+
+    def prepare_dataset(self, data: Dataset) -> Dataset:
+        """Hook: the loaded dataset, transformed before it fills the buffer (raw observations and
+        actions, before normalisation and rescaling). The identity here; O-DICE scales rewards.
+        Runs again on resume, so it must be a function of the dataset and the config alone."""
+        return data
+
+    def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
+        if self.replay is None:  # first: a bad dataset fails without leaving a run dir behind
+            self.load_dataset()
+        return super().setup_run_dir(run_dir, resuming)
+
+    def learn(self, total_steps: int | None = None) -> Algorithm:
+        if self.replay is None:
+            self.load_dataset()
+        return super().learn(total_steps)
+
+    def train_iteration(self) -> None:
+        self.update()
+        self.n_updates += 1
+        self.step += 1
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.obs_stats(obs))
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.deterministic_action(obs)
+
+    def state_modules(self):
+        return {**super().state_modules(), "obs_stats": self.obs_stats}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}  # the dataset is read again on resume
+
+    def _evaluate(self, logger: Logger) -> None:
+        from ctrlrl.data import reference_scores
+
+        returns = self.evaluate()
+        logger.record("eval/mean_reward", returns.mean())
+        logger.record("eval/std_reward", returns.std())
+        refs = reference_scores(self.run.env)
+        if refs is not None:
+            logger.record("eval/normalized_score", normalized_score(returns, *refs).mean())
+        logger.dump(self.step)

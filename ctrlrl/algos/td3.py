@@ -71,17 +71,26 @@ class TD3(OffPolicyAlgorithm):
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(obs)
 
-    def critic_loss(self, b: Batch) -> torch.Tensor:
-        """Bellman error of both Q heads against the clipped double-Q target with smoothing."""
+    @torch.no_grad()
+    def bellman_target(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a', y): the smoothed target-policy action at s' and the clipped double-Q target."""
         cfg = self.cfg
-        with torch.no_grad():
-            noise = (cfg.target_policy_noise * torch.randn_like(b.actions)).clamp(
-                -cfg.target_noise_clip, cfg.target_noise_clip)
-            next_action = (self.actor_target(b.next_obs) + noise).clamp(-1, 1)
-            next_q = self.critic_target(b.next_obs, next_action).min(0).values
-            target = b.rewards + cfg.gamma * (1 - b.terminated) * next_q
+        noise = (cfg.target_policy_noise * torch.randn_like(b.actions)).clamp(
+            -cfg.target_noise_clip, cfg.target_noise_clip)
+        next_action = (self.actor_target(b.next_obs) + noise).clamp(-1, 1)
+        next_q = self.critic_target(b.next_obs, next_action).min(0).values
+        return next_action, b.rewards + cfg.gamma * (1 - b.terminated) * next_q
+
+    def critic_loss(self, b: Batch, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Bellman error of both Q heads against `target` (default: `bellman_target(b)`'s y)."""
+        if target is None:
+            target = self.bellman_target(b)[1]
         q = self.critic(b.obs, b.actions)
         return ((q - target) ** 2).mean(1).sum()
+
+    def actor_loss(self, b: Batch) -> torch.Tensor:
+        """Deterministic policy gradient through the first Q head (critic weights held fixed)."""
+        return -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean()
 
     def update(self) -> None:
         cfg = self.cfg
@@ -93,7 +102,7 @@ class TD3(OffPolicyAlgorithm):
         self.metrics["critic_loss"] = critic_loss.detach()
 
         if (self.n_updates + 1) % cfg.policy_delay == 0:
-            actor_loss = -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean()
+            actor_loss = self.actor_loss(b)
             self.actor_flat.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()

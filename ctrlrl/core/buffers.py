@@ -135,11 +135,14 @@ class ReplayBuffer:
     time-limit truncations, so the critic still bootstraps through a truncated step.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device,
+                 storage: torch.Tensor | None = None):
         self.capacity, self.device = capacity, device
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.width = 2 * obs_dim + act_dim + 2
-        self.storage = torch.zeros((capacity, self.width), device=device)
+        if storage is None:
+            storage = torch.zeros((capacity, self.width), device=device)
+        self.storage = storage
         self.pos, self.size = 0, 0
         o, a = obs_dim, act_dim
         self._slices = (slice(0, o), slice(o, o + a), slice(o + a, o + a + 1),
@@ -180,3 +183,18 @@ class ReplayBuffer:
             raise ValueError("replay buffer shape does not match this run's env and buffer_size")
         self.storage[: state["size"]] = stored.to(self.device)
         self.pos, self.size = state["pos"], state["size"]
+
+
+class OfflineBuffer(ReplayBuffer):
+    """A full, fixed replay buffer made from a dataset's tensors (already on the training device).
+
+    Sampling is the replay buffer's: uniform rows by `torch.randint` on the device, so it follows
+    the torch RNG that checkpoints restore.
+    """
+
+    def __init__(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                 next_obs: torch.Tensor, terminals: torch.Tensor):
+        n = obs.shape[0]
+        rows = torch.cat([obs, actions, rewards.reshape(n, 1), next_obs, terminals.reshape(n, 1)], 1)
+        super().__init__(n, obs.shape[1], actions.shape[1], obs.device, rows)
+        self.size = n

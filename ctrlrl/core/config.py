@@ -54,7 +54,8 @@ class RunConfig:
     env: str = "Hopper-v5"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    total_steps: int = 1_000_000  # environment steps, summed over parallel envs
+    total_steps: int = 1_000_000  # environment steps, summed over parallel envs (offline: gradient steps)
+    dataset: str = ""  # offline algorithms: PATH.hdf5 | d4rl:<task> | minari:<id>
     n_envs: int = 1
     vec_mode: str = "sync"  # sync | async (subprocesses)
     normalize_obs: bool = False  # running mean/std of observations, saved with checkpoints

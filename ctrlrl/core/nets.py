@@ -326,6 +326,24 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
+class Standardizer(nn.Module):
+    """(x − mean) / std with frozen statistics: the identity until `fit`; saved with the model."""
+
+    def __init__(self, dim: int, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor) -> None:
+        """Statistics of the rows of `x`: population std + eps (TD3+BC's state normalisation)."""
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0, correction=0) + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def adam(params, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam with the fused kernel (one call for all parameters; CPU and CUDA)."""
     return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)

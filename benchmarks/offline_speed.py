@@ -1,0 +1,166 @@
+"""Offline gradient steps per second of ctrlrl's td3bc vs d3rlpy 2.8.1's TD3+BC, alternately in one run.
+
+    python benchmarks/offline_speed.py --dataset hopper-medium-v2.hdf5
+    python benchmarks/offline_speed.py --dataset data.hdf5 --steps 5000 --warmup 500 --repeats 5
+    python benchmarks/offline_speed.py --dataset data.hdf5 --device cuda
+
+d3rlpy 2.8.1 pins gymnasium 1.0.0, so it lives in its own venv (see benchmarks/d3rlpy_td3bc.py for
+the install line) and is timed in a subprocess of that venv's python; ctrlrl is timed in this
+process. Repeats alternate ctrlrl, d3rlpy, ctrlrl, d3rlpy, ... so drift in machine load hits both
+alike; each repeat builds a fresh learner. Both read the same D4RL-format file, use the same batch
+size, seed, torch thread count and device, and the TD3+BC paper's settings (d3rlpy's are set in
+d3rlpy_td3bc.py; ctrlrl's are its td3bc defaults). Each side first takes --warmup gradient steps
+untimed, then the figure is --steps / wall time of the next --steps gradient steps, batch sampling
+included (on CUDA, synchronised at the end). Evaluation, checkpoints, logging and progress bars are
+off on both sides. Writes a markdown table to stdout (and to --out if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+D3RLPY_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_td3bc.py")
+
+
+def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
+                       device: str, seed: int) -> float:
+    """ctrlrl td3bc gradient steps/s, in this process; one gradient step per train_iteration."""
+    import torch
+
+    import ctrlrl
+    from ctrlrl.data import dataset_env
+
+    with tempfile.TemporaryDirectory(prefix="ctrlrl-offline-speed-") as run_dir:
+        algo = ctrlrl.make("td3bc", env=dataset_env(dataset) or "Hopper-v5",
+                           overrides={"dataset": dataset, "batch_size": batch_size,
+                                      "eval_every": 0, "checkpoint_every": 0, "progress": False,
+                                      "tensorboard": False, "threads": threads, "device": device},
+                           seed=seed, total_steps=warmup + steps, run_dir=run_dir)
+        if getattr(algo, "replay", None) is None:  # offline algorithms read the file in learn()
+            algo.load_dataset()
+        cuda = str(device).startswith("cuda")
+        for _ in range(warmup):
+            algo.train_iteration()
+        if cuda:
+            torch.cuda.synchronize()
+        first = getattr(algo, "step", None)
+        start = time.perf_counter()
+        for _ in range(steps):
+            algo.train_iteration()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        if first is not None and algo.step - first != steps:
+            raise SystemExit(f"ctrlrl td3bc advanced {algo.step - first} steps in {steps} "
+                             "train_iteration calls: expected one gradient step per call")
+    return steps / seconds
+
+
+def d3rlpy_run(python: str, dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
+               device: str, seed: int) -> dict:
+    """d3rlpy's JSON line from a fresh subprocess of the d3rlpy venv."""
+    cmd = [python, str(D3RLPY_SCRIPT), "--dataset", dataset, "--steps", str(steps),
+           "--warmup", str(warmup), "--batch-size", str(batch_size), "--threads", str(threads),
+           "--device", device, "--seed", str(seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _d3rlpy_python(arg: str) -> str:
+    path = Path(arg)
+    if not path.is_absolute() and not path.exists():
+        path = ROOT / path  # the default is relative to the repo root
+    if not path.exists():
+        raise SystemExit(f"--d3rlpy-python {arg}: not found; create the venv as described in "
+                         f"{D3RLPY_SCRIPT.relative_to(ROOT)}")
+    return str(path)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="D4RL-format .hdf5 file")
+    parser.add_argument("--steps", type=int, default=2000, help="timed gradient steps")
+    parser.add_argument("--warmup", type=int, default=200, help="untimed gradient steps first")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (both sides)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--d3rlpy-python", default=".venv-d3rlpy/bin/python",
+                        help="python of the d3rlpy 2.8.1 venv (relative: to the repo root)")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    python = _d3rlpy_python(args.d3rlpy_python)
+    dataset = str(Path(args.dataset).resolve())
+    common = (dataset, args.steps, args.warmup, args.batch_size, args.threads, args.device,
+              args.seed)
+    load = os.getloadavg()[0]
+    fps: dict[str, list[float]] = {"ctrlrl": [], "d3rlpy": []}
+    d3rlpy_update: list[float] = []
+    d3rlpy_info: dict = {}
+    for _ in range(args.repeats):
+        fps["ctrlrl"].append(ctrlrl_steps_per_s(*common))
+        d3rlpy_info = d3rlpy_run(python, *common)
+        fps["d3rlpy"].append(d3rlpy_info["steps_per_s"])
+        d3rlpy_update.append(d3rlpy_info["update_steps_per_s"])
+
+    import torch
+
+    import ctrlrl
+
+    med = {k: statistics.median(v) for k, v in fps.items()}
+    versions = {"ctrlrl": getattr(ctrlrl, "__version__", "dev"),
+                "d3rlpy": d3rlpy_info.get("version", "?")}
+    torches = {"ctrlrl": torch.__version__, "d3rlpy": d3rlpy_info.get("torch", "?")}
+    threads = f"{args.threads} torch thread{'s' if args.threads > 1 else ''} per process"
+    lines = [f"machine: {platform.processor() or platform.machine()}, {_cpu_name()}, "
+             f"{os.cpu_count()} logical CPUs, load average {load:.2f} at start, "
+             f"python {platform.python_version()}, {threads}, device {args.device}",
+             f"command: python benchmarks/offline_speed.py --dataset {args.dataset} "
+             f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} "
+             f"--threads {args.threads} --device {args.device} --seed {args.seed} "
+             f"--repeats {args.repeats}",
+             f"dataset: {dataset} ({d3rlpy_info.get('transitions', '?')} transitions as d3rlpy "
+             "samples them)", "",
+             "| library | version | torch | batch | timed steps | steps/s (median) "
+             "| ctrlrl / d3rlpy | per-repeat steps/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for lib in ("ctrlrl", "d3rlpy"):
+        lines.append(f"| {lib} td3bc | {versions[lib]} | {torches[lib]} | {args.batch_size} | "
+                     f"{args.steps} | {med[lib]:.0f} | {med[lib] / med['d3rlpy']:.2f}x | "
+                     + ", ".join(f"{x:.0f}" for x in fps[lib]) + " |")
+    lines += ["", f"d3rlpy's update calls alone (without its per-transition batch sampling): "
+              f"median {statistics.median(d3rlpy_update):.0f} steps/s "
+              f"(ctrlrl / that: {med['ctrlrl'] / statistics.median(d3rlpy_update):.2f}x)"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

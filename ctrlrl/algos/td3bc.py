@@ -1,0 +1,95 @@
+"""TD3+BC (Fujimoto & Gu, NeurIPS 2021) and behaviour cloning: the offline baselines (ALGORITHMS.md §8).
+
+TD3+BC is TD3's learner (twin critics, target smoothing, delayed actor) on a fixed dataset, whose
+actor also regresses onto the dataset's actions:
+
+    L_actor = −λ · mean Q1(s, π(s)) + mean (π(s) − a)²,   λ = α / mean|Q1(s, π(s))| (no gradient),
+
+with α = 2.5 and states standardised by the dataset's mean and std. Defaults are the paper's:
+Adam 3e-4, batch 256, 256-256 ReLU, γ 0.99, τ 0.005, policy noise 0.2 clipped at 0.5, actor
+every 2 critic steps, 1M gradient steps.
+
+`bc` is the deterministic behaviour cloning of the TD3+BC paper: the same actor, mean squared error
+to the dataset's actions, the same state normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ctrlrl.algos.base import OfflineAlgorithm
+from ctrlrl.algos.td3 import TD3
+from ctrlrl.core.buffers import Batch
+from ctrlrl.core.config import check_ranges
+from ctrlrl.core.nets import DeterministicPolicy, FlatParams, adam
+
+
+@dataclass
+class TD3BCConfig:
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_delay: int = 2
+    target_policy_noise: float = 0.2
+    target_noise_clip: float = 0.5
+    alpha: float = 2.5  # weight of the Q term against behaviour cloning
+    normalize_states: bool = True
+    hidden_sizes: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("batch_size", "learning_rate", "tau", "policy_delay"),
+                     non_negative=("target_policy_noise", "target_noise_clip", "alpha"),
+                     fraction=("gamma", "tau"), widths=("hidden_sizes",))
+
+
+class TD3BC(OfflineAlgorithm, TD3):
+    """TD3's networks and update (`TD3.build`, `TD3.update`) with the offline loop and this actor loss."""
+
+    name = "td3bc"
+    Config = TD3BCConfig
+
+    def actor_loss(self, b: Batch) -> torch.Tensor:
+        action = self.actor(b.obs)
+        q = self.critic(b.obs, action, detach_params=True)[0]
+        lam = self.cfg.alpha / q.abs().mean().detach()
+        bc_loss = F.mse_loss(action, b.actions)
+        self.metrics["bc_loss"] = bc_loss.detach()
+        self.metrics["lambda"] = lam
+        return -lam * q.mean() + bc_loss
+
+
+@dataclass
+class BCConfig:
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    normalize_states: bool = True
+    hidden_sizes: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("batch_size", "learning_rate"), widths=("hidden_sizes",))
+
+
+class BC(OfflineAlgorithm):
+    name = "bc"
+    Config = BCConfig
+
+    def build(self) -> None:
+        self.build_replay()
+        self.actor = DeterministicPolicy(self.obs_dim, self.act_dim, self.cfg.hidden_sizes).to(self.device)
+        self.actor_flat = FlatParams(self.actor)
+        self.actor_opt = adam([self.actor_flat.param], self.cfg.learning_rate)
+
+    def state_modules(self):
+        return {"actor": self.actor, "actor_opt": self.actor_opt, "obs_stats": self.obs_stats}
+
+    def update(self) -> None:
+        b = self.replay.sample(self.cfg.batch_size)
+        loss = F.mse_loss(self.actor(b.obs), b.actions)
+        self.actor_flat.zero_grad()
+        loss.backward()
+        self.actor_opt.step()
+        self.metrics["bc_loss"] = loss.detach()

@@ -1,0 +1,173 @@
+"""`ctrlrl collect`: D4RL-format datasets made with the suite's own SAC (ALGORITHMS.md §9).
+
+Levels, after D4RL's recipe:
+- `random`: uniformly random actions;
+- `medium`: a SAC policy trained until its evaluation return reaches a third of the expert
+  return (D4RL's reference expert score for the env, or `--expert-return`), then rolled out with
+  its stochastic actions;
+- `medium-replay`: everything that SAC run's replay buffer held when it reached that level;
+- `expert`: the SAC policy after `--expert-steps` of training, rolled out likewise;
+- `medium-expert`: the medium and expert datasets concatenated (both halves).
+
+Policies are ordinary ctrlrl SAC runs under `<data dir>/policies/<env>-sac-seed<k>-<level>/`, reused
+when present, so medium and medium-replay come from one training run. Every file records the
+policy checkpoint, its evaluation returns and the collection settings under `metadata/`, and the
+env id under `metadata/env_id`, which `--dataset FILE` reads to pick the env.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctrlrl.core.errors import UserError
+
+LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+
+
+def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_steps: int,
+                progress: bool):
+    """A SAC run trained to `target` evaluation return (checked every 5000 steps) or to
+    `max_steps`, whichever comes first; resumed or reused from the data dir."""
+    from ctrlrl import api
+    from ctrlrl.data import data_dir
+
+    run_dir = data_dir() / "policies" / f"{env_id}-sac-seed{seed}-{level}"
+    if (run_dir / "checkpoints" / "latest.pt").exists():
+        algo = api.resume(run_dir)
+        if (run_dir / "reached.txt").exists():
+            return algo, float((run_dir / "reached.txt").read_text())
+    else:
+        algo = api.make("sac", env_id, seed=seed, total_steps=max_steps, eval_every=0,
+                        progress=progress, run_dir=str(run_dir))
+    chunk = 5000
+    mean_return = -np.inf
+    while algo.step < max_steps:
+        algo.learn(min(algo.step + chunk, max_steps))
+        mean_return = float(algo.evaluate().mean())
+        print(f"  sac {env_id} seed {seed}: step {algo.step}, eval return {mean_return:.1f}"
+              + (f" (target {target:.1f})" if target is not None else ""), flush=True)
+        if target is not None and mean_return >= target:
+            break
+    if target is not None and mean_return < target:
+        raise UserError(f"SAC on {env_id} reached {mean_return:.1f} < {target:.1f} in "
+                        f"{max_steps} steps; raise --train-steps or lower --expert-return")
+    (run_dir / "reached.txt").write_text(f"{mean_return}")
+    return algo, mean_return
+
+
+def _rollout(env_id: str, size: int, seed: int, act) -> dict[str, np.ndarray]:
+    """`size` transitions of one env stepped in order (episodes back to back), D4RL keys."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    obs_space = env.observation_space
+    keys = {"observations": np.zeros((size, *obs_space.shape), np.float32),
+            "next_observations": np.zeros((size, *obs_space.shape), np.float32),
+            "actions": np.zeros((size, *env.action_space.shape), np.float32),
+            "rewards": np.zeros(size, np.float32),
+            "terminals": np.zeros(size, bool), "timeouts": np.zeros(size, bool)}
+    obs, _ = env.reset(seed=seed)
+    episode = 0
+    for i in range(size):
+        action = act(obs)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        keys["observations"][i], keys["actions"][i], keys["rewards"][i] = obs, action, reward
+        keys["next_observations"][i] = next_obs
+        keys["terminals"][i] = terminated
+        keys["timeouts"][i] = truncated and not terminated
+        obs = next_obs
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed + episode)
+    keys["timeouts"][-1] |= not keys["terminals"][-1]  # the cut-off last episode ends here
+    env.close()
+    return keys
+
+
+def _replay_dataset(algo) -> dict[str, np.ndarray]:
+    """A SAC run's replay buffer as D4RL keys; episode ends are where a row's next observation is
+    not the following row's observation (one env, stepped in order)."""
+    rows = algo.replay.storage[: algo.replay.size].cpu().numpy()
+    o, a = algo.obs_dim, algo.act_dim
+    obs, actions, rewards = rows[:, :o], rows[:, o:o + a], rows[:, o + a]
+    next_obs, terminals = rows[:, o + a + 1:2 * o + a + 1], rows[:, -1] > 0.5
+    ends = np.ones(len(rows), bool)
+    ends[:-1] = np.any(next_obs[:-1] != obs[1:], axis=1)
+    return {"observations": obs, "next_observations": next_obs,
+            "actions": algo.to_env_action(actions).astype(np.float32),
+            "rewards": rewards, "terminals": terminals, "timeouts": ends & ~terminals}
+
+
+def _policy_act(algo):
+    def act(obs: np.ndarray) -> np.ndarray:
+        return algo.predict(obs, deterministic=False)
+    return act
+
+
+def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, seed: int = 0,
+            train_steps: int = 1_000_000, expert_steps: int = 1_000_000,
+            expert_return: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write one D4RL-format dataset; returns its metadata."""
+    from ctrlrl.core.envs import check_env_id
+    from ctrlrl.data import reference_scores, write_d4rl
+
+    check_env_id(env_id)
+    if level not in LEVELS:
+        raise UserError(f"--level {level!r} is not known; use one of {', '.join(LEVELS)}")
+    if size < 1:
+        raise UserError(f"--size {size}: collect at least one transition")
+    refs = reference_scores(env_id)
+    expert = expert_return if expert_return is not None else (refs[1] if refs else None)
+    meta: dict[str, Any] = {"env_id": env_id, "level": level, "seed": seed, "generator": "ctrlrl collect"}
+
+    def medium_run():
+        if expert is None:
+            raise UserError(f"{env_id} has no D4RL reference score; pass --expert-return R "
+                            "(medium = a policy at a third of R)")
+        return _policy_run(env_id, seed, "medium", expert / 3, train_steps, progress)
+
+    def from_policy(algo, reached: float, name: str) -> dict[str, np.ndarray]:
+        torch.manual_seed(seed)
+        keys = _rollout(env_id, size, seed + 1_000_000, _policy_act(algo))
+        meta.update({f"{name}_policy": str(algo.run_dir), f"{name}_policy_steps": algo.step,
+                     f"{name}_policy_eval_return": reached})
+        return keys
+
+    if level == "random":
+        rng = np.random.default_rng(seed)
+        import gymnasium as gym
+
+        space = gym.make(env_id).action_space
+        data = _rollout(env_id, size, seed,
+                        lambda _: rng.uniform(space.low, space.high).astype(np.float32))
+    elif level == "medium":
+        data = from_policy(*medium_run(), "medium")
+    elif level == "medium-replay":
+        algo, reached = medium_run()
+        data = _replay_dataset(algo)
+        meta.update({"medium_policy": str(algo.run_dir), "medium_policy_steps": algo.step,
+                     "medium_policy_eval_return": reached})
+    elif level == "expert":
+        data = from_policy(*_policy_run(env_id, seed, "expert", None, expert_steps, progress),
+                           "expert")
+    else:  # medium-expert
+        medium = from_policy(*medium_run(), "medium")
+        expert_data = from_policy(*_policy_run(env_id, seed, "expert", None, expert_steps, progress),
+                                  "expert")
+        data = {k: np.concatenate([medium[k], expert_data[k]]) for k in medium}
+    returns = _episode_returns(data)
+    meta.update({"transitions": len(data["rewards"]), "episodes": len(returns),
+                 "episode_return_mean": float(returns.mean()) if len(returns) else float("nan"),
+                 "episode_return_std": float(returns.std()) if len(returns) else float("nan")})
+    write_d4rl(output, {**data, **{f"metadata/{k}": v for k, v in meta.items()}})
+    return meta
+
+
+def _episode_returns(data: dict[str, np.ndarray]) -> np.ndarray:
+    from ctrlrl.data.d4rl import episode_returns
+
+    return episode_returns(data)

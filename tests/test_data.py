@@ -1,0 +1,357 @@
+"""The offline data layer (ALGORITHMS.md §9): D4RL-format files, task names, scores and Minari."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, make_algo, read_metrics
+
+from ctrlrl.core.errors import UserError
+from ctrlrl.data import (
+    ENV_OF_TASK,
+    REF_SCORES,
+    data_dir,
+    dataset_env,
+    load,
+    normalized_score,
+    read_d4rl,
+    reference_scores,
+    task_env,
+    validate_d4rl,
+    write_d4rl,
+)
+
+
+def d4rl_data(n: int = 20, obs_dim: int = 3, act_dim: int = 1, seed: int = 0, bound: float = 1.0,
+              **extra: Any) -> dict[str, Any]:
+    """A valid D4RL-format dict: episodes of 5 steps ending by timeout."""
+    rng = np.random.default_rng(seed)
+    timeouts = np.zeros(n, bool)
+    timeouts[4::5] = True
+    return {"observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+            "actions": rng.uniform(-bound, bound, size=(n, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "terminals": np.zeros(n, bool), "timeouts": timeouts, **extra}
+
+
+def user_error(fn, *args: Any, **kwargs: Any) -> str:
+    """The message of the UserError `fn` raises, checked to be one line."""
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert_one_line_error(message)
+    return message
+
+
+# ---------------------------------------------------------------- 1. files
+
+
+def test_write_read_round_trip_keeps_every_key_dtype_and_value(tmp_path):
+    rng = np.random.default_rng(1)
+    data: dict[str, Any] = {
+        **d4rl_data(7),
+        "next_observations": rng.normal(size=(7, 3)).astype(np.float32),
+        "infos/qpos": rng.normal(size=(7, 4)),  # float64
+        "infos/action_log_probs": rng.normal(size=7).astype(np.float32),
+        "metadata/policy/fc0/weight": rng.normal(size=(4, 3)).astype(np.float32),
+        "metadata/policy/fc0/bias": np.arange(4, dtype=np.int16),
+        "metadata/algorithm": "SAC",
+        "metadata/env_id": "Hopper-v5",
+        "metadata/names": np.array(["a", "bb"]),
+        "metadata/seed": np.int64(3),
+        "metadata/frac": 0.5,
+        "metadata/flag": np.bool_(True),
+    }
+    path = tmp_path / "sub" / "data.hdf5"
+    write_d4rl(path, data)
+    back = read_d4rl(path)
+    assert set(back) == set(data)
+    for key, value in data.items():
+        if isinstance(value, str):
+            assert isinstance(back[key], str) and back[key] == value, key
+        else:
+            assert np.asarray(back[key]).dtype == np.asarray(value).dtype, key
+            assert np.array_equal(back[key], value), key
+    with h5py.File(path, "r") as f:  # 'a/b' keys are real groups, as D4RL's files have them
+        assert isinstance(f["infos"], h5py.Group) and isinstance(f["metadata/policy/fc0"], h5py.Group)
+    assert read_d4rl(path, keys=["rewards", "metadata/env_id"]).keys() == {"rewards", "metadata/env_id"}
+    assert [p.name for p in path.parent.iterdir()] == ["data.hdf5"]  # no temporary file left
+
+
+def test_a_failed_write_leaves_the_old_file_untouched(tmp_path):
+    path = tmp_path / "data.hdf5"
+    write_d4rl(path, d4rl_data(10))
+    before = path.read_bytes()
+    message = user_error(write_d4rl, path, {**d4rl_data(10), "infos/bad": np.array([{}, None])})
+    assert "'infos/bad'" in message
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data.hdf5"]
+
+
+# ---------------------------------------------------------------- 2. validation
+
+
+def test_missing_timeouts_is_named(tmp_path):
+    data = d4rl_data()
+    del data["timeouts"]
+    path = tmp_path / "no-timeouts.hdf5"
+    write_d4rl(path, data)
+    message = user_error(load, str(path))
+    assert "'timeouts'" in message and "next_observations is optional" in message and str(path) in message
+
+
+def test_mismatched_lengths_name_the_key_and_both_lengths():
+    data = d4rl_data(20)
+    data["actions"] = data["actions"][:19]
+    message = user_error(validate_d4rl, data, "x.hdf5")
+    assert "'actions' has 19 rows" in message and "'observations' has 20" in message
+
+
+@pytest.mark.parametrize(("key", "index", "value"), [("observations", 17, np.nan), ("rewards", 5, np.inf),
+                                                     ("next_observations", 3, -np.inf)])
+def test_nonfinite_values_name_the_key_and_first_bad_index(tmp_path, key, index, value):
+    data = d4rl_data(20)
+    data["next_observations"] = data["observations"].copy()
+    data[key] = data[key].copy()
+    data[key][index] = value
+    data[key][index + 1] = value  # only the first bad row is named
+    path = tmp_path / "bad.hdf5"
+    write_d4rl(path, data)
+    message = user_error(load, str(path))
+    assert f"'{key}' has NaN or inf at index {index};" in message
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"rewards": np.zeros((20, 1), np.float32)}, "'rewards' has shape (20, 1)"),
+    ({"observations": np.array(["a"] * 20)}, "'observations' has dtype"),
+    ({"terminals": np.full(20, 2.0)}, "'terminals' holds 2.0 at index 0"),
+    ({"next_observations": np.zeros((20, 4), np.float32)}, "'next_observations' has 4 columns"),
+])
+def test_other_malformed_keys_are_named(change, needle):
+    message = user_error(validate_d4rl, {**d4rl_data(20), **change}, "x.hdf5")
+    assert needle in message
+
+
+# ---------------------------------------------------------------- 3. transition semantics
+
+
+def two_episodes() -> dict[str, np.ndarray]:
+    """Episode A = rows 0-2 (ends by timeout), B = rows 3-4 (ends terminal), C = row 5 (unfinished)."""
+    obs = np.arange(6, dtype=np.float32)[:, None] * np.array([[1.0, 10.0]], np.float32)
+    return {"observations": obs, "actions": -obs[:, :1],
+            "rewards": np.array([1, 2, 4, 8, 16, 32], np.float32),
+            "terminals": np.array([0, 0, 0, 0, 1, 0], bool),
+            "timeouts": np.array([0, 0, 1, 0, 0, 0], bool)}
+
+
+def test_without_next_observations_timeout_and_last_rows_are_dropped(tmp_path):
+    raw = two_episodes()
+    path = tmp_path / "two.hdf5"
+    write_d4rl(path, raw)
+    data = load(str(path))
+    rows = [0, 1, 3, 4]  # row 2 ends by timeout (its successor is B's start), row 5 is last
+    np.testing.assert_array_equal(data.observations, raw["observations"][rows])
+    np.testing.assert_array_equal(data.next_observations, raw["observations"][[1, 2, 4, 5]])
+    np.testing.assert_array_equal(data.actions, raw["actions"][rows])
+    np.testing.assert_array_equal(data.rewards, [1, 2, 8, 16])
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 1])
+    np.testing.assert_array_equal(data.episode_returns, [7.0, 24.0])  # C is unfinished
+    for arr in (data.observations, data.actions, data.rewards, data.next_observations, data.terminals):
+        assert arr.dtype == np.float32
+    assert data.episode_returns.dtype == np.float64
+    assert data.env_id is None and data.source == str(path) and len(data) == 4
+
+
+def test_with_next_observations_every_row_is_a_transition(tmp_path):
+    raw = two_episodes()
+    raw["next_observations"] = raw["observations"] + 0.5
+    path = tmp_path / "two-next.hdf5"
+    write_d4rl(path, raw)
+    data = load(str(path))
+    np.testing.assert_array_equal(data.observations, raw["observations"])
+    np.testing.assert_array_equal(data.next_observations, raw["next_observations"])
+    np.testing.assert_array_equal(data.rewards, raw["rewards"])
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 0, 1, 0])  # the timeout row bootstraps
+    np.testing.assert_array_equal(data.episode_returns, [7.0, 24.0])
+
+
+# ---------------------------------------------------------------- 4. scores and task names
+
+
+def test_normalized_score_maps_reference_min_and_max_to_0_and_100():
+    assert set(REF_SCORES) == set(ENV_OF_TASK)
+    for task, (lo, hi) in REF_SCORES.items():
+        env = ENV_OF_TASK[task]
+        assert reference_scores(env) == (lo, hi)
+        assert reference_scores(env.replace("-v5", "-v4")) == (lo, hi)  # any version
+        assert normalized_score(env, lo) == pytest.approx(0.0, abs=1e-9)
+        assert normalized_score(env, hi) == pytest.approx(100.0)
+        assert isinstance(normalized_score(env, hi), float)
+        np.testing.assert_allclose(normalized_score(env, np.array([lo, (lo + hi) / 2, hi])), [0, 50, 100])
+    assert reference_scores("Humanoid-v5") is None
+    assert "'Humanoid-v5'" in user_error(normalized_score, "Humanoid-v5", 1.0)
+
+
+def test_task_env_maps_d4rl_tasks_to_gymnasium_ids():
+    assert task_env("hopper-medium-v2") == "Hopper-v5"
+    assert task_env("halfcheetah-medium-replay-v2") == "HalfCheetah-v5"
+    assert task_env("walker2d-medium-expert-v2") == "Walker2d-v5"
+    assert task_env("ant-random-v2") == "Ant-v5"
+    message = user_error(task_env, "pen-human-v1")
+    assert "'pen-human-v1'" in message and "hopper" in message and "halfcheetah" in message
+
+
+# ---------------------------------------------------------------- 5. Minari
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # minari asks for author, description, ...
+def test_minari_dataset_loads_as_transitions(tmp_path, monkeypatch):
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    env = gym.make("Pendulum-v1")
+    env.action_space.seed(0)
+    episodes, buffers = [], []
+    # (steps, terminated, truncated): a time-limit end, a terminal end, an unfinished episode
+    for i, (steps, term, trunc) in enumerate([(6, False, True), (4, True, False), (3, False, False)]):
+        obs = [env.reset(seed=i)[0]]
+        actions, rewards = [], []
+        for _ in range(steps):
+            action = env.action_space.sample()
+            o, r, *_ = env.step(action)
+            obs.append(o)
+            actions.append(action)
+            rewards.append(float(r))
+        episodes.append((np.array(obs), np.array(actions), np.array(rewards)))
+        flags = [False] * (steps - 1)
+        buffers.append(EpisodeBuffer(observations=np.array(obs), actions=np.array(actions), rewards=rewards,
+                                     terminations=[*flags, term], truncations=[*flags, trunc], infos={}))
+    # minari's DataCollector needs jax (minari[create]); its buffer writer is the same storage code
+    minari.create_dataset_from_buffers("test/pendulum-v0", buffers, env=env)
+
+    data = load("minari:test/pendulum-v0")
+    assert len(data) == 6 + 4 + 3 and data.env_id == "Pendulum-v1"
+    assert data.source == "minari:test/pendulum-v0"
+    np.testing.assert_allclose(data.observations, np.concatenate([o[:-1] for o, _, _ in episodes]))
+    np.testing.assert_allclose(data.next_observations, np.concatenate([o[1:] for o, _, _ in episodes]))
+    np.testing.assert_allclose(data.actions, np.concatenate([a for _, a, _ in episodes]))
+    np.testing.assert_allclose(data.rewards, np.concatenate([r for _, _, r in episodes]), rtol=1e-6)
+    np.testing.assert_array_equal(data.terminals, [0] * 9 + [1] + [0] * 3)
+    np.testing.assert_allclose(data.episode_returns, [episodes[0][2].sum(), episodes[1][2].sum()])
+    for arr in (data.observations, data.actions, data.rewards, data.next_observations, data.terminals):
+        assert arr.dtype == np.float32
+    assert dataset_env("minari:test/pendulum-v0") == "Pendulum-v1"
+    # the env the data names is checked: Pendulum's 3-dim observations do not fit MountainCar's 2
+    assert "observes 2" in user_error(load, "minari:test/pendulum-v0", "MountainCarContinuous-v0")
+
+    # and an offline algorithm trains on it through the same spec
+    algo = make_algo("td3bc", tmp_path / "run", env="Pendulum-v1", dataset="minari:test/pendulum-v0",
+                     total_steps=300, eval_every=300, eval_episodes=1)
+    algo.learn()
+    assert algo.n_updates == 300 and len(algo.replay.storage) == 13
+    assert any("eval/mean_reward" in row for row in read_metrics(tmp_path / "run"))
+    algo.close()
+
+
+def test_missing_minari_dataset_says_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    message = user_error(load, "minari:mujoco/hopper/medium-v0")
+    assert f"MINARI_DATASETS_PATH={tmp_path}" in message
+    assert "`minari download mujoco/hopper/medium-v0`" in message
+
+
+def test_minari_not_installed_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "minari", None)  # `import minari` now raises ImportError
+    assert "pip install 'ctrlrl[offline]'" in user_error(load, "minari:mujoco/hopper/medium-v0")
+
+
+# ---------------------------------------------------------------- 6. env checks and file lookup
+
+
+def test_observation_width_must_match_the_env(tmp_path):
+    path = tmp_path / "five.hdf5"
+    write_d4rl(path, d4rl_data(obs_dim=5))
+    message = user_error(load, str(path), "Pendulum-v1")
+    assert "observations have 5 dims" in message and "Pendulum-v1 observes 3" in message
+
+
+def test_action_width_and_bounds_must_match_the_env(tmp_path):
+    path = tmp_path / "acts.hdf5"
+    write_d4rl(path, d4rl_data(act_dim=2))
+    assert "actions have 2 dims but Pendulum-v1 takes 1" in user_error(load, str(path), "Pendulum-v1")
+    data = d4rl_data(bound=2.0)
+    data["actions"][3, 0] = 2.5
+    write_d4rl(path, data)
+    assert "actions[3, 0] = 2.5" in user_error(load, str(path), "Pendulum-v1")
+    data["actions"][3, 0] = 2.00005  # within the 1e-4 tolerance
+    write_d4rl(path, data)
+    assert load(str(path), "Pendulum-v1").env_id == "Pendulum-v1"
+
+
+def test_env_named_in_the_file_is_used_and_a_given_env_wins(tmp_path):
+    path = tmp_path / "named.hdf5"
+    write_d4rl(path, d4rl_data(bound=2.0, **{"metadata/env_id": "Pendulum-v1"}))
+    assert load(str(path)).env_id == "Pendulum-v1"
+    assert dataset_env(str(path)) == "Pendulum-v1"
+    # the file's env is checked even when none is given: 3-dim data named as MountainCar (2 dims)
+    write_d4rl(path, d4rl_data(bound=1.0, **{"metadata/env_id": "MountainCarContinuous-v0"}))
+    assert "MountainCarContinuous-v0 observes 2" in user_error(load, str(path))
+    # the user's env wins over the file's when the widths fit
+    write_d4rl(path, d4rl_data(11, obs_dim=11, act_dim=3, **{"metadata/env_id": "Hopper-v4"}))
+    with pytest.warns(UserWarning, match="Hopper-v4"):
+        assert load(str(path), "Hopper-v5").env_id == "Hopper-v5"
+    assert "unknown env id 'Nope-v0'" in user_error(load, str(path), "Nope-v0")
+
+
+@pytest.fixture
+def d4rl_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """data_dir() and D4RL's cache, both inside tmp_path."""
+    monkeypatch.setenv("CTRLRL_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl-cache"))
+    assert data_dir() == tmp_path / "data"
+    return tmp_path / "data" / "d4rl", tmp_path / "d4rl-cache"
+
+
+def test_missing_d4rl_task_gives_the_download_url(d4rl_dirs):
+    ours, theirs = d4rl_dirs
+    message = user_error(load, "d4rl:hopper-medium-replay-v2")
+    url = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium_replay-v2.hdf5"
+    assert url in message and "never downloads" in message and "ctrlrl collect" in message
+    assert str(ours / "hopper-medium-replay-v2.hdf5") in message
+    assert str(theirs / "hopper-medium-replay-v2.hdf5") in message
+
+
+def test_d4rl_task_file_is_found_under_either_name_and_mapped_to_its_env(d4rl_dirs):
+    ours, theirs = d4rl_dirs
+    write_d4rl(ours / "hopper_medium-v2.hdf5", d4rl_data(30, obs_dim=11, act_dim=3))  # D4RL's URL name
+    data = load("d4rl:hopper-medium-v2")
+    assert data.env_id == "Hopper-v5" and data.source == "d4rl:hopper-medium-v2" and len(data) == 24
+    write_d4rl(theirs / "ant-medium-v2.hdf5", d4rl_data(obs_dim=111, act_dim=8))
+    assert dataset_env("d4rl:ant-medium-v2") == "Ant-v5"
+    message = user_error(load, "d4rl:ant-medium-v2")
+    assert "111" in message and "105" in message and "contact forces" in message
+
+
+def test_nonexistent_path_is_named(tmp_path):
+    missing = tmp_path / "nowhere" / "data.hdf5"
+    message = user_error(load, str(missing))
+    assert str(missing) in message and "d4rl:<task>" in message
+    not_hdf5 = tmp_path / "text.hdf5"
+    not_hdf5.write_text("hello")
+    assert "cannot read it as HDF5" in user_error(load, str(not_hdf5))
+
+
+def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("CTRLRL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_dir() == tmp_path / "cache" / "ctrlrl" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data_dir() == Path.home() / ".cache" / "ctrlrl" / "data"
