@@ -32,15 +32,16 @@ D3RLPY_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_td3bc.py")
 
 
 def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
-                       device: str, seed: int) -> float:
-    """ctrlrl td3bc gradient steps/s, in this process; one gradient step per train_iteration."""
+                       device: str, seed: int, algo_name: str = "td3bc") -> float:
+    """A ctrlrl offline algorithm's gradient steps/s, in this process (its default networks);
+    one gradient step per train_iteration."""
     import torch
 
     import ctrlrl
     from ctrlrl.data import dataset_env
 
     with tempfile.TemporaryDirectory(prefix="ctrlrl-offline-speed-") as run_dir:
-        algo = ctrlrl.make("td3bc", env=dataset_env(dataset) or "Hopper-v5",
+        algo = ctrlrl.make(algo_name, env=dataset_env(dataset) or "Hopper-v5",
                            overrides={"dataset": dataset, "batch_size": batch_size,
                                       "eval_every": 0, "checkpoint_every": 0, "progress": False,
                                       "tensorboard": False, "threads": threads, "device": device},
@@ -60,7 +61,7 @@ def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, t
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         if first is not None and algo.step - first != steps:
-            raise SystemExit(f"ctrlrl td3bc advanced {algo.step - first} steps in {steps} "
+            raise SystemExit(f"ctrlrl {algo_name} advanced {algo.step - first} steps in {steps} "
                              "train_iteration calls: expected one gradient step per call")
     return steps / seconds
 
@@ -110,15 +111,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--d3rlpy-python", default=".venv-d3rlpy/bin/python",
                         help="python of the d3rlpy 2.8.1 venv (relative: to the repo root)")
+    parser.add_argument("--also", default="",
+                        help="more ctrlrl offline algorithms to time alongside, e.g. a2pr,odice")
     parser.add_argument("--out")
     args = parser.parse_args()
+    also = [a for a in args.also.split(",") if a]
 
     python = _d3rlpy_python(args.d3rlpy_python)
     dataset = str(Path(args.dataset).resolve())
     common = (dataset, args.steps, args.warmup, args.batch_size, args.threads, args.device,
               args.seed)
     load = os.getloadavg()[0]
-    fps: dict[str, list[float]] = {"ctrlrl": [], "d3rlpy": []}
+    fps: dict[str, list[float]] = {"ctrlrl": [], "d3rlpy": [], **{a: [] for a in also}}
     d3rlpy_update: list[float] = []
     d3rlpy_info: dict = {}
     for _ in range(args.repeats):
@@ -126,6 +130,8 @@ def main() -> None:
         d3rlpy_info = d3rlpy_run(python, *common)
         fps["d3rlpy"].append(d3rlpy_info["steps_per_s"])
         d3rlpy_update.append(d3rlpy_info["update_steps_per_s"])
+        for name in also:
+            fps[name].append(ctrlrl_steps_per_s(*common, algo_name=name))
 
     import torch
 
@@ -142,7 +148,7 @@ def main() -> None:
              f"command: python benchmarks/offline_speed.py --dataset {args.dataset} "
              f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} "
              f"--threads {args.threads} --device {args.device} --seed {args.seed} "
-             f"--repeats {args.repeats}",
+             f"--repeats {args.repeats}" + (f" --also {args.also}" if also else ""),
              f"dataset: {dataset} ({d3rlpy_info.get('transitions', '?')} transitions as d3rlpy "
              "samples them)", "",
              "| library | version | torch | batch | timed steps | steps/s (median) "
@@ -152,6 +158,11 @@ def main() -> None:
         lines.append(f"| {lib} td3bc | {versions[lib]} | {torches[lib]} | {args.batch_size} | "
                      f"{args.steps} | {med[lib]:.0f} | {med[lib] / med['d3rlpy']:.2f}x | "
                      + ", ".join(f"{x:.0f}" for x in fps[lib]) + " |")
+    for name in also:
+        lines.append(f"| ctrlrl {name} | {versions['ctrlrl']} | {torches['ctrlrl']} | "
+                     f"{args.batch_size} | {args.steps} | {med[name]:.1f} | "
+                     f"{med[name] / med['d3rlpy']:.2f}x | "
+                     + ", ".join(f"{x:.1f}" for x in fps[name]) + " |")
     lines += ["", f"d3rlpy's update calls alone (without its per-transition batch sampling): "
               f"median {statistics.median(d3rlpy_update):.0f} steps/s "
               f"(ctrlrl / that: {med['ctrlrl'] / statistics.median(d3rlpy_update):.2f}x)"]

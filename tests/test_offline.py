@@ -9,7 +9,8 @@ from conftest import OFFLINE_DATA, assert_one_line_error, make_algo, read_metric
 
 import ctrlrl
 from ctrlrl.core.errors import UserError
-from ctrlrl.data import load, write_d4rl
+from ctrlrl.data import episode_returns, load, read_d4rl, write_d4rl
+from ctrlrl.data.collect import replay_dataset
 
 
 def test_td3bc_trains_and_logs_normalized_score(tmp_path):
@@ -133,3 +134,31 @@ def test_cli_trains_offline_with_the_env_taken_from_the_dataset(tmp_path):
     assert bad.returncode == 2
     assert_one_line_error(bad.stderr, "missing.hdf5")
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_collect_cli_writes_a_d4rl_file(tmp_path):
+    out = run_cli("collect", "--env", "Pendulum-v1", "--level", "random", "--size", "450",
+                  "-o", str(tmp_path / "p.hdf5"), env={"CTRLRL_DATA": str(tmp_path / "data")})
+    assert out.returncode == 0, out.stderr
+    data = read_d4rl(tmp_path / "p.hdf5")
+    assert len(data["rewards"]) == 450 and data["metadata/env_id"] == "Pendulum-v1"
+    # Pendulum's time limit is 200: two complete episodes, the cut-off third ends the file
+    np.testing.assert_array_equal(np.flatnonzero(data["timeouts"]), [199, 399, 449])
+    assert not data["terminals"].any()
+    np.testing.assert_array_equal(data["next_observations"][:199], data["observations"][1:200])
+    assert (np.abs(data["actions"]) <= 2.0).all() and data["actions"].std() > 0.5
+    bad = run_cli("collect", "--env", "Pendulum-v1", "--level", "median", "-o", str(tmp_path / "x"))
+    assert bad.returncode == 2
+    assert_one_line_error(bad.stderr, "median", "medium-replay")
+
+
+def test_replay_buffer_dataset_recovers_episode_ends(tmp_path):
+    """medium-replay: a SAC run's buffer, with episode ends found where next_obs breaks."""
+    sac = make_algo("sac", tmp_path, env="Pendulum-v1", total_steps=450, learning_starts=1000)
+    sac.learn()
+    data = replay_dataset(sac)
+    assert len(data["rewards"]) == 450
+    np.testing.assert_array_equal(np.flatnonzero(data["timeouts"]), [199, 399, 449])
+    assert (np.abs(data["actions"]) <= 2.0).all()  # env units, not the policy's [-1, 1]
+    np.testing.assert_allclose(episode_returns(data)[0], data["rewards"][:200].sum(), rtol=1e-5)
+    sac.close()

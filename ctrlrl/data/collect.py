@@ -88,7 +88,7 @@ def _rollout(env_id: str, size: int, seed: int, act) -> dict[str, np.ndarray]:
     return keys
 
 
-def _replay_dataset(algo) -> dict[str, np.ndarray]:
+def replay_dataset(algo) -> dict[str, np.ndarray]:
     """A SAC run's replay buffer as D4RL keys; episode ends are where a row's next observation is
     not the following row's observation (one env, stepped in order)."""
     rows = algo.replay.storage[: algo.replay.size].cpu().numpy()
@@ -113,7 +113,7 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
             expert_return: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Write one D4RL-format dataset; returns its metadata."""
     from ctrlrl.core.envs import check_env_id
-    from ctrlrl.data import reference_scores, write_d4rl
+    from ctrlrl.data import episode_returns, reference_scores, write_d4rl
 
     check_env_id(env_id)
     if level not in LEVELS:
@@ -148,7 +148,7 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         data = from_policy(*medium_run(), "medium")
     elif level == "medium-replay":
         algo, reached = medium_run()
-        data = _replay_dataset(algo)
+        data = replay_dataset(algo)
         meta.update({"medium_policy": str(algo.run_dir), "medium_policy_steps": algo.step,
                      "medium_policy_eval_return": reached})
     elif level == "expert":
@@ -159,15 +159,9 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         expert_data = from_policy(*_policy_run(env_id, seed, "expert", None, expert_steps, progress),
                                   "expert")
         data = {k: np.concatenate([medium[k], expert_data[k]]) for k in medium}
-    returns = _episode_returns(data)
+    returns = episode_returns(data)
     meta.update({"transitions": len(data["rewards"]), "episodes": len(returns),
                  "episode_return_mean": float(returns.mean()) if len(returns) else float("nan"),
                  "episode_return_std": float(returns.std()) if len(returns) else float("nan")})
     write_d4rl(output, {**data, **{f"metadata/{k}": v for k, v in meta.items()}})
     return meta
-
-
-def _episode_returns(data: dict[str, np.ndarray]) -> np.ndarray:
-    from ctrlrl.data.d4rl import episode_returns
-
-    return episode_returns(data)

@@ -74,6 +74,18 @@ def find_runs(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))  # a run matched twice counts once
 
 
+def _defaults(name: str) -> dict[str, Any]:
+    """Default settings of RunConfig ("run") or of an algorithm's config (an SB3 twin: its base's)."""
+    from ctrlrl.api import REGISTRY
+    from ctrlrl.core.config import RunConfig, to_dict
+    from ctrlrl.harness.sweep import SB3_PREFIX
+
+    if name == "run":
+        return to_dict(RunConfig())
+    cls = REGISTRY.get(name.removeprefix(SB3_PREFIX))
+    return to_dict(cls.Config()) if cls is not None else {}
+
+
 def load_run(path: Path) -> Run:
     cfg_file, metrics_file = path / "config.yaml", path / "metrics.jsonl"
     if not cfg_file.is_file() or not metrics_file.is_file():
@@ -81,8 +93,10 @@ def load_run(path: Path) -> Run:
     cfg = yaml.safe_load(cfg_file.read_text())
     spec_file = path / "sweep.json"
     label = json.loads(spec_file.read_text())["label"] if spec_file.is_file() else cfg["algo"]
-    settings = {f"run.{k}": v for k, v in cfg["run"].items() if k not in _FREE_KEYS}
-    settings.update({f"config.{k}": v for k, v in cfg["config"].items()})
+    # settings a run's version did not write yet count as their defaults
+    run_cfg, algo_cfg = {**_defaults("run"), **cfg["run"]}, {**_defaults(cfg["algo"]), **cfg["config"]}
+    settings = {f"run.{k}": v for k, v in run_cfg.items() if k not in _FREE_KEYS}
+    settings.update({f"config.{k}": v for k, v in algo_cfg.items()})
     run = Run(path, cfg["run"]["env"], label, {"algo": cfg["algo"], **settings})
     with open(metrics_file) as f:
         for n, line in enumerate(f, 1):
@@ -227,8 +241,9 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
               "mean over seeds with a 95% percentile-bootstrap CI "
               f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}); IQM = interquartile mean of the "
               "final values; AUC = the evaluation curve's mean level (trapezoid / steps); wall time "
-              "per run, fps = env steps / wall time (training and evaluation).", ""]
-    head = ["Env", "Algorithm", "Seeds", "Env steps", "Final", "Best", "IQM final", "AUC",
+              "per run, fps = steps / wall time (training and evaluation); steps are env steps, "
+              "or gradient steps for offline algorithms.", ""]
+    head = ["Env", "Algorithm", "Seeds", "Steps", "Final", "Best", "IQM final", "AUC",
             "Wall time / run", "fps"]
     if welch:
         head.append(f"Welch {welch['a']} vs {welch['b']} (final; best)")
@@ -296,6 +311,7 @@ def plot_groups(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
     for ax, (env, labels) in zip(axes[0], groups.items(), strict=True):
@@ -313,7 +329,8 @@ def plot_groups(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path)
             line, = ax.plot(grid, ys.mean(0), label=name)
             ax.fill_between(grid, low, high, alpha=0.25, color=line.get_color())
         ax.set_title(env)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel("steps")  # env steps; gradient steps for offline runs
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 50k, 1M: long numbers overlap
         ax.set_ylabel(metric)
         ax.legend(fontsize="small")
     fig.tight_layout()
