@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from speed import cpu_name  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 D3RLPY_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_td3bc.py")
 
@@ -88,17 +90,6 @@ def _d3rlpy_python(arg: str) -> str:
     return str(path)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="D4RL-format .hdf5 file")
@@ -142,7 +133,7 @@ def main() -> None:
                 "d3rlpy": d3rlpy_info.get("version", "?")}
     torches = {"ctrlrl": torch.__version__, "d3rlpy": d3rlpy_info.get("torch", "?")}
     threads = f"{args.threads} torch thread{'s' if args.threads > 1 else ''} per process"
-    lines = [f"machine: {platform.processor() or platform.machine()}, {_cpu_name()}, "
+    lines = [f"machine: {platform.processor() or platform.machine()}, {cpu_name()}, "
              f"{os.cpu_count()} logical CPUs, load average {load:.2f} at start, "
              f"python {platform.python_version()}, {threads}, device {args.device}",
              f"command: python benchmarks/offline_speed.py --dataset {args.dataset} "

@@ -130,7 +130,7 @@ def main() -> None:
         return
 
     lines = [f"machine: {platform.processor() or platform.machine()}, "
-             f"{_cpu_name()}, python {platform.python_version()}, 1 torch thread per process",
+             f"{cpu_name()}, python {platform.python_version()}, 1 torch thread per process",
              "command: python benchmarks/speed.py "
              + (f"--pairs {args.pairs}" if args.pairs else f"--algos {args.algos}")
              + f" --env {args.env} "
@@ -183,7 +183,7 @@ def main() -> None:
             f.write(text + "\n")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

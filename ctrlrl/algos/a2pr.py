@@ -50,7 +50,6 @@ Deviations from the reference code (ltlhuuu/A2PR) and why:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from collections.abc import Sequence
@@ -65,7 +64,7 @@ from ctrlrl.algos.td3 import TD3
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.nets import MLP, DeterministicPolicy, FlatParams, QEnsemble, adam, soft_update
+from ctrlrl.core.nets import MLP, FlatParams, adam, soft_update
 
 # (α, w_vae, mask, γ) per D4RL-v2 dataset, from the reference repository's example commands
 PAPER_SETTINGS: dict[str, dict[str, float]] = {
@@ -170,20 +169,13 @@ class A2PR(OfflineAlgorithm, TD3):
     def build(self) -> None:
         cfg = self.cfg
         self.build_replay()
+        self.build_networks(cfg.actor_hidden_sizes, cfg.critic_hidden_sizes)
         obs_dim, act_dim, device = self.obs_dim, self.act_dim, self.device
-        self.actor = DeterministicPolicy(obs_dim, act_dim, cfg.actor_hidden_sizes).to(device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = QEnsemble(obs_dim, act_dim, cfg.critic_hidden_sizes, 2).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = MLP(obs_dim, cfg.critic_hidden_sizes, 1).to(device)
         self.vae = VAE(obs_dim, act_dim, cfg.vae_hidden_sizes, 2 * act_dim).to(device)
-        self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
         self.value_flat, self.vae_flat = FlatParams(self.value), FlatParams(self.vae)
-        self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
-        self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
         self.value_opt = adam([self.value_flat.param], cfg.learning_rate)
         self.vae_opt = adam([self.vae_flat.param], cfg.vae_learning_rate)
-        self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
         return {**super().state_modules(), "value": self.value, "value_opt": self.value_opt,

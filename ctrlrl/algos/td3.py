@@ -47,16 +47,19 @@ class TD3(OffPolicyAlgorithm):
     Config = TD3Config
 
     def build(self) -> None:
-        cfg = self.cfg
         self.build_replay()
-        obs_dim, act_dim, device = self.obs_dim, self.act_dim, self.device
-        self.actor = DeterministicPolicy(obs_dim, act_dim, cfg.hidden_sizes).to(device)
+        self.build_networks(self.cfg.hidden_sizes, self.cfg.hidden_sizes)
+
+    def build_networks(self, actor_hidden, critic_hidden) -> None:
+        """Actor, twin critics, their targets and Adam optimisers (TD3+BC and A2PR reuse these)."""
+        obs_dim, act_dim, device, lr = self.obs_dim, self.act_dim, self.device, self.cfg.learning_rate
+        self.actor = DeterministicPolicy(obs_dim, act_dim, actor_hidden).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = QEnsemble(obs_dim, act_dim, cfg.hidden_sizes, 2).to(device)
+        self.critic = QEnsemble(obs_dim, act_dim, critic_hidden, 2).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
-        self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
-        self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
+        self.actor_opt = adam([self.actor_flat.param], lr)
+        self.critic_opt = adam([self.critic_flat.param], lr)
         self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
