@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctrlrl: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
-        print(f"ctrlrl: {exc}; continue with `ctrlrl train {args.algo} --resume "
-              f"{exc.checkpoint.parent.parent}`", file=sys.stderr)
+        how = (f"`ctrlrl train {args.algo} --resume {exc.checkpoint.parent.parent}`"
+               if args.command == "train" else "the same command again")  # collect resumes its SAC run
+        print(f"ctrlrl: {exc}; continue with {how}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("ctrlrl: aborted", file=sys.stderr)
