@@ -316,19 +316,21 @@ def _result(fut: cf.Future) -> dict[str, Any]:
 
 
 class _sigterm_as_interrupt:
-    """SIGTERM on the sweep (a batch system's stop) behaves like Ctrl-C."""
+    """SIGTERM on the sweep (a batch system's stop) behaves like Ctrl-C. Both handlers are set
+    explicitly, as `ctrlrl train` does: a sweep started where SIGINT is ignored (a script's
+    background job) would otherwise never see its Ctrl-C / `kill -INT`."""
 
     def __enter__(self):
         def handler(signum, frame):
             raise KeyboardInterrupt
 
-        self._old = signal.signal(signal.SIGTERM, handler) \
-            if threading.current_thread() is threading.main_thread() else None
+        self._old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if threading.current_thread() is threading.main_thread() else {}
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False
 
 
