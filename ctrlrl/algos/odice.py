@@ -317,10 +317,11 @@ class ODICEILConfig(ODICEConfig):
 def episode_bounds(data: Dataset) -> list[tuple[int, int]]:
     """[start, end) rows of each episode of a transition set: an episode ends at a terminal row, or
     where the next row does not start at this row's next observation (a time-limit cut)."""
-    n = len(data)
-    ends = (data.terminals[:-1] > 0) | np.any(data.next_observations[:-1] != data.observations[1:], 1)
-    cuts = np.concatenate(([0], np.flatnonzero(ends) + 1, [n]))
-    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a]
+    from ctrlrl.data import episode_ends
+
+    ends = episode_ends(data.observations, data.next_observations, data.terminals)
+    cuts = np.concatenate(([0], np.flatnonzero(ends) + 1))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
 
 
 class ODICEIL(ODICE):

@@ -18,6 +18,7 @@ from ctrlrl.data.d4rl import (
     ENV_OF_TASK,
     REF_SCORES,
     REQUIRED,
+    episode_ends,
     episode_returns,
     normalized_score,
     read_d4rl,
@@ -29,7 +30,8 @@ from ctrlrl.data.d4rl import (
     write_d4rl,
 )
 
-__all__ = ["ENV_OF_TASK", "REF_SCORES", "REQUIRED", "Dataset", "data_dir", "dataset_env", "episode_returns",
+__all__ = ["ENV_OF_TASK", "REF_SCORES", "REQUIRED", "Dataset", "data_dir", "dataset_env", "episode_ends",
+           "episode_returns",
            "load", "normalized_score", "read_d4rl", "reference_scores", "resolve_task", "task_env",
            "transitions", "validate_d4rl", "write_d4rl"]
 

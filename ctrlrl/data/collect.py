@@ -91,12 +91,13 @@ def _rollout(env_id: str, size: int, seed: int, act) -> dict[str, np.ndarray]:
 def replay_dataset(algo) -> dict[str, np.ndarray]:
     """A SAC run's replay buffer as D4RL keys; episode ends are where a row's next observation is
     not the following row's observation (one env, stepped in order)."""
+    from ctrlrl.data import episode_ends
+
     rows = algo.replay.storage[: algo.replay.size].cpu().numpy()
     o, a = algo.obs_dim, algo.act_dim
     obs, actions, rewards = rows[:, :o], rows[:, o:o + a], rows[:, o + a]
     next_obs, terminals = rows[:, o + a + 1:2 * o + a + 1], rows[:, -1] > 0.5
-    ends = np.ones(len(rows), bool)
-    ends[:-1] = np.any(next_obs[:-1] != obs[1:], axis=1)
+    ends = episode_ends(obs, next_obs, terminals)
     return {"observations": obs, "next_observations": next_obs,
             "actions": algo.to_env_action(actions).astype(np.float32),
             "rewards": rewards, "terminals": terminals, "timeouts": ends & ~terminals}

@@ -253,6 +253,17 @@ def _f32(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, dtype=np.float32)
 
 
+def episode_ends(observations: np.ndarray, next_observations: np.ndarray,
+                 terminals: np.ndarray) -> np.ndarray:
+    """Rows that end an episode, for transitions stored episode after episode without timeouts (a
+    replay buffer, a `Dataset`): terminal rows, rows whose next observation is not the next row's
+    observation (a time-limit cut, then a reset), and the last row."""
+    ends = np.ones(len(observations), dtype=bool)
+    ends[:-1] = (np.asarray(terminals[:-1]) > 0) | np.any(
+        next_observations[:-1] != observations[1:], axis=1)
+    return ends
+
+
 def episode_returns(data: Mapping[str, Any]) -> np.ndarray:
     """Undiscounted returns (float64) of the complete episodes: segments ending in a terminal or a
     timeout row. An unfinished tail is not an episode and is not counted."""
