@@ -1,0 +1,549 @@
+"""LOOP — optimistic average-reward learning (He, Zhong, Yang, ICLR 2024; ALGORITHMS.md §7) in two
+practical instantiations, the UCRL2 baseline (Jaksch, Ortner, Auer, JMLR 2010) and uniform-random
+play, on finite MDPs that expose their exact model (`ctrlrl.envs.average_reward`).
+
+The paper is theory with no code: a hypothesis f = (Q_f, J_f) is kept while it fits the data, a
+new one is the hypothesis of largest gain J_f in the confidence set
+B_t = {f : Σ_i ℓ_f(f, ζ_i)² − inf_g Σ_i ℓ_f(g, ζ_i)² ≤ β}, with the discrepancy
+ℓ_{f'}(f, ζ) = Q_f(s, a) + J_f − r − V_{f'}(s') ("local fit": the targets use f itself), and the
+learner acts greedily w.r.t. Q_f. What ctrlrl runs instead, and why:
+
+`loop`, `instantiation: tabular` (model-based, exact up to the relaxations below):
+- Confidence set. For a fixed V the squared discrepancy of the transitions from (s, a) is minimised
+  by the empirical target r̂(s, a) + (P̂V)(s, a), and the excess loss of another model is
+  N(s, a)·(target_g − target_P̂)². We relax the paper's joint constraint Σ_{sa} N·Δ² ≤ β to one per
+  pair, |Δ(s, a)| ≤ √(β/N(s, a)) (a superset: still optimistic), with the Hoeffding radius of a
+  target in [min V, 1 + max V]: √(β/N) = c·(1 + sp V)·√(log(2·S·A·(1+t)/δ) / (2N)), c =
+  `beta_scale`. This is β ∝ sp(V)²·log(1/δ) as in the paper, with V the hypothesis' own value
+  (local fit) but without the covering number of the value class (the union over V), which the
+  theory needs and practice does not. An unvisited pair may reach anything: its target is 1 + max V.
+- Optimism: extended value iteration over that set (the paper's third algorithm box): the inner max
+  has the closed form min(r̂ + P̂V + width, 1 + max V) (no model has a target above 1 + max V).
+  Iterate until the span of the increment is below 1/√t (UCRL2's accuracy) or `max_plan_iters`;
+  J_f is the midpoint of the last increment's range, the policy greedy in the last Q.
+- Low switching: re-plan when det Λ doubles for the tabular Gram matrix Λ = diag(1 + N(s, a)),
+  i.e. when Σ_{sa} log(1 + N(s, a)) has grown by log 2 since the last plan — the linear rule of the
+  paper read with one-hot features, at most S·A·log2(1 + T/(S·A)) + 1 plans (AM–GM).
+`loop`, `instantiation: linear` (value-based; approximate):
+- Ridge regression of the targets r_t + V(s_{t+1}) on φ(s_t, a_t) (the linear-MDP form
+  Q(s, a) + J = φᵀw): Λ = λI + Σ φφᵀ, w(V) = Λ⁻¹(Σ φ_t r_t + M V) with M = Σ φ_t e_{s_{t+1}}ᵀ.
+  The finite state space makes (Λ⁻¹, Σ φ r, M) sufficient statistics, so no transition is stored;
+  Λ⁻¹ is kept by Sherman–Morrison updates and log det Λ by the matrix-determinant lemma.
+- Optimism: the elliptical bonus width·‖φ‖_{Λ⁻¹} with the tabular width above, d in place of S·A
+  in the log (with one-hot features and λ = 1 the two instantiations coincide up to the
+  λ-shrinkage). The theory's width
+  carries a further √d (self-normalised bound) and covering terms; `beta_scale` stands for them.
+- Fixed point in J: relative value iteration on V ← max_a min(1 + max V, φᵀw(V) + bonus),
+  normalised to min V = 0, J_f = midpoint of the increment, same stopping rule (the paper's
+  argmax over B_t of J_f is replaced by this optimistic fixed point; not exact).
+  `span_bound` > 0 truncates V to span ≤ H (the paper assumes sp(V*) ≤ H known); 0: no truncation.
+- Switch when det Λ doubles (log det Λ grew by log 2 since the last plan), the paper's rule.
+Features: `env.unwrapped.features()` (ctrlrl/LinearMDP-v0 has genuine d-dim ones; the tabular envs
+give one-hot (s, a), d = S·A).
+
+Also not as in the paper: sp(V*) is not assumed known (the widths use the span of the current
+iterate; `span_bound` optionally imposes H); the auxiliary class G and its inf_g term need no
+search here (for a fixed V the empirical target, resp. the ridge fit, is the minimiser); the
+model-based MLE-LOOP box (likelihood confidence set) is not implemented — the tabular instance uses
+the squared-discrepancy set above; δ is a setting (0.05), not tied to T.
+
+`ucrl2`: Jaksch et al. as published: L1 confidence ball of radius √(14·S·log(2·A·t_k/δ)/N) around
+P̂, reward radius √(3.5·log(2·S·A·t_k/δ)/N), extended value iteration with the L1 inner max (mass
+moved to the best state, taken from the worst), accuracy 1/√t_k, and its episode rule: a new
+episode (policy) when the count of the pair being played within the episode reaches its count at
+the episode's start. So LOOP (tabular) and UCRL2 differ where the papers do: LOOP's set bounds the
+fit of the joint target r + V(s') (width ∝ sp V, no √S), UCRL2's bounds the model in L1 (width ∝
+√S, reward separately); LOOP switches on the determinant, UCRL2 on one pair's count.
+
+`random-policy`: uniform actions; the reference point "LOOP beats uniform-random play".
+
+Every run logs `train/regret` = Σ_{t ≤ T} (J* − r_t) with the realised rewards r_t (J* from
+relative value iteration on the env's exact model; so the regret of even the optimal policy
+fluctuates around a bounded bias, by O(√T) noise where rewards or transitions are random),
+`train/switches` (number of plans, the first one included), `train/optimistic_gain` (J_f of the
+current hypothesis), `train/policy_gain` (exact gain of the current policy on the true model),
+`train/optimal_gain` (J*) and `train/optimism_fraction` (share of plans with J_f ≥ J* − 1/√t).
+
+Practical notes: one env (n_envs 1), no observation or reward normalisation; `block_steps` env
+steps per training iteration (the policy may change inside a block: the switching rule is checked
+every step). The tasks never end, so the vector env's autoreset and episode bookkeeping never act:
+with `vec_mode: sync` the loop steps the sub-env itself (~10× cheaper per step; the same env and
+RNG, so the same transitions as through `VecEnv.step`, which async mode uses). Evaluation
+(`eval_every` > 0, `ctrlrl eval`) plays the greedy policy for
+`eval_horizon` steps per "episode" and reports the total reward, since the tasks never end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from ctrlrl.algos.base import Algorithm
+from ctrlrl.core.config import check_ranges
+from ctrlrl.core.envs import VecEnv
+from ctrlrl.core.errors import UserError
+
+INSTANTIATIONS = ("tabular", "linear")
+
+
+# ---- exact solvers -------------------------------------------------------------------------------
+def relative_value_iteration(P: np.ndarray, R: np.ndarray, tol: float = 1e-10,
+                             max_iter: int = 200_000, tau: float = 0.5
+                             ) -> tuple[float, np.ndarray, np.ndarray]:
+    """(J*, bias h with h[0] = 0, greedy policy) of the MDP (P[S, A, S'], R[S, A]).
+
+    Runs on the aperiodic transform P_τ = τP + (1 − τ)I, R_τ = τR (same optimal policies, gain
+    τJ, bias h), so the iteration converges for periodic MDPs too; stops when the span of the
+    increment is below `tol`. Needs a weakly communicating MDP (J* state-independent).
+    """
+    h = np.zeros(P.shape[0])
+    for _ in range(max_iter):
+        q = R + P @ h
+        new = tau * q.max(1) + (1.0 - tau) * h
+        diff = new - h
+        h = new - new[0]
+        if diff.max() - diff.min() < tol * tau:
+            break
+    else:
+        raise RuntimeError("relative value iteration did not converge: is the MDP multichain?")
+    q = R + P @ h
+    return float((diff.max() + diff.min()) / (2.0 * tau)), h, q.argmax(1)
+
+
+def policy_gain(P: np.ndarray, R: np.ndarray, policy: np.ndarray, start: int = 0) -> float:
+    """Exact long-run average reward of a deterministic (or, with policy[S, A], stochastic) policy
+    started in `start`: the Cesàro limit, by solving for the stationary distribution(s)."""
+    S = P.shape[0]
+    if policy.ndim == 1:
+        P_pi, r_pi = P[np.arange(S), policy], R[np.arange(S), policy]
+    else:
+        P_pi, r_pi = np.einsum("sa,sat->st", policy, P), (policy * R).sum(1)
+    # Cesàro limit of P_pi^n from `start`, by the aperiodic transform and repeated squaring
+    M = 0.5 * (P_pi + np.eye(S))
+    for _ in range(50):  # M^(2^50): converged for any chain whose mixing is not astronomically slow
+        M = M @ M
+        M /= M.sum(1, keepdims=True)  # rounding errors would double with every squaring
+    return float(M[start] @ r_pi)
+
+
+def _greedy_gain(diff: np.ndarray) -> float:
+    return float(0.5 * (diff.max() + diff.min()))
+
+
+def evi_value_aware(r_hat: np.ndarray, P_hat: np.ndarray, n: np.ndarray, log_term: float,
+                    scale: float, tol: float, max_iter: int, u0: np.ndarray | None = None
+                    ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Extended value iteration over LOOP's tabular confidence set (module docstring):
+    Q = min(r̂ + P̂u + scale·(1 + sp u)·√(log_term / (2N)), 1 + max u); unvisited pairs 1 + max u.
+    Returns (J_f, u, greedy policy)."""
+    visited = n > 0
+    inv = np.where(visited, np.sqrt(log_term / (2.0 * np.maximum(n, 1.0))), 0.0) * scale
+    u = np.zeros(P_hat.shape[0]) if u0 is None else u0.copy()
+    for _ in range(max_iter):
+        top = u.max()
+        q = np.where(visited, np.minimum(r_hat + P_hat @ u + (1.0 + top - u.min()) * inv, 1.0 + top),
+                     1.0 + top)
+        new = q.max(1)
+        diff = new - u
+        u = new - new.min()
+        if diff.max() - diff.min() < tol:
+            break
+    return _greedy_gain(diff), u, q.argmax(1)
+
+
+def evi_l1(r_tilde: np.ndarray, P_hat: np.ndarray, eps: np.ndarray, tol: float, max_iter: int,
+           u0: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """UCRL2's extended value iteration: for each (s, a), the model in the L1 ball ‖p − P̂‖₁ ≤ ε
+    that maximises p·u puts min(1, P̂(s*) + ε/2) on the best state s* and removes the excess from
+    the worst states. Returns (J_f, u, greedy policy)."""
+    S = P_hat.shape[0]
+    u = np.zeros(S) if u0 is None else u0.copy()
+    half = (eps / 2.0)[..., None]
+    for _ in range(max_iter):
+        order = np.argsort(-u, kind="stable")
+        p = P_hat[..., order]  # (S, A, S) states from best to worst
+        best = np.minimum(1.0, p[..., :1] + half)
+        excess = best[..., 0] - p[..., 0]  # mass added to the best state
+        rest = p[..., 1:]
+        # remove `excess` from the worst states first: what lies behind each state (worst side)
+        behind = np.cumsum(rest[..., ::-1], -1)[..., ::-1] - rest
+        take = np.clip(excess[..., None] - behind, 0.0, rest)
+        q = r_tilde + best[..., 0] * u[order[0]] + ((rest - take) * u[order[1:]]).sum(-1)
+        new = q.max(1)
+        diff = new - u
+        u = new - new.min()
+        if diff.max() - diff.min() < tol:
+            break
+    return _greedy_gain(diff), u, q.argmax(1)
+
+
+# ---- configuration ---------------------------------------------------------------------------
+@dataclass
+class LOOPConfig:
+    instantiation: str = "tabular"  # tabular (model-based, EVI) | linear (ridge + elliptical bonus)
+    delta: float = 0.05  # confidence level in the log term
+    beta_scale: float = 1.0  # c: width of the confidence set (module docstring)
+    ridge: float = 1.0  # λ of the linear instantiation's Λ = λI + Σφφᵀ
+    span_bound: float = 0.0  # H: truncate V to span ≤ H (linear); 0: no truncation
+    max_plan_iters: int = 5000  # value-iteration sweeps per plan at most
+    block_steps: int = 250  # env steps per training iteration
+    eval_horizon: int = 1000  # steps per evaluation "episode" (the tasks never end)
+
+    def __post_init__(self) -> None:
+        if self.instantiation not in INSTANTIATIONS:
+            raise UserError(f"setting instantiation={self.instantiation!r}: use one of "
+                            f"{', '.join(INSTANTIATIONS)}")
+        check_ranges(self, positive=("delta", "beta_scale", "ridge", "max_plan_iters",
+                                     "block_steps", "eval_horizon"),
+                     non_negative=("span_bound",))
+
+
+@dataclass
+class UCRL2Config:
+    delta: float = 0.05
+    max_plan_iters: int = 5000
+    block_steps: int = 250
+    eval_horizon: int = 1000
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("delta", "max_plan_iters", "block_steps", "eval_horizon"))
+
+
+@dataclass
+class RandomPolicyConfig:
+    block_steps: int = 250
+    eval_horizon: int = 1000
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("block_steps", "eval_horizon"))
+
+
+class ArrayState(nn.Module):
+    """The learner's statistics as module buffers (checkpointed and compared like weights).
+
+    Each buffer shares memory with a numpy array that the hot loop updates in place; loading a
+    state dict copies into the buffers, so the numpy views see the loaded values.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        super().__init__()
+        self.arrays = arrays
+        for name, value in arrays.items():
+            self.register_buffer(name, torch.from_numpy(value))
+
+
+# ---- the algorithms --------------------------------------------------------------------------
+class AverageRewardAlgorithm(Algorithm):
+    """Shared machinery: exact model and J*, counts, regret, the step loop, checkpoint state."""
+
+    SCALARS = ("regret", "switches", "optimistic_gain", "policy_gain", "optimism_hits", "plan_mark")
+
+    def build(self) -> None:
+        run = self.run
+        if run.n_envs != 1 or run.normalize_obs or run.normalize_reward:
+            raise UserError(f"{self.name} learns from one stream of raw rewards: use n_envs=1 and "
+                            "no normalize_obs/normalize_reward")
+        probe = gym.make(run.env)
+        env = probe.unwrapped
+        try:
+            P, R = env.model()
+            features = env.features() if hasattr(env, "features") else None
+        except AttributeError:
+            raise UserError(f"{self.name} needs a finite MDP that exposes its model "
+                            f"(env.unwrapped.model() → P[S, A, S'], R[S, A]); {run.env} does not: "
+                            "use ctrlrl/RiverSwim-v0, ctrlrl/RandomMDP-v0, ctrlrl/LinearMDP-v0 or "
+                            "ctrlrl/Inventory-v0") from None
+        finally:
+            probe.close()
+        if not isinstance(self.env.action_space, gym.spaces.Discrete) or \
+                self.env.observation_space.shape != (P.shape[0],):
+            raise UserError(f"{run.env}: {self.name} needs Discrete actions and one-hot state "
+                            "observations matching the model")
+        self.P_true, self.R_true = P, R
+        self.n_states, self.n_actions = P.shape[0], P.shape[1]
+        self.optimal_gain, _, self.optimal_policy = relative_value_iteration(P, R)
+        self.features = features
+        self.policy = np.zeros(self.n_states, np.int64)
+        self.arrays: dict[str, np.ndarray] = {"policy": self.policy}
+        self.scalars = dict.fromkeys(self.SCALARS, 0.0)
+        self.setup()
+        self.holder = ArrayState(self.arrays)
+
+    def setup(self) -> None:
+        """Allocate the algorithm's arrays (add them to `self.arrays`)."""
+
+    def array(self, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+        out = np.zeros(shape, dtype)
+        self.arrays[name] = out
+        return out
+
+    # ---- the step loop ------------------------------------------------------------------------
+    def train_iteration(self) -> None:
+        n = max(1, min(self.cfg.block_steps, self.run.total_steps - self.step))
+        s = int(self.obs[0].argmax())
+        regret, j_star = self.scalars["regret"], self.optimal_gain
+        # the tasks never end, so the vector env's autoreset and episode bookkeeping never act:
+        # step the (sync) sub-env itself, ~10x cheaper; same env, same RNG, same transitions
+        sub = self.env.envs.envs[0] if isinstance(self.env.envs, gym.vector.SyncVectorEnv) else None
+        action = np.zeros(1, np.int64)
+        for _ in range(n):
+            if self.should_plan():
+                self._plan()
+            a = self.act(s)
+            if sub is not None:
+                obs, r, terminated, truncated, _ = sub.step(a)
+                r = float(r)
+            else:
+                action[0] = a
+                step = self.env.step(action)
+                obs, r = step.obs[0], float(step.raw_reward[0])
+                terminated, truncated = step.terminated[0], step.truncated[0]
+            if terminated or truncated:
+                raise UserError(f"{self.run.env} ended an episode; {self.name} needs a continuing "
+                                "task (no termination, no time limit)")
+            s2 = int(obs.argmax())
+            self.observe(s, a, r, s2)
+            regret += j_star - r
+            s = s2
+        if sub is not None:
+            self.env.raw_obs = obs[None]
+            self.env.obs = self.env.normalize_obs(self.env.raw_obs)
+        self.obs = self.env.obs
+        self.step += n
+        self.scalars["regret"] = regret
+        sc = self.scalars
+        self.metrics = {"regret": regret, "switches": sc["switches"],
+                        "policy_gain": sc["policy_gain"], "optimal_gain": j_star}
+        if sc["switches"] > 0:
+            self.metrics["optimistic_gain"] = sc["optimistic_gain"]
+            self.metrics["optimism_fraction"] = sc["optimism_hits"] / sc["switches"]
+
+    def _plan(self) -> None:
+        gain = self.plan()
+        sc = self.scalars
+        sc["switches"] += 1
+        sc["optimistic_gain"] = gain
+        sc["optimism_hits"] += gain >= self.optimal_gain - 1.0 / math.sqrt(self.step + 1)
+        sc["policy_gain"] = policy_gain(self.P_true, self.R_true, self.policy)
+        self.n_updates += 1
+
+    def should_plan(self) -> bool:
+        raise NotImplementedError
+
+    def plan(self) -> float:
+        """Recompute `self.policy` in place; return the optimistic gain J_f."""
+        raise NotImplementedError
+
+    def act(self, s: int) -> int:
+        return int(self.policy[s])
+
+    def observe(self, s: int, a: int, r: float, s2: int) -> None:
+        raise NotImplementedError
+
+    # ---- acting and checkpoints ----------------------------------------------------------------
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.policy)[obs.argmax(-1).cpu()]
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.deterministic_action(obs)
+
+    def state_modules(self) -> dict[str, nn.Module]:
+        return {"statistics": self.holder}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"scalars": dict(self.scalars)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.scalars = {k: float(state["scalars"][k]) for k in self.SCALARS}
+
+    def evaluate_episodes(self, episodes: int | None = None,
+                          seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Total reward of `eval_horizon` greedy steps from the start state, per "episode"."""
+        n = self.run.eval_episodes if episodes is None else episodes
+        if n < 1:
+            raise UserError(f"episodes={n}: evaluate at least one episode")
+        if self._eval_env is None or self._eval_env.n_envs != n:
+            if self._eval_env is not None:
+                self._eval_env.close()
+            self._eval_env = VecEnv(self.run.env, n)
+        seed = self.run.seed + 10_000 if seed is None else seed
+        obs, total = self._eval_env.reset(seed), np.zeros(n)
+        for _ in range(self.cfg.eval_horizon):
+            step = self._eval_env.step(self.predict(obs))
+            total += step.raw_reward
+            obs = step.obs
+        return total, np.full(n, np.nan)
+
+    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
+        return self.evaluate_episodes(episodes, seed)[0]
+
+
+class TabularCounts(AverageRewardAlgorithm):
+    """Visit counts, transition counts and reward sums: the empirical model P̂, r̂."""
+
+    def setup(self) -> None:
+        S, A = self.n_states, self.n_actions
+        self.N = self.array("N", (S, A))
+        self.N_sas = self.array("N_sas", (S, A, S))
+        self.R_sum = self.array("R_sum", (S, A))
+
+    def observe(self, s: int, a: int, r: float, s2: int) -> None:
+        self.N[s, a] += 1.0
+        self.N_sas[s, a, s2] += 1.0
+        self.R_sum[s, a] += r
+
+    def empirical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = np.maximum(self.N, 1.0)
+        return self.R_sum / n, self.N_sas / n[..., None], self.N
+
+    def tolerance(self) -> float:
+        return 1.0 / math.sqrt(self.step + 1)
+
+
+class LOOP(TabularCounts):
+    name = "loop"
+    Config = LOOPConfig
+
+    def setup(self) -> None:
+        super().setup()
+        cfg = self.cfg
+        self.u = self.array("u", (self.n_states,))  # warm start of the value iteration
+        if cfg.instantiation == "linear":
+            phi = self.features
+            if phi is None:
+                S, A = self.n_states, self.n_actions
+                phi = np.eye(S * A).reshape(S, A, S * A)
+            self.phi = np.ascontiguousarray(phi, np.float64)
+            d = self.phi.shape[-1]
+            self.Lambda_inv = self.array("Lambda_inv", (d, d))
+            self.Lambda_inv[:] = np.eye(d) / cfg.ridge
+            self.M = self.array("M", (d, self.n_states))
+            self.b = self.array("b", (d,))
+            self.scalars["logdet"] = d * math.log(cfg.ridge)
+        else:
+            self.scalars["logdet"] = 0.0  # Σ log(1 + N(s, a)): log det diag(1 + N)
+        self.scalars["plan_mark"] = -math.inf  # log det at the last plan: plan at once
+
+    SCALARS = (*AverageRewardAlgorithm.SCALARS, "logdet")
+
+    def should_plan(self) -> bool:
+        return self.scalars["logdet"] >= self.scalars["plan_mark"] + math.log(2.0)
+
+    def observe(self, s: int, a: int, r: float, s2: int) -> None:
+        if self.cfg.instantiation == "tabular":
+            self.scalars["logdet"] += math.log1p(1.0 / (1.0 + self.N[s, a]))
+            super().observe(s, a, r, s2)
+            return
+        self.N[s, a] += 1.0  # counts only for inspection; the linear learner uses (Λ⁻¹, b, M)
+        x = self.phi[s, a]
+        Lx = self.Lambda_inv @ x
+        quad = float(x @ Lx)
+        self.scalars["logdet"] += math.log1p(quad)
+        self.Lambda_inv -= np.outer(Lx, Lx) / (1.0 + quad)
+        self.b += r * x
+        self.M[:, s2] += x
+
+    def log_term(self, pairs: int) -> float:
+        return math.log(2.0 * pairs * (self.step + 1) / self.cfg.delta)
+
+    def plan(self) -> float:
+        cfg = self.cfg
+        self.scalars["plan_mark"] = self.scalars["logdet"]
+        if cfg.instantiation == "tabular":
+            r_hat, P_hat, n = self.empirical()
+            gain, u, policy = evi_value_aware(
+                r_hat, P_hat, n, self.log_term(self.n_states * self.n_actions), cfg.beta_scale,
+                self.tolerance(), cfg.max_plan_iters, self.u)
+        else:
+            gain, u, policy = self.plan_linear()
+        self.u[:] = u
+        self.policy[:] = policy
+        return gain
+
+    def plan_linear(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """Optimistic relative value iteration on the ridge fit (module docstring)."""
+        cfg = self.cfg
+        S, A, d = self.phi.shape
+        phi = self.phi.reshape(S * A, d)
+        C = phi @ self.Lambda_inv  # (SA, d)
+        base = (C @ self.b).reshape(S, A)
+        trans = (C @ self.M).reshape(S, A, S)
+        norm = np.sqrt(np.maximum((C * phi).sum(1), 0.0)).reshape(S, A)
+        width = cfg.beta_scale * math.sqrt(self.log_term(d) / 2.0) * norm
+        u, tol, H = self.u.copy(), self.tolerance(), cfg.span_bound
+        for _ in range(cfg.max_plan_iters):
+            top = u.max()
+            q = np.minimum(base + trans @ u + (1.0 + top - u.min()) * width, 1.0 + top)
+            new = q.max(1)
+            diff = new - u
+            u = new - new.min()
+            if H > 0:
+                u = np.minimum(u, H)
+            if diff.max() - diff.min() < tol:
+                break
+        return _greedy_gain(diff), u, q.argmax(1)
+
+
+class UCRL2(TabularCounts):
+    name = "ucrl2"
+    Config = UCRL2Config
+
+    def setup(self) -> None:
+        super().setup()
+        self.N_start = self.array("N_start", (self.n_states, self.n_actions))  # N_k(s, a)
+        self.u = self.array("u", (self.n_states,))
+        self.scalars["plan_mark"] = 1.0  # 1: the episode ended (plan before the next step)
+
+    def should_plan(self) -> bool:
+        return self.scalars["plan_mark"] > 0
+
+    def observe(self, s: int, a: int, r: float, s2: int) -> None:
+        super().observe(s, a, r, s2)
+        # the episode ends when ν_k(s, a) = N(s, a) − N_k(s, a) reaches max(1, N_k(s, a))
+        if self.N[s, a] - self.N_start[s, a] >= max(1.0, self.N_start[s, a]):
+            self.scalars["plan_mark"] = 1.0
+
+    def plan(self) -> float:
+        cfg = self.cfg
+        self.scalars["plan_mark"] = 0.0
+        self.N_start[:] = self.N
+        r_hat, P_hat, n = self.empirical()
+        S, A = self.n_states, self.n_actions
+        t = self.step + 1
+        n1 = np.maximum(n, 1.0)
+        r_tilde = np.minimum(1.0, r_hat + np.sqrt(3.5 * math.log(2.0 * S * A * t / cfg.delta) / n1))
+        eps = np.sqrt(14.0 * S * math.log(2.0 * A * t / cfg.delta) / n1)
+        gain, u, policy = evi_l1(r_tilde, P_hat, eps, self.tolerance(), cfg.max_plan_iters, self.u)
+        self.u[:] = u
+        self.policy[:] = policy
+        return gain
+
+
+class RandomPolicy(AverageRewardAlgorithm):
+    """Uniform-random play: the regret floor every learner must beat."""
+
+    name = "random-policy"
+    Config = RandomPolicyConfig
+
+    def setup(self) -> None:
+        self.scalars["policy_gain"] = policy_gain(
+            self.P_true, self.R_true, np.full((self.n_states, self.n_actions), 1.0 / self.n_actions))
+
+    def should_plan(self) -> bool:
+        return False
+
+    def act(self, s: int) -> int:
+        return int(self.np_rng.integers(self.n_actions))
+
+    def observe(self, s: int, a: int, r: float, s2: int) -> None:
+        pass
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Uniform actions (the policy has no deterministic mode); drawn with torch's RNG."""
+        return torch.randint(self.n_actions, obs.shape[:-1])
