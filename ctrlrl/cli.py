@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ctrlrl.core.errors import UserError
@@ -29,6 +30,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    "(the env defaults to the dataset's)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the update")
+    p.add_argument("--base-policy", dest="base_policy", metavar="PATH",
+                   help="orpo, ppo-adreg: the safe policy, a ctrlrl run dir or checkpoint "
+                        "(default: the env's scripted one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any run or algorithm setting, e.g. --set learning_rate=1e-3")
 
@@ -138,6 +142,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                               "eval_episodes", "run_dir", "compile", "dataset")
                              if getattr(args, k) is not None}
     overrides = parse_set(args.set)
+    if args.base_policy:  # absolute, so a resumed run finds it from any folder
+        overrides["base_policy"] = str(Path(args.base_policy).resolve())
     if args.resume:
         algo = api.resume(args.resume, args.algo, args.env, overrides, **flags)
         print(f"resuming {algo.name} on {algo.run.env} at step {algo.step} in {algo.run_dir}")

@@ -20,7 +20,9 @@ import ctrlrl
 from ctrlrl import api
 from ctrlrl.algos.base import CHECKPOINT_NAME, TrainingInterrupted, request_stop
 
-ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo", "td3bc", "bc", "a2pr", "odice"]
+ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo", "td3bc", "bc", "a2pr", "odice",
+         "pg", "npg-momentum", "npg-igt", "n-harpg", "harpg", "orpo", "ppo-adreg",
+         "loop", "ucrl2"]
 
 
 @pytest.mark.parametrize("algo", ALGOS)

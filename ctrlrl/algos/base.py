@@ -37,7 +37,7 @@ from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.evaluation import evaluate, normalized_score
+from ctrlrl.core.evaluation import evaluate_episodes, normalized_score
 from ctrlrl.core.logger import Logger
 from ctrlrl.core.nets import MLP, Standardizer, make_policy, orthogonal_init
 
@@ -79,6 +79,7 @@ class Algorithm:
         self.wall_time = 0.0  # seconds spent in `learn`, summed over resumed sessions
         self._session: tuple[float, float] | None = None  # (clock at start, wall_time at start)
         self.episodes: deque[tuple[float, int]] = deque(maxlen=100)  # (return, length)
+        self.true_returns: deque[float] = deque(maxlen=100)  # when the env reports a true reward
         self.run_dir: Path | None = None
         self._eval_env: VecEnv | None = None
         self.metrics: dict[str, torch.Tensor | float] = {}  # latest train/* values
@@ -214,6 +215,8 @@ class Algorithm:
             rets, lens = zip(*self.episodes, strict=True)
             logger.record("rollout/ep_rew_mean", np.mean(rets))
             logger.record("rollout/ep_len_mean", np.mean(lens))
+        if self.true_returns:
+            logger.record("rollout/true_ep_rew_mean", np.mean(self.true_returns))
         session = time.perf_counter() - start_time
         logger.record("time/fps", (self.step - start_step) / max(session, 1e-9))
         logger.record("time/time_elapsed", self.elapsed())  # whole run, unlike the fps
@@ -230,6 +233,11 @@ class Algorithm:
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
         """Returns of deterministic episodes on a separate, unnormalised env."""
+        return self.evaluate_episodes(episodes, seed)[0]
+
+    def evaluate_episodes(self, episodes: int | None = None,
+                          seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`evaluate`, with each episode's true return too (NaN unless the env reports one)."""
         n = self.run.eval_episodes if episodes is None else episodes
         if n < 1:
             raise UserError(f"episodes={n}: evaluate at least one episode")
@@ -238,12 +246,14 @@ class Algorithm:
                 self._eval_env.close()
             self._eval_env = VecEnv(self.run.env, n)
         seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
-        return evaluate(self.predict, self._eval_env, seed)
+        return evaluate_episodes(self.predict, self._eval_env, seed)
 
     def _evaluate(self, logger: Logger) -> None:
-        returns = self.evaluate()
+        returns, true_returns = self.evaluate_episodes()
         logger.record("eval/mean_reward", returns.mean())
         logger.record("eval/std_reward", returns.std())
+        if not np.isnan(true_returns).any():
+            logger.record("eval/true_reward", true_returns.mean())
         logger.dump(self.step)  # now: evaluations may come more often than log dumps
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -264,6 +274,7 @@ class Algorithm:
             "n_updates": self.n_updates,
             "wall_time": self.elapsed(),
             "episodes": [list(e) for e in self.episodes],
+            "true_returns": list(self.true_returns),
             "modules": {k: m.state_dict() for k, m in self.state_modules().items()},
             "env": self.env.state_dict(),
             "rng": rng,
@@ -295,6 +306,7 @@ class Algorithm:
         self.step, self.n_updates = ckpt["step"], ckpt["n_updates"]
         self.wall_time = float(ckpt.get("wall_time", 0.0))
         self.episodes = deque((tuple(e) for e in ckpt["episodes"]), maxlen=100)
+        self.true_returns = deque(ckpt.get("true_returns", []), maxlen=100)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
@@ -441,6 +453,8 @@ class OnPolicyAlgorithm(Algorithm):
             self.obs = step.obs
             self.step += n
             self.episodes.extend(step.episodes)
+            self.true_returns.extend(step.true_returns)
+        self.shape_rewards(buf)
         with torch.no_grad():
             last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
         buf.finish(last_values, gamma, self.cfg.gae_lambda)
@@ -449,6 +463,10 @@ class OnPolicyAlgorithm(Algorithm):
     def on_action(self, action: np.ndarray) -> None:
         """Called with each rollout action before the env steps (the env's current observation is
         `self.env.obs`, raw `self.env.raw_obs`); PDPPO records the post-decision state here."""
+
+    def shape_rewards(self, rollout: RolloutBuffer) -> None:
+        """Called once the rollout is full, before GAE: may change `rollout.rewards` in place
+        (ORPO subtracts its occupancy-measure penalty here)."""
 
     def update(self, rollout: RolloutBuffer) -> None:
         raise NotImplementedError
@@ -509,6 +527,7 @@ class OffPolicyAlgorithm(Algorithm):
         self.obs = step.obs
         self.step += n
         self.episodes.extend(step.episodes)
+        self.true_returns.extend(step.true_returns)
         # after a resume without a stored replay buffer, refill it before learning again
         warm = min(self.cfg.learning_starts, self.replay.capacity)
         if self.step >= self.cfg.learning_starts and self.replay.size >= max(warm, 1):

@@ -84,6 +84,11 @@ class PPO(OnPolicyAlgorithm):
             stats = torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss])
         return loss, stats, approx_kl
 
+    def regularizer(self, b: RolloutBatch, idx: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss term for minibatch `b` (rows `idx` of the rollout); none in PPO.
+        (ppo-adreg adds its action-distribution divergence to the base policy here.)"""
+        return None
+
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
         if cfg.anneal_lr:  # by the fraction of training left when this rollout began
@@ -91,8 +96,11 @@ class PPO(OnPolicyAlgorithm):
         stats: list[torch.Tensor] = []
         for _ in range(cfg.n_epochs):
             epoch_kl = []
-            for b in rollout.minibatches(cfg.batch_size):
+            for idx, b in rollout.indexed_minibatches(cfg.batch_size):
                 loss, stats_row, approx_kl = self._loss(b)
+                reg = self.regularizer(b, idx)
+                if reg is not None:
+                    loss = loss + reg
                 self.flat.zero_grad()
                 loss.backward()
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)

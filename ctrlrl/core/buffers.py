@@ -113,10 +113,15 @@ class RolloutBuffer:
 
     def minibatches(self, batch_size: int):
         """One epoch of shuffled minibatches."""
+        for _, batch in self.indexed_minibatches(batch_size):
+            yield batch
+
+    def indexed_minibatches(self, batch_size: int):
+        """`minibatches`, each with its row indices into `all()` (for per-sample side data)."""
         assert self.data is not None, "call finish() first"
         perm = torch.randperm(self.data.shape[0], device=self.device)
         for idx in perm.split(batch_size):
-            yield self._batch(self.data[idx])
+            yield idx, self._batch(self.data[idx])
 
 
 class Batch(NamedTuple):

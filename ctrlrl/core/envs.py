@@ -158,10 +158,27 @@ class Step:
     terminated: np.ndarray
     truncated: np.ndarray
     episodes: list[tuple[float, int]] = field(default_factory=list)  # (return, length) finished
+    # the same episodes' true returns, when the env reports `info["true_reward"]` (reward-hacking
+    # envs, whose reward is a proxy); empty otherwise
+    true_returns: list[float] = field(default_factory=list)
 
     @property
     def done(self) -> np.ndarray:
         return self.terminated | self.truncated
+
+
+def _info_values(info: dict[str, Any], key: str, done: np.ndarray) -> np.ndarray | None:
+    """Per-env values of `info[key]` from a vector step; a finished env's come from its final
+    info (with same-step autoreset its own entry holds the reset info). None if no env has it."""
+    final = info.get("final_info", {})
+    if key not in info and key not in final:
+        return None
+    out = np.zeros(len(done))
+    if key in info:
+        out = np.where(info[f"_{key}"], info[key], 0.0)
+    if key in final:
+        out = np.where(done & final[f"_{key}"], final[key], out)
+    return out
 
 
 class VecEnv:
@@ -201,6 +218,7 @@ class VecEnv:
         self._disc_return = np.zeros(n_envs)
         self._ep_return = np.zeros(n_envs)
         self._ep_length = np.zeros(n_envs, np.int64)
+        self._ep_true_return = np.zeros(n_envs)
         self.obs: np.ndarray | None = None  # normalised current observation
         self.raw_obs: np.ndarray | None = None  # the same, as the env gave it
 
@@ -213,6 +231,7 @@ class VecEnv:
         self._disc_return[:] = 0
         self._ep_return[:] = 0
         self._ep_length[:] = 0
+        self._ep_true_return[:] = 0
         return self.obs
 
     def normalize_obs(self, raw: np.ndarray) -> np.ndarray:
@@ -241,14 +260,20 @@ class VecEnv:
             self._disc_return[done] = 0.0
         self._ep_return += reward
         self._ep_length += 1
-        episodes = []
+        true_reward = _info_values(info, "true_reward", done)
+        has_true = true_reward is not None
+        if has_true:
+            self._ep_true_return += true_reward
+        episodes, true_returns = [], []
         for i in np.flatnonzero(done):
             episodes.append((float(self._ep_return[i]), int(self._ep_length[i])))
-            self._ep_return[i], self._ep_length[i] = 0.0, 0
+            if has_true:
+                true_returns.append(float(self._ep_true_return[i]))
+            self._ep_return[i], self._ep_length[i], self._ep_true_return[i] = 0.0, 0, 0.0
         self.obs, self.raw_obs = self.normalize_obs(raw_obs), raw_obs
         next_obs = self.obs if raw_next is raw_obs else self.normalize_obs(raw_next)
         return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward,
-                    np.asarray(terminated), np.asarray(truncated), episodes)
+                    np.asarray(terminated), np.asarray(truncated), episodes, true_returns)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue stepping exactly where this env stands."""
@@ -261,6 +286,7 @@ class VecEnv:
             "disc_return": self._disc_return.copy(),
             "ep_return": self._ep_return.copy(),
             "ep_length": self._ep_length.copy(),
+            "ep_true_return": self._ep_true_return.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -278,6 +304,7 @@ class VecEnv:
         self._disc_return = np.array(state["disc_return"])
         self._ep_return = np.array(state["ep_return"])
         self._ep_length = np.array(state["ep_length"])
+        self._ep_true_return = np.array(state.get("ep_true_return", np.zeros(self.n_envs)))
 
     def close(self) -> None:
         self.envs.close()

@@ -16,16 +16,25 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env: VecEnv, seed: int) ->
     `act` maps raw observations to env actions (the policy's deterministic action). The env must
     not normalise: the policy applies its own frozen statistics. All episodes run as one batch.
     """
+    return evaluate_episodes(act, env, seed)[0]
+
+
+def evaluate_episodes(act: Callable[[np.ndarray], np.ndarray], env: VecEnv,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`evaluate`, also returning each episode's true return (NaN unless the env reports
+    `info["true_reward"]`)."""
     obs = env.reset(seed)
-    returns = np.full(env.n_envs, np.nan)
-    while np.isnan(returns).any():
+    returns, true_returns = np.full(env.n_envs, np.nan), np.full(env.n_envs, np.nan)
+    finished = np.zeros(env.n_envs, bool)
+    while not finished.all():
         step = env.step(act(obs))
         # `episodes` lists finished episodes in sub-env order
-        for i, (ret, _) in zip(np.flatnonzero(step.done), step.episodes, strict=True):
-            if np.isnan(returns[i]):
-                returns[i] = ret
+        true = step.true_returns or [np.nan] * len(step.episodes)
+        for i, (ret, _), true_ret in zip(np.flatnonzero(step.done), step.episodes, true, strict=True):
+            if not finished[i]:
+                returns[i], true_returns[i], finished[i] = ret, true_ret, True
         obs = step.obs
-    return returns
+    return returns, true_returns
 
 
 def normalized_score(ret: float | np.ndarray, ref_min: float, ref_max: float) -> Any:
