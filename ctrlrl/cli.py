@@ -142,8 +142,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
                               "eval_episodes", "run_dir", "compile", "dataset")
                              if getattr(args, k) is not None}
     overrides = parse_set(args.set)
-    if args.base_policy:  # absolute, so a resumed run finds it from any folder
-        overrides["base_policy"] = str(Path(args.base_policy).resolve())
+    if args.base_policy:  # a path made absolute, so a resumed run finds it from any folder
+        overrides["base_policy"] = (args.base_policy if args.base_policy == "scripted"
+                                    else str(Path(args.base_policy).resolve()))
     if args.resume:
         algo = api.resume(args.resume, args.algo, args.env, overrides, **flags)
         print(f"resuming {algo.name} on {algo.run.env} at step {algo.step} in {algo.run_dir}")

@@ -278,3 +278,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
     proc = run_cli("train", "loop", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "c"))
     assert proc.returncode != 0
     assert_one_line_error(proc.stderr, "CartPole-v1", "RiverSwim")
+
+
+def test_episodic_learners_refuse_to_wait_for_a_continuing_task_to_end(tmp_path):
+    """The average-reward tasks never end: evaluating a PPO run there, or sampling PG trajectories
+    without a cap, is a clear error instead of a hang."""
+    ppo = ctrlrl.make("ppo", RIVER, overrides={**QUIET, "n_steps": 64}, run_dir=str(tmp_path / "p"))
+    with pytest.raises(ctrlrl.UserError, match="continuing task"):
+        ppo.evaluate(2)
+    ppo.close()
+    with pytest.raises(ctrlrl.UserError, match="horizon"):
+        ctrlrl.make("pg", RIVER, overrides=QUIET, run_dir=str(tmp_path / "g"))

@@ -288,6 +288,19 @@ def test_base_policy_without_action_distribution(tmp_path):
         make_algo("orpo", tmp_path / "r", env="Pendulum-v1", base_policy=str(tmp_path / "td3"))
 
 
+def test_cli_scripted_base_and_init_from_base_mismatch(tmp_path):
+    res = run_cli("train", "orpo", "--env", "ctrlrl/Tomato-v0", "--base-policy", "scripted",
+                  "--total-steps", "40", "--set", "n_steps=20", "--set", "eval_every=0",
+                  "--set", "disc_epochs=1", "--run-dir", str(tmp_path / "cli"))
+    assert res.returncode == 0, res.stderr
+    base = make_algo("ppo", tmp_path / "base", env="Pendulum-v1", total_steps=128,
+                     normalize_obs=True).learn()
+    base.close()
+    with pytest.raises(UserError, match="normalize_obs"):
+        make_algo("ppo-adreg", tmp_path / "r", env="Pendulum-v1", base_policy=str(tmp_path / "base"),
+                  init_from_base=True)
+
+
 def test_no_scripted_base_policy():
     with pytest.raises(UserError, match="no scripted base policy"):
         ctrlrl.make("orpo", "CartPole-v1", overrides={"progress": False})

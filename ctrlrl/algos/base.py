@@ -35,7 +35,7 @@ from ctrlrl.core.buffers import (
 )
 from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
-from ctrlrl.core.envs import VecEnv
+from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import evaluate_episodes, normalized_score
 from ctrlrl.core.logger import Logger
@@ -239,6 +239,10 @@ class Algorithm:
                           seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`evaluate`, with each episode's true return too (NaN unless the env reports one)."""
         n = self.run.eval_episodes if episodes is None else episodes
+        if is_continuing(self.run.env):
+            raise UserError(f"{self.run.env} is a continuing task: its episodes never end, so there "
+                            "is no episode return to evaluate; train with --eval-every 0 (loop, "
+                            "ucrl2 and random-policy evaluate a fixed horizon instead)")
         if n < 1:
             raise UserError(f"episodes={n}: evaluate at least one episode")
         if self._eval_env is None or self._eval_env.n_envs != n:

@@ -66,11 +66,13 @@ current hypothesis), `train/policy_gain` (exact gain of the current policy on th
 
 Practical notes: one env (n_envs 1), no observation or reward normalisation; `block_steps` env
 steps per training iteration (the policy may change inside a block: the switching rule is checked
-every step). The tasks never end, so the vector env's autoreset and episode bookkeeping never act:
-with `vec_mode: sync` the loop steps the sub-env itself (~10× cheaper per step; the same env and
-RNG, so the same transitions as through `VecEnv.step`, which async mode uses). Evaluation
-(`eval_every` > 0, `ctrlrl eval`) plays the greedy policy for
-`eval_horizon` steps per "episode" and reports the total reward, since the tasks never end.
+every step, but the plans' time index t — in the widths' log term, the accuracy 1/√t and UCRL2's
+t_k — is the step count at the start of the block, so t is underestimated by < `block_steps`
+inside a block; this matters only in the first blocks). The tasks never end, so the vector
+env's autoreset and episode bookkeeping never act: with `vec_mode: sync` the loop steps the sub-env
+itself (~10× cheaper per step; the same env and RNG, so the same transitions as through
+`VecEnv.step`, which async mode uses). Evaluation (`eval_every` > 0, `ctrlrl eval`) plays the
+greedy policy for `eval_horizon` steps per "episode" and reports the total reward.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ from torch import nn
 
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.envs import VecEnv
+from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, make_policy
 
@@ -185,7 +185,7 @@ def surrogate_hvp(logp_fn: Oracle, theta: torch.Tensor, psi: torch.Tensor, traj:
     theta = theta.detach()
     with torch.no_grad():
         _, u = torch.func.jvp(logp_fn, (theta,), (v,))  # u_k = ∇log π_k · v
-    c = torch.zeros(n_traj, dtype=u.dtype).index_add_(0, traj, u)  # ∇log p(τ_i) · v
+    c = torch.zeros(n_traj, dtype=u.dtype, device=u.device).index_add_(0, traj, u)  # ∇log p(τ_i) · v
     theta = theta.requires_grad_(True)
     logp = logp_fn(theta)
     (g,) = torch.autograd.grad((psi * logp).sum(), theta, create_graph=True)
@@ -269,6 +269,9 @@ class PG(Algorithm):
         if run.n_envs != 1:
             raise UserError(f"{self.name} samples whole trajectories one after another: use "
                             f"n_envs=1 (got {run.n_envs})")
+        if not cfg.horizon and is_continuing(run.env):
+            raise UserError(f"{run.env} is a continuing task (its episodes never end); {self.name} "
+                            "samples whole trajectories: set a cap, e.g. --set horizon=1000")
         if cfg.horizon:  # the env truncates its own episodes at the cap
             self.env.close()
             self.env = VecEnv(run.env, 1, run.vec_mode, run.normalize_obs, run.normalize_reward,

@@ -17,7 +17,9 @@ and action spaces).
    `(e^d − 1)/√χ̂²` with χ̂² the 1%-trimmed mean of `e^d − 1` over the rollout (the penalty of
    `e^d − 1` itself when χ̂² ≤ 0); tv `sign(d)`;
 4. reward ← r̃ − clip(λ·penalty, ±penalty_clip) (`reg_coef` = λ; negative λ pushes away from the
-   base, e.g. from a known hacking policy), then GAE and PPO's update as usual.
+   base, e.g. from a known hacking policy), then GAE and PPO's update as usual. With
+   `normalize_reward` the penalty is subtracted from the normalised reward, so λ is then in units of
+   the normalised per-step reward.
 
 `ppo-adreg`: PPO's loss + (1/(1−γ))·λ·mean_s D(π(·|s) ‖ π_base(·|s)) over the rollout's states, D the
 closed-form KL (default) or χ² of the two action distributions (Gaussian χ² is infinite when the
@@ -27,6 +29,7 @@ the reference does).
 Choices where the spec is silent:
 - The base rollouts are not counted in `total_steps` (the learner's budget); `train/base_steps` logs
   them. They run in their own envs, seeded run seed + 20000, and are checkpointed for exact resume.
+  A checkpoint base is read from its path again on resume: keep that file unchanged meanwhile.
 - The discriminator sees observations normalised with the run's running statistics (both samples
   alike), trains on this iteration's samples only (reference: the same), minibatches of
   `disc_batch_size` pairing a current and a base minibatch, Adam 1e-3.
@@ -73,6 +76,9 @@ class BasePolicy:
     def sample(self, raw_obs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def close(self) -> None:
+        pass
+
 
 class ScriptedBase(BasePolicy):
     """An env's own `base_action_probs(obs)` (discrete actions), sampled with the run's numpy RNG."""
@@ -107,9 +113,14 @@ class CheckpointBase(BasePolicy):
             raise UserError(f"base policy {path} does not exist; pass --base-policy with a ctrlrl "
                             "run dir or checkpoint .pt file (or 'scripted' for the env's own)")
         ckpt = Algorithm.read_checkpoint(path)
-        rng = torch.get_rng_state()  # building an algorithm seeds torch; keep the learner's stream
-        self.algo = REGISTRY[ckpt["algo"]].from_checkpoint(ckpt, device=str(device), extra=False)
-        torch.set_rng_state(rng)
+        if ckpt["algo"] not in REGISTRY:
+            raise UserError(f"base policy {path} is a {ckpt['algo']!r} run, an algorithm this ctrlrl "
+                            "does not have; use a checkpoint of one of its on-policy learners")
+        # building an algorithm seeds torch and sets its thread count: keep the learner's
+        threads = torch.get_num_threads()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self.algo = REGISTRY[ckpt["algo"]].from_checkpoint(ckpt, device=str(device), extra=False)
+        torch.set_num_threads(threads)
         self.policy = getattr(self.algo, "policy", None)
         if self.policy is None or not hasattr(self.policy, "dist_params"):
             raise UserError(f"base policy {path} is a {ckpt['algo']} run, whose actor has no action "
@@ -134,6 +145,9 @@ class CheckpointBase(BasePolicy):
     @torch.no_grad()
     def sample(self, raw_obs: np.ndarray) -> np.ndarray:
         return self.policy.sample(self._obs(raw_obs))[0].cpu().numpy()
+
+    def close(self) -> None:
+        self.algo.close()
 
 
 def action_divergence(kind: str, policy: torch.nn.Module, p: Any, q: Any) -> torch.Tensor:
@@ -196,8 +210,12 @@ class _BaseRegularized(PPO):
                             f"(hidden_sizes={list(self.cfg.hidden_sizes)}); set hidden_sizes and "
                             "activation to the base run's") from None
         # the statistics the copied networks were trained with (observations, reward scale)
-        for mine, theirs in ((self.env.obs_rms, base.env.obs_rms), (self.env.ret_rms, base.env.ret_rms)):
-            if mine is not None and theirs is not None:
+        for key, mine, theirs in (("normalize_obs", self.env.obs_rms, base.env.obs_rms),
+                                  ("normalize_reward", self.env.ret_rms, base.env.ret_rms)):
+            if (mine is None) != (theirs is None):
+                raise UserError(f"init_from_base: the base run has {key}={theirs is not None}, this "
+                                f"run {key}={mine is not None}; set {key} as the base run did")
+            if mine is not None:
                 mine.load_state_dict(theirs.state_dict())
         self.obs = self.env.obs = self.env.normalize_obs(self.env.raw_obs)
 
@@ -206,6 +224,10 @@ class _BaseRegularized(PPO):
 
     def base_dist_of_rollout(self) -> Any:
         return self.base.dist(self.raw_obs.reshape(-1, self.obs_dim))
+
+    def close(self) -> None:
+        super().close()
+        self.base.close()
 
     def action_kl(self, data: RolloutBatch, base_dist: Any) -> torch.Tensor:
         with torch.no_grad():

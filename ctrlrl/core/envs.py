@@ -167,6 +167,13 @@ class Step:
         return self.terminated | self.truncated
 
 
+def is_continuing(env_id: str) -> bool:
+    """An env registered without a time limit whose class declares `continuing = True` (the
+    average-reward tasks): its episodes never end."""
+    spec = gym.spec(env_id)
+    return spec.max_episode_steps is None and bool(getattr(spec.entry_point, "continuing", False))
+
+
 def _info_values(info: dict[str, Any], key: str, done: np.ndarray) -> np.ndarray | None:
     """Per-env values of `info[key]` from a vector step; a finished env's come from its final
     info (with same-step autoreset its own entry holds the reset info). None if no env has it."""

@@ -52,6 +52,7 @@ class FiniteMDPEnv(gym.Env):
     """A continuing finite MDP given by outcome tables (see the module docstring)."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    continuing: ClassVar[bool] = True  # never ends: ctrlrl.core.envs.is_continuing
 
     def __init__(self, next_state: np.ndarray, prob: np.ndarray, reward: np.ndarray,
                  start_state: int = 0, phi: np.ndarray | None = None):
