@@ -243,14 +243,18 @@ class Algorithm:
             raise UserError(f"{self.run.env} is a continuing task: its episodes never end, so there "
                             "is no episode return to evaluate; train with --eval-every 0 (loop, "
                             "ucrl2 and random-policy evaluate a fixed horizon instead)")
+        seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
+        return evaluate_episodes(self.predict, self.eval_env(n), seed)
+
+    def eval_env(self, n: int) -> VecEnv:
+        """A separate, unnormalised env of `n` copies for evaluation (kept between calls)."""
         if n < 1:
             raise UserError(f"episodes={n}: evaluate at least one episode")
         if self._eval_env is None or self._eval_env.n_envs != n:
             if self._eval_env is not None:
                 self._eval_env.close()
             self._eval_env = VecEnv(self.run.env, n)
-        seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
-        return evaluate_episodes(self.predict, self._eval_env, seed)
+        return self._eval_env
 
     def _evaluate(self, logger: Logger) -> None:
         returns, true_returns = self.evaluate_episodes()

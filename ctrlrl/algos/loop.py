@@ -88,7 +88,6 @@ from torch import nn
 
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
 
 INSTANTIATIONS = ("tabular", "linear")
@@ -138,6 +137,13 @@ def _greedy_gain(diff: np.ndarray) -> float:
     return float(0.5 * (diff.max() + diff.min()))
 
 
+def _relative_step(q: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One relative-value-iteration step from Q-values q (S, A): (the increment max_a q − u, the new
+    values shifted to min 0)."""
+    new = q.max(1)
+    return new - u, new - new.min()
+
+
 def evi_value_aware(r_hat: np.ndarray, P_hat: np.ndarray, n: np.ndarray, log_term: float,
                     scale: float, tol: float, max_iter: int, u0: np.ndarray | None = None
                     ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -151,9 +157,7 @@ def evi_value_aware(r_hat: np.ndarray, P_hat: np.ndarray, n: np.ndarray, log_ter
         top = u.max()
         q = np.where(visited, np.minimum(r_hat + P_hat @ u + (1.0 + top - u.min()) * inv, 1.0 + top),
                      1.0 + top)
-        new = q.max(1)
-        diff = new - u
-        u = new - new.min()
+        diff, u = _relative_step(q, u)
         if diff.max() - diff.min() < tol:
             break
     return _greedy_gain(diff), u, q.argmax(1)
@@ -177,9 +181,7 @@ def evi_l1(r_tilde: np.ndarray, P_hat: np.ndarray, eps: np.ndarray, tol: float, 
         behind = np.cumsum(rest[..., ::-1], -1)[..., ::-1] - rest
         take = np.clip(excess[..., None] - behind, 0.0, rest)
         q = r_tilde + best[..., 0] * u[order[0]] + ((rest - take) * u[order[1:]]).sum(-1)
-        new = q.max(1)
-        diff = new - u
-        u = new - new.min()
+        diff, u = _relative_step(q, u)
         if diff.max() - diff.min() < tol:
             break
     return _greedy_gain(diff), u, q.argmax(1)
@@ -368,22 +370,14 @@ class AverageRewardAlgorithm(Algorithm):
                           seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Total reward of `eval_horizon` greedy steps from the start state, per "episode"."""
         n = self.run.eval_episodes if episodes is None else episodes
-        if n < 1:
-            raise UserError(f"episodes={n}: evaluate at least one episode")
-        if self._eval_env is None or self._eval_env.n_envs != n:
-            if self._eval_env is not None:
-                self._eval_env.close()
-            self._eval_env = VecEnv(self.run.env, n)
+        env = self.eval_env(n)
         seed = self.run.seed + 10_000 if seed is None else seed
-        obs, total = self._eval_env.reset(seed), np.zeros(n)
+        obs, total = env.reset(seed), np.zeros(n)
         for _ in range(self.cfg.eval_horizon):
-            step = self._eval_env.step(self.predict(obs))
+            step = env.step(self.predict(obs))
             total += step.raw_reward
             obs = step.obs
         return total, np.full(n, np.nan)
-
-    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
-        return self.evaluate_episodes(episodes, seed)[0]
 
 
 class TabularCounts(AverageRewardAlgorithm):
