@@ -163,14 +163,14 @@ def test_orpo_penalty_is_subtracted_from_rewards(coef, tmp_path):
     reward moves by λ·d or by ±penalty_clip. A negative λ rewards divergence instead."""
     algo = make_algo("orpo", tmp_path / "r", reg_coef=coef, divergence="kl", penalty_clip=0.3)
     raw = []
-    original = algo.shape_rewards
+    original = algo.on_rollout_full
 
     def spy(rollout):
         raw.append(rollout.rewards.copy())
         original(rollout)
         raw.append(rollout.rewards.copy())
 
-    algo.shape_rewards = spy
+    algo.on_rollout_full = spy
     algo.train_iteration()
     n = algo.cfg.n_steps * algo.run.n_envs
     with torch.no_grad():

@@ -462,7 +462,7 @@ class OnPolicyAlgorithm(Algorithm):
             self.step += n
             self.episodes.extend(step.episodes)
             self.true_returns.extend(step.true_returns)
-        self.shape_rewards(buf)
+        self.on_rollout_full(buf)
         with torch.no_grad():
             last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
         buf.finish(last_values, gamma, self.cfg.gae_lambda)
@@ -472,9 +472,9 @@ class OnPolicyAlgorithm(Algorithm):
         """Called with each rollout action before the env steps (the env's current observation is
         `self.env.obs`, raw `self.env.raw_obs`); PDPPO records the post-decision state here."""
 
-    def shape_rewards(self, rollout: RolloutBuffer) -> None:
+    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
         """Called once the rollout is full, before GAE: may change `rollout.rewards` in place
-        (ORPO subtracts its occupancy-measure penalty here)."""
+        (ORPO subtracts its occupancy-measure penalty here; ppo-adreg queries its base policy)."""
 
     def update(self, rollout: RolloutBuffer) -> None:
         raise NotImplementedError

@@ -189,43 +189,37 @@ def evi_l1(r_tilde: np.ndarray, P_hat: np.ndarray, eps: np.ndarray, tol: float, 
 
 # ---- configuration ---------------------------------------------------------------------------
 @dataclass
-class LOOPConfig:
-    instantiation: str = "tabular"  # tabular (model-based, EVI) | linear (ridge + elliptical bonus)
-    delta: float = 0.05  # confidence level in the log term
-    beta_scale: float = 1.0  # c: width of the confidence set (module docstring)
-    ridge: float = 1.0  # λ of the linear instantiation's Λ = λI + Σφφᵀ
-    span_bound: float = 0.0  # H: truncate V to span ≤ H (linear); 0: no truncation
-    max_plan_iters: int = 5000  # value-iteration sweeps per plan at most
+class RandomPolicyConfig:
     block_steps: int = 250  # env steps per training iteration
     eval_horizon: int = 1000  # steps per evaluation "episode" (the tasks never end)
 
     def __post_init__(self) -> None:
+        check_ranges(self, positive=("block_steps", "eval_horizon"))
+
+
+@dataclass
+class UCRL2Config(RandomPolicyConfig):
+    delta: float = 0.05  # confidence level in the log term
+    max_plan_iters: int = 5000  # value-iteration sweeps per plan at most
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, positive=("delta", "max_plan_iters"))
+
+
+@dataclass
+class LOOPConfig(UCRL2Config):
+    instantiation: str = "tabular"  # tabular (model-based, EVI) | linear (ridge + elliptical bonus)
+    beta_scale: float = 1.0  # c: width of the confidence set (module docstring)
+    ridge: float = 1.0  # λ of the linear instantiation's Λ = λI + Σφφᵀ
+    span_bound: float = 0.0  # H: truncate V to span ≤ H (linear); 0: no truncation
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.instantiation not in INSTANTIATIONS:
             raise UserError(f"setting instantiation={self.instantiation!r}: use one of "
                             f"{', '.join(INSTANTIATIONS)}")
-        check_ranges(self, positive=("delta", "beta_scale", "ridge", "max_plan_iters",
-                                     "block_steps", "eval_horizon"),
-                     non_negative=("span_bound",))
-
-
-@dataclass
-class UCRL2Config:
-    delta: float = 0.05
-    max_plan_iters: int = 5000
-    block_steps: int = 250
-    eval_horizon: int = 1000
-
-    def __post_init__(self) -> None:
-        check_ranges(self, positive=("delta", "max_plan_iters", "block_steps", "eval_horizon"))
-
-
-@dataclass
-class RandomPolicyConfig:
-    block_steps: int = 250
-    eval_horizon: int = 1000
-
-    def __post_init__(self) -> None:
-        check_ranges(self, positive=("block_steps", "eval_horizon"))
+        check_ranges(self, positive=("beta_scale", "ridge"), non_negative=("span_bound",))
 
 
 class ArrayState(nn.Module):

@@ -327,6 +327,7 @@ class PG(Algorithm):
             t_l.append(k)
             self.obs = step.obs
             self.episodes.extend(step.episodes)
+            self.true_returns.extend(step.true_returns)
             steps += 1
             k += 1
             if step.done[0]:

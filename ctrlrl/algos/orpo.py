@@ -250,7 +250,7 @@ class PPOADReg(_BaseRegularized):
     name = "ppo-adreg"
     Config = ADRegConfig
 
-    def shape_rewards(self, rollout: RolloutBuffer) -> None:
+    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
         # no reward change: fetch the base's action distribution at every state of the rollout,
         # rows in `rollout.all()` order, for the minibatch regulariser
         self.rollout_base_dist = self.base_dist_of_rollout()
@@ -391,7 +391,7 @@ class ORPO(_BaseRegularized):
         return self.disc_input(torch.as_tensor(np.concatenate(obs), device=self.device),
                                torch.as_tensor(np.concatenate(actions), device=self.device))
 
-    def shape_rewards(self, rollout: RolloutBuffer) -> None:
+    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
         n = cfg.n_steps * self.run.n_envs
         current = self.disc_input(torch.as_tensor(rollout.obs.reshape(n, -1), device=self.device),
