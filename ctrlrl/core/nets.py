@@ -236,6 +236,10 @@ class TanhGaussianPolicy(nn.Module):
         mean, log_std = self.head(self.trunk(obs)).chunk(2, -1)
         return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
 
+    def dist_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, clamped log-std) of the pre-tanh Gaussian."""
+        return self._params(obs)
+
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample and its log-probability (with the tanh change of variables)."""
         action, log_prob, _ = self.rsample(obs)
