@@ -166,17 +166,74 @@ def test_without_next_observations_timeout_and_last_rows_are_dropped(tmp_path):
     assert data.env_id is None and data.source == str(path) and len(data) == 4
 
 
-def test_with_next_observations_every_row_is_a_transition(tmp_path):
+def qlearning_rows(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """D4RL's `qlearning_dataset` (terminate_on_end=False) restated as its loop: rows 0..N-2, next
+    observation = the next row's, a timeouts row skipped, done = terminals."""
+    out: dict[str, list] = {"observations": [], "next_observations": [], "actions": [], "rewards": [],
+                            "terminals": []}
+    for i in range(len(data["rewards"]) - 1):
+        if data["timeouts"][i]:
+            continue
+        out["observations"].append(data["observations"][i])
+        out["next_observations"].append(data["observations"][i + 1])
+        out["actions"].append(data["actions"][i])
+        out["rewards"].append(data["rewards"][i])
+        out["terminals"].append(bool(data["terminals"][i]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_d4rl_files_give_qlearning_dataset_rows_even_with_next_observations(tmp_path):
+    """A file's next_observations do not change the rows: D4RL's loader never reads them."""
     raw = two_episodes()
     raw["next_observations"] = raw["observations"] + 0.5
     path = tmp_path / "two-next.hdf5"
     write_d4rl(path, raw)
     data = load(str(path))
+    ref = qlearning_rows(raw)
+    for key in ("observations", "next_observations", "actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(getattr(data, key), ref[key], err_msg=key)
+    # and on random episodes with terminals and timeouts, with and without next_observations
+    rng = np.random.default_rng(3)
+    rand = d4rl_data(40, seed=3)
+    rand["terminals"] = rng.random(40) < 0.1
+    rand["timeouts"] &= ~rand["terminals"]
+    for extra in ({}, {"next_observations": rng.normal(size=(40, 3)).astype(np.float32)}):
+        write_d4rl(tmp_path / "rand.hdf5", {**rand, **extra})
+        data, ref = load(str(tmp_path / "rand.hdf5")), qlearning_rows(rand)
+        for key in ("observations", "next_observations", "actions", "rewards", "terminals"):
+            np.testing.assert_array_equal(getattr(data, key), ref[key], err_msg=key)
+
+
+def test_keep_timeouts_keeps_every_row_of_a_file_with_next_observations(tmp_path):
+    raw = two_episodes()
+    raw["next_observations"] = raw["observations"] + 0.5
+    path = tmp_path / "two-next.hdf5"
+    write_d4rl(path, raw)
+    data = load(str(path), keep_timeouts=True)
     np.testing.assert_array_equal(data.observations, raw["observations"])
     np.testing.assert_array_equal(data.next_observations, raw["next_observations"])
     np.testing.assert_array_equal(data.rewards, raw["rewards"])
     np.testing.assert_array_equal(data.terminals, [0, 0, 0, 0, 1, 0])  # the timeout row bootstraps
     np.testing.assert_array_equal(data.episode_returns, [7.0, 24.0])
+    # without next_observations a timeout row has no successor: dropped either way
+    del raw["next_observations"]
+    write_d4rl(path, raw)
+    np.testing.assert_array_equal(load(str(path), keep_timeouts=True).rewards, [1, 2, 8, 16])
+
+
+def test_keep_timeouts_setting_reaches_the_offline_buffer(tmp_path):
+    raw = d4rl_data(20, bound=2.0)  # 4 episodes of 5 steps ending by timeout
+    raw["next_observations"] = np.roll(raw["observations"], -1, axis=0)
+    path = tmp_path / "pendulum.hdf5"
+    write_d4rl(path, raw)
+    sizes = {}
+    for keep in (False, True):
+        algo = make_algo("td3bc", tmp_path / f"run{keep}", env="Pendulum-v1", dataset=str(path),
+                         keep_timeouts=keep)
+        algo.load_dataset()
+        sizes[keep] = len(algo.replay.storage)
+        algo.close()
+    assert sizes == {False: 20 - 4, True: 20}  # timeout rows (the last among them) dropped by default
 
 
 # ---------------------------------------------------------------- 4. scores and task names
@@ -257,6 +314,41 @@ def test_minari_dataset_loads_as_transitions(tmp_path, monkeypatch):
     assert algo.n_updates == 300 and len(algo.replay.storage) == 13
     assert any("eval/mean_reward" in row for row in read_metrics(tmp_path / "run"))
     algo.close()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # minari asks for author, description, ...
+def test_minari_reference_scores_give_the_normalized_score(tmp_path, monkeypatch):
+    """A Minari dataset's own ref_min_score / ref_max_score normalise eval/normalized_score
+    (Pendulum has no D4RL scores: without them there is no normalized score at all)."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    env = gym.make("Pendulum-v1")
+    obs = np.stack([env.reset(seed=0)[0]] * 5).astype(np.float32)
+    buffer = EpisodeBuffer(observations=obs, actions=np.zeros((4, 1), np.float32), rewards=[-1.0] * 4,
+                           terminations=[False] * 3 + [True], truncations=[False] * 4, infos={})
+    minari.create_dataset_from_buffers("test/refs-v0", [buffer], env=env, ref_min_score=-1500.0,
+                                       ref_max_score=-100.0)
+    minari.create_dataset_from_buffers("test/norefs-v0", [buffer], env=env)
+    assert load("minari:test/refs-v0").ref_scores == (-1500.0, -100.0)
+    assert load("minari:test/norefs-v0").ref_scores is None
+    for name in ("refs", "norefs"):
+        algo = make_algo("td3bc", tmp_path / name, env="Pendulum-v1", dataset=f"minari:test/{name}-v0",
+                         total_steps=4, eval_every=4, eval_episodes=1, log_every=4)
+        algo.learn()
+        algo.close()
+    (row,) = [r for r in read_metrics(tmp_path / "refs") if "eval/mean_reward" in r]
+    assert row["eval/normalized_score"] == pytest.approx(100 * (row["eval/mean_reward"] + 1500) / 1400)
+    assert not any("eval/normalized_score" in r for r in read_metrics(tmp_path / "norefs"))
+
+
+def test_d4rl_files_take_the_envs_reference_scores(tmp_path):
+    path = tmp_path / "hopper.hdf5"
+    write_d4rl(path, d4rl_data(10, obs_dim=11, act_dim=3))
+    assert load(str(path), "Hopper-v5").ref_scores == REF_SCORES["hopper"]
+    assert load(str(path)).ref_scores is None  # no env named, none given
 
 
 def test_missing_minari_dataset_says_how_to_download(tmp_path, monkeypatch):

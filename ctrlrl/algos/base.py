@@ -558,7 +558,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     """Learns from a fixed dataset (`RunConfig.dataset`): an off-policy learner whose replay buffer
     is the dataset and which never steps its env for data. One iteration is one gradient step, so
     `step`, `total_steps`, `eval_every` and the logs count gradient steps; the env only evaluates
-    (`eval/mean_reward`, and `eval/normalized_score` where the env has D4RL reference scores).
+    (`eval/mean_reward`, and `eval/normalized_score` where the dataset carries reference scores,
+    as Minari's may, or the env has D4RL's).
 
     Dataset actions are rescaled from the env's box to the policy's [-1, 1]. With
     `normalize_states` in the config, observations are standardised with the dataset's mean and
@@ -581,7 +582,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def load_dataset(self) -> None:
         from ctrlrl.data import load
 
-        data = self.prepare_dataset(load(self.run.dataset, self.run.env))
+        data = self.prepare_dataset(load(self.run.dataset, self.run.env, self.run.keep_timeouts))
+        self.ref_scores = data.ref_scores  # eval/normalized_score's (min, max) returns, or None
         low, high = self._act_low, self._act_high
         actions = np.clip(2.0 * (data.actions - low) / (high - low) - 1.0, -1.0, 1.0)
         obs, next_obs, actions, rewards, terminals = (
@@ -628,12 +630,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return {}  # the dataset is read again on resume
 
     def _evaluate(self, logger: Logger) -> None:
-        from ctrlrl.data import reference_scores
-
         returns = self.evaluate()
         logger.record("eval/mean_reward", returns.mean())
         logger.record("eval/std_reward", returns.std())
-        refs = reference_scores(self.run.env)
-        if refs is not None:
-            logger.record("eval/normalized_score", normalized_score(returns, *refs).mean())
+        if self.ref_scores is not None:
+            logger.record("eval/normalized_score", normalized_score(returns, *self.ref_scores).mean())
         logger.dump(self.step)

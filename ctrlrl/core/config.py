@@ -56,6 +56,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     total_steps: int = 1_000_000  # environment steps, summed over parallel envs (offline: gradient steps)
     dataset: str = ""  # offline algorithms: PATH.hdf5 | d4rl:<task> | minari:<id>
+    # D4RL-format files: keep the rows flagged timeouts (bootstrapped from next_observations)
+    # instead of dropping them as D4RL's qlearning_dataset does
+    keep_timeouts: bool = False
     n_envs: int = 1
     vec_mode: str = "sync"  # sync | async (subprocesses)
     normalize_obs: bool = False  # running mean/std of observations, saved with checkpoints

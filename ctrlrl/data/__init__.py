@@ -50,6 +50,9 @@ class Dataset:
     episode_returns: np.ndarray  # (E,) float64: returns of the source's complete episodes (behaviour return)
     env_id: str | None  # gymnasium id the data belongs to, None if unknown
     source: str  # the spec string it was loaded from
+    # (min, max) returns of eval/normalized_score: the Minari dataset's own ref_min_score /
+    # ref_max_score where it has them, else D4RL's random / expert returns for env_id; None: neither
+    ref_scores: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -63,11 +66,15 @@ def data_dir() -> Path:
     return Path(cache).expanduser() / "ctrlrl" / "data"
 
 
-def load(spec: str, env_id: str | None = None) -> Dataset:
+def load(spec: str, env_id: str | None = None, keep_timeouts: bool = False) -> Dataset:
     """Load and validate a dataset.
 
     spec: a path to a D4RL-format .hdf5/.h5 file | 'd4rl:<task>' (e.g. d4rl:hopper-medium-v2) |
-    'minari:<dataset id>'. Everything is validated (shapes, dtypes, NaN/inf, lengths). When `env_id`
+    'minari:<dataset id>'. D4RL-format files give the rows of D4RL's `qlearning_dataset` (rows
+    flagged timeouts and the last row dropped); `keep_timeouts` keeps every row of a file with
+    next_observations instead (see `transitions`). Minari episodes keep their final observation,
+    so every step is a transition there and a truncated end bootstraps.
+    Everything is validated (shapes, dtypes, NaN/inf, lengths). When `env_id`
     is given, or the dataset names its env, the observation and action widths are checked against
     that env's spaces, and the actions against its Box bounds (up to 1e-4). A given `env_id` wins over
     the one the dataset names (a warning says so) as long as the widths match.
@@ -80,10 +87,10 @@ def load(spec: str, env_id: str | None = None) -> Dataset:
         path, default_env = _file_of(spec)
         data = read_d4rl(path, keys=(*REQUIRED, "next_observations", "metadata/env_id"))
         validate_d4rl(data, path)
-        obs, act, rew, next_obs, term = transitions(data)
+        obs, act, rew, next_obs, term = transitions(data, keep_timeouts)
         if len(obs) == 0:
-            raise UserError(f"dataset {path}: no transitions (without next_observations, rows flagged "
-                            "timeouts and the last row are dropped); add next_observations or more steps")
+            raise UserError(f"dataset {path}: no transitions (rows flagged timeouts and the last row "
+                            "are dropped, as D4RL's qlearning_dataset does); add more steps")
         env = _named_env(data) or default_env
         dataset = Dataset(obs, act, rew, next_obs, term, episode_returns(data), env, spec)
     return _match_env(dataset, env_id)
@@ -131,6 +138,7 @@ def _match_env(dataset: Dataset, env_id: str | None) -> Dataset:
     target = env_id or dataset.env_id
     if target is None:
         return dataset
+    refs = dataset.ref_scores or reference_scores(target)
     where = f"dataset {dataset.source}"
     try:
         check_env_id(target)
@@ -170,4 +178,4 @@ def _match_env(dataset: Dataset, env_id: str | None) -> Dataset:
     if env_id and dataset.env_id not in (None, env_id):
         warnings.warn(f"{where} was collected on {dataset.env_id}; using it with {env_id} as asked",
                       stacklevel=3)
-    return dataclasses.replace(dataset, env_id=target)
+    return dataclasses.replace(dataset, env_id=target, ref_scores=refs)

@@ -222,17 +222,21 @@ def validate_d4rl(data: Mapping[str, Any], path: str | os.PathLike) -> None:
                                 "clean the data or drop those rows")
 
 
-def transitions(data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def transitions(data: Mapping[str, Any], keep_timeouts: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(obs, actions, rewards, next_obs, terminals) as float32, with D4RL's semantics made explicit.
 
-    Without 'next_observations' (D4RL's `qlearning_dataset`): the next observation of row i is
-    observations[i+1]. A row flagged 'timeouts' is dropped, because its successor row is the next
-    episode's first observation, and so is the last row, which has no successor. A terminal row is
-    kept; its successor is also the next episode's start, which is harmless as terminals are never
+    Default: the rows of D4RL's `qlearning_dataset` (d4rl/__init__.py), the loader every reference
+    implementation trains on. Rows i = 0 … N−2 that are not flagged 'timeouts'; the next
+    observation of row i is observations[i+1] (a 'next_observations' key is not read); done =
+    terminals[i]. A timeout row is dropped because its successor row is the next episode's first
+    observation, and so is the last row, which has no successor. A terminal row is kept; its
+    successor is also the next episode's start, which is harmless as terminals are never
     bootstrapped.
 
-    With 'next_observations': every row is a transition; 'timeouts' only means "not terminal" (the
-    value of next_obs is bootstrapped), and terminals are exactly the 'terminals' rows.
+    keep_timeouts=True, for files with 'next_observations': every row is a transition with its
+    stored next observation, and a timeout row bootstraps from it (terminal 0). A file without
+    'next_observations' has no successor for its timeout rows and drops them as above.
 
     Rows of one episode must be contiguous and in order. Call `validate_d4rl` first.
     """
@@ -240,7 +244,7 @@ def transitions(data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nda
     act = np.asarray(data["actions"])
     rew = np.asarray(data["rewards"])
     term = np.asarray(data["terminals"])
-    if "next_observations" in data:
+    if keep_timeouts and "next_observations" in data:
         rows: Any = slice(None)
         next_obs = np.asarray(data["next_observations"])
     else:

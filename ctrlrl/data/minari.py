@@ -55,7 +55,8 @@ def minari_env(dataset_id: str) -> str | None:
 def load_minari(dataset_id: str) -> Dataset:
     """A local Minari dataset as transitions: next obs = observations[1:] per episode, terminals =
     terminations (truncated ends bootstrap), behaviour returns over episodes that end in termination
-    or truncation, env_id from the dataset's env spec. Flat Box observations and actions only."""
+    or truncation, env_id from the dataset's env spec, and the dataset's own reference scores
+    (`reference_scores`). Flat Box observations and actions only."""
     ds = _open(dataset_id)
     source = f"minari:{dataset_id}"
     import gymnasium as gym
@@ -97,4 +98,19 @@ def load_minari(dataset_id: str) -> Dataset:
     env_id = None if ds.env_spec is None else ds.env_spec.id
     return Dataset(f32["observations"], f32["actions"], f32["rewards"], f32["next_observations"],
                    np.concatenate(term).astype(np.float32), np.asarray(returns, dtype=np.float64), env_id,
-                   source)
+                   source, reference_scores(ds.storage.metadata, source))
+
+
+def reference_scores(metadata: Any, source: str) -> tuple[float, float] | None:
+    """(ref_min_score, ref_max_score) of a Minari dataset's metadata, the returns that
+    `minari.get_normalized_score` maps to 0 and 1 (ctrlrl's eval/normalized_score: 0 and 100);
+    None when the dataset does not carry both."""
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if low is None or high is None:
+        return None
+    low, high = float(np.asarray(low)), float(np.asarray(high))
+    if not (np.isfinite(low) and np.isfinite(high) and high != low):
+        raise UserError(f"{source}: its reference scores ref_min_score={low}, ref_max_score={high} "
+                        "cannot normalise returns (they must be finite and differ); download it "
+                        "again or report the dataset to its authors")
+    return low, high
