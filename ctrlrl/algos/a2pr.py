@@ -12,18 +12,35 @@ only the dataset's better-than-average actions. Per minibatch (s, a, r, s', d):
     actor (every 2 steps)
                    ã = VAE(s, π(s))   (encode (s, π(s)), sample z ~ N(μ, σ²), decode with s)
                    target = ã where A(s, ã) ≥ A(s, a), else a
-                   weight = mask·(1[A(s, ã) ≥ 0] + 1[A(s, a) > 0])            ∈ {0, mask, 2·mask}
+                   weight = mask·1[A(s, ã) ≥ 0 or A(s, a) > 0]                  ∈ {0, mask}
                    L_π = −λ·mean Q1(s, π(s)) + mean[weight·(π(s) − target)²],  λ = α / mean|Q1(s, π(s))|
-                   then Polyak τ = 0.005 on the actor and critic targets.
+                   then Polyak τ = 0.005 on the critic and actor targets.
+
+The BC term differentiates through ã: the VAE's reconstruction of π(s) is a function of π(s), so
+its gradient reaches π both directly and through the VAE (the VAE's own parameters are not stepped
+by the actor loss). Setting `vae_target_grad: false` makes ã a constant target instead.
+
+Each line follows the reference code, ltlhuuu/A2PR `A2PR.py` at f92a2a4 (the paper's equations
+could not be read here, so the reference decides):
+- critic target and loss: lines 111-122 and 127;
+- value target min(y, r + γ(1−d)·min Q(s', a')) with the updated online critic: lines 134-142;
+- VAE loss, gated by Q1(s, a) > V(s) (ε_A = 0) and weighted by w_vae, KL weight 0.5: lines 148-156;
+- actor every `policy_freq` = 2 steps, counting from the first update (`total_it % 2 == 0` after
+  the increment, i.e. updates 2, 4, …): line 167; λ = α / mean|Q1(s, π(s))| detached: line 172;
+- ã = VAE(s, π(s)) without detaching: line 174; target selection with ≥ toward ã: lines 179-180;
+- the weight `mask * (adv_pi + adv_action)`: line 184. Both indicators are bool tensors and torch
+  adds bools as a logical or, so the weight is mask·1[A(s, ã) ≥ 0 or A(s, a) > 0] ∈ {0, mask}.
+  ALGORITHMS.md reads the sum as a count ∈ {0, mask, 2·mask}; `bc_weight: count` gives that;
+- Polyak τ on critic and actor targets inside the delayed branch: lines 206-214.
+The advantages of the VAE gate and of the actor use V(s) as computed before this step's value
+update and Q1 after this step's critic update, as there. Defaults are the reference's: Adam 3e-4
+(VAE 1e-3, Adam's default there), batch 256, actor 3×256, critics and value 4×256, γ 0.99, α 2.5,
+w_vae 1, mask 1, 1M gradient steps.
 
 Squared norms are means over action components, as in TD3+BC (`F.mse_loss`) and the reference
 code; the KL of N(μ, σ²) to N(0, 1) is likewise averaged over batch and latent components. The VAE
 is BCQ's (latent 2·act_dim, 750-750 ReLU, log σ clamped to [−4, 15]; `VAE.decode` without a latent
 draws z ~ N(0, 1) clipped to ±0.5, for sampling; the update never does) with its own Adam at 1e-3.
-The advantages of the VAE mask and of the actor both use V(s) as computed before this step's value
-update and Q1 after this step's critic update, as in the reference code; the actor's indicators
-use 0, not ε_A, as there too. Defaults are the paper's: Adam 3e-4, batch 256, actor 3×256, critics
-and value 4×256, γ 0.99, α 2.5, w_vae 1, mask 1, 1M gradient steps.
 
 Per-dataset settings. The preset files key entries by env id, while the paper tunes α, w_vae, mask
 and γ per *dataset* (hopper-medium and hopper-medium-expert share Hopper-v5). So the table of the
@@ -36,15 +53,14 @@ yields to the row). Unknown names are an error that lists the known ones. The ro
 ALGORITHMS.md §3's; the reference README's history also shows hopper-medium with γ 0.99 and
 halfcheetah-medium-expert with mask 10.
 
-Deviations from the reference code (ltlhuuu/A2PR) and why:
-- The BC target ã is a constant (no gradient). The reference feeds π(s) through the VAE without
-  detaching, so the BC term also differentiates through the VAE's reconstruction of π(s), which
-  pulls π(s) toward fixed points of the VAE rather than toward ã and weakens the regularisation
-  wherever the VAE is near the identity. The paper's objective regresses π(s) onto the selected
-  action; `vae_target_grad: true` restores the reference's gradient path.
+Variants that keep earlier behaviour reachable:
+- `vae_target_grad: false`: ã is a constant (no gradient through the VAE's reconstruction);
+- `bc_weight: count`: weight = mask·(1[A(s, ã) ≥ 0] + 1[A(s, a) > 0]) ∈ {0, mask, 2·mask}.
+
+Deviations from the reference code, and why:
 - The reference's VAE takes the env's max action; here actions are always in [−1, 1] (the offline
   loop rescales the dataset's actions), so the decoder ends in a plain tanh.
-- Q1(s, a) for the VAE mask and for the actor's A(s, a) is evaluated once per step (the critic does
+- Q1(s, a) for the VAE gate and for the actor's A(s, a) is evaluated once per step (the critic does
   not change between the two uses), and min Q(s', a') shares that batched critic call.
 """
 
@@ -83,6 +99,9 @@ PAPER_SETTINGS: dict[str, dict[str, float]] = {
     }.items()}
 
 
+BC_WEIGHTS = ("any", "count")
+
+
 def paper_settings_key(name: str) -> str:
     """`d4rl:Hopper-Medium-v2` → `hopper-medium`: the `PAPER_SETTINGS` row a name means."""
     return re.sub(r"-v\d+$", "", name.strip().lower().removeprefix("d4rl:"))
@@ -102,7 +121,8 @@ class A2PRConfig:
     vae_weight: float = 1.0  # w_vae, weight of the VAE's reconstruction of high-advantage actions
     mask: float = 1.0  # scale of the regulariser's weights, which lie in {0, mask, 2·mask}
     adv_threshold: float = 0.0  # ε_A: the VAE learns actions with A(s, a) > ε_A
-    vae_target_grad: bool = False  # true: the BC term differentiates through ã (reference code)
+    vae_target_grad: bool = True  # the BC term differentiates through ã = VAE(s, π(s)); false: ã constant
+    bc_weight: str = "any"  # any: mask·1[A(s,ã) ≥ 0 or A(s,a) > 0] | count: mask·(sum of the two)
     normalize_states: bool = True
     actor_hidden_sizes: tuple[int, ...] = (256, 256, 256)
     critic_hidden_sizes: tuple[int, ...] = (256, 256, 256, 256)  # twin Q and V
@@ -118,6 +138,9 @@ class A2PRConfig:
                                    "vae_weight", "mask"),
                      fraction=("gamma", "tau"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes", "vae_hidden_sizes"))
+        if self.bc_weight not in BC_WEIGHTS:
+            raise UserError(f"setting bc_weight={self.bc_weight!r} is not known; use one of "
+                            f"{', '.join(BC_WEIGHTS)}")
 
     def _apply_paper_settings(self) -> None:
         key = paper_settings_key(self.paper_settings)
@@ -187,18 +210,13 @@ class A2PR(OfflineAlgorithm, TD3):
     def update(self) -> None:
         cfg = self.cfg
         b = self.replay.sample(cfg.batch_size)
-        n = b.rewards.shape[0]
         next_action, y = self.bellman_target(b)
         critic_loss = self._critic_loss(b, y)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
 
-        with torch.no_grad():  # the updated critic at (s, a) and at (s', a'), in one call
-            q = self.critic(torch.cat([b.obs, b.next_obs]), torch.cat([b.actions, next_action]))
-            q_data = q[0, :n]
-            online_y = b.rewards + cfg.gamma * (1 - b.terminated) * q[:, n:].min(0).values
-            value_target = torch.minimum(y, online_y)
+        value_target, q_data = self.value_target(b, next_action, y)
         v = self.state_value(b.obs)
         value_loss = F.mse_loss(v, value_target)
         self.value_flat.zero_grad()
@@ -222,6 +240,17 @@ class A2PR(OfflineAlgorithm, TD3):
             soft_update(self.critic_target, self.critic, cfg.tau)
             self.metrics["actor_loss"] = actor_loss.detach()
 
+    def value_target(self, b: Batch, next_action: torch.Tensor, y: torch.Tensor):
+        """(min(y, r + γ(1−d)·min_i Q_i(s', a')), Q1(s, a)) with the online critic, no gradient.
+
+        Q at (s, a) and at (s', a') come from one batched critic call.
+        """
+        n = b.rewards.shape[0]
+        with torch.no_grad():
+            q = self.critic(torch.cat([b.obs, b.next_obs]), torch.cat([b.actions, next_action]))
+            online_y = b.rewards + self.cfg.gamma * (1 - b.terminated) * q[:, n:].min(0).values
+            return torch.minimum(y, online_y), q[0, :n]
+
     def vae_loss(self, b: Batch, advantage: torch.Tensor) -> torch.Tensor:
         """ELBO loss whose reconstruction term counts only actions with A(s, a) > ε_A."""
         cfg = self.cfg
@@ -235,9 +264,9 @@ class A2PR(OfflineAlgorithm, TD3):
     def bc_target(self, b: Batch, pi: torch.Tensor, v: torch.Tensor):
         """(target, weight, chose_vae) of the regulariser for policy actions `pi`, given V(s) = `v`.
 
-        ã = VAE(s, π(s)) replaces the dataset's action where its advantage is at least as high;
-        each sample's weight counts which of the two actions have a non-negative (ã) or positive
-        (a) advantage.
+        ã = VAE(s, π(s)) replaces the dataset's action where its advantage is at least as high.
+        A sample is weighted `mask` when either ã has a non-negative or a has a positive advantage
+        (`bc_weight: count`: `mask` for each of the two).
         """
         n = pi.shape[0]
         with torch.set_grad_enabled(self.cfg.vae_target_grad and torch.is_grad_enabled()):
@@ -246,7 +275,11 @@ class A2PR(OfflineAlgorithm, TD3):
             q = self.critic(torch.cat([b.obs, b.obs]), torch.cat([recon, b.actions]))[0]
             adv_vae, adv_data = q[:n] - v, q[n:] - v
             chose_vae = adv_vae >= adv_data
-            weight = self.cfg.mask * ((adv_vae >= 0).float() + (adv_data > 0).float())
+            vae_ok, data_ok = adv_vae >= 0, adv_data > 0
+            if self.cfg.bc_weight == "any":
+                weight = self.cfg.mask * (vae_ok | data_ok).float()
+            else:
+                weight = self.cfg.mask * (vae_ok.float() + data_ok.float())
         target = torch.where(chose_vae[:, None], recon, b.actions)
         return target, weight, chose_vae
 
