@@ -35,8 +35,21 @@ weight decay 1e-4 (torch.optim.Adam's weight_decay, as the reference; not AdamW)
 λ 0.6, η 1.0, 1M steps, no state normalisation. MuJoCo rewards are scaled by
 1000 / (max − min) of the dataset's complete-episode returns (`scale_rewards`, on).
 
-λ and η: the paper tunes them per dataset (its appendix D), and that table is not reproduced here:
-every env uses the reference's defaults, λ 0.6 and η 1.0 (offline IL: λ 0.4, η 1.0).
+λ and η: the paper tunes them per dataset (its appendix D). That table could not be read for this
+code: the reference repository carries no per-dataset values (its README points to appendix D; its
+configs/*.yaml set neither λ nor η), and no copy of the appendix was reachable here. So there is no
+`paper_settings` table as A2PR has: every env uses the reference's argparse defaults,
+`main_odice_rl.py` λ 0.6 and η 1.0 (`main_odice_il.py`: λ 0.4, η 1.0); pass a dataset's values
+with `--set lam=… --set eta=…`.
+
+Sources, line by line (maoliyuan/ODICE-Pytorch at 1692507): f* and the relu weight are `odice.py`
+`f_star` / `f_prime_inverse`; the orthogonal rule is `orthogonal_true_g_update` (forward residual
+against `vf_target(next_observations)`, backward against `vf_target(observations)`, both losses
+scaled by λ and the backward one by η, `parallel_coef` = ⟨g_f, g_b⟩ / max(‖g_f‖², 1e-10), applied
+gradient ∇(1−λ)·mean V + (1 − coef)·g_f + g_b = … + g_f + g_b⊥); `semi_g_update` and
+`true_g_update` the other two rules; the target EMA `util.update_exponential_moving_average` with
+β 0.005 after the value step; the policy loss mean(w · −log π(a|s)) with `policy.GaussianPolicy`
+(state-independent log-std clamped to [−5, 2]).
 
 `odice-il` is the offline imitation variant of the reference's `main_odice_il.py`: it learns from
 ONE expert trajectory, the episode with index `expert_trajectory` (0-based; the paper's T ∈ {1, 10,
