@@ -2,34 +2,62 @@
 
 ALGORITHMS.md §1. Both solve each mirror-descent step approximately, by a few gradient steps on
 the linearised objective plus a KL(π_θ ‖ π_k) proximity term (the mirror-descent direction, new ‖ old).
+Where the paper leaves a detail open, the defaults follow the authors' code (`mdpo_on/mdpo.py`,
+`mdpo_off/mdpo.py`, `mdpo_off/policies.py`, `*/run_mujoco.py` of their public repository); line
+numbers below refer to those files.
 
-On-policy (`mdpo`): per rollout of `n_steps`, `sgd_steps` full-batch Adam steps on
+On-policy (`mdpo`): per rollout of `n_steps`, `sgd_steps` (m = 10, the README's run) full-batch
+Adam steps on
 
-    L(θ) = − mean[ρ_θ · Â] + (1/t_k) · mean_s KL(π_θ(·|s) ‖ π_k(·|s)),   t_k = 1 − k/K,
+    L(θ) = − mean[ρ_θ · Â] + (1/t_k) · mean_s KL(π_θ(·|s) ‖ π_k(·|s)),   ρ_θ = π_θ(a|s) / π_k(a|s),
 
-with K the number of rollouts in the run, the KL in closed form, no ratio clipping and no entropy
-bonus; the value net is trained separately (`vf_epochs` × minibatch `vf_batch_size`, value loss
-clipped around the rollout's predictions as in the reference code). The code-level tricks of the
-paper's main table are switches, on by default: observation and reward normalisation (the preset's
-`default` entry), orthogonal init, learning-rate annealing, value clipping.
+the KL in closed form and new ‖ old (`policy_pi.kl(old_policy)`, mdpo_on l.164; the loss l.195), no
+ratio clipping and no entropy bonus. The step size is the reference's (l.399-400)
+
+    t_k = 1 − (k − 1)/K,   k = 0, 1, … the rollout index,  K = ⌊total_steps / (n_steps·n_envs)⌋,
+
+so the KL weight 1/t_k starts at K/(K + 1) and grows to K/2 on rollout K − 1. Policy Adam: lr 3e-4,
+eps 1e-5, gradients clipped to global norm 0.5 (l.249-250). The learning rate is constant, for the
+policy and the value net alike (`get_schedule_fn(3e-4)`, l.339, used at l.250 and l.447). The value
+net is trained separately: `vf_epochs` (5, run_mujoco) × minibatch 128 (l.444), its loss clipped
+±0.2 around the rollout's predictions (l.182-188), plain Adam (eps 1e-8, no gradient clipping:
+`MpiAdam`, l.280 and l.447). Observation and reward normalisation (`VecNormalize`, run_mujoco) come
+from the preset's `default` entry; orthogonal init as in the reference's stable-baselines policy.
 
 Off-policy (`mdpo-off`): SAC's learner (twin Q, targets, squashed Gaussian) with the actor loss
+(mdpo_off l.227-244)
 
-    L(θ) = mean[c · log π_θ(ã|s) + (λ − c) · log π_old(ã|s) − Q(s, ã)],   ã = tanh(u_θ(s, ε)),
+    L(θ) = mean[c·log π_θ(ã|s) + (λ − c)·log π_old(ã|s) − Q(s, ã)]
+           + η·(mean μ_θ(s)² + mean (log σ_θ(s))²),        ã = tanh(μ_θ(s) + σ_θ(s)·ε),
 
-c = `bregman_coef` (1/t_k, constant), λ = `ent_coef`, and π_old a hard copy of the actor refreshed
-every `old_update_every` gradient steps. With c = λ this is SAC's actor loss exactly.
+c = `bregman_coef` (1/t_k, constant: `klconst`, l.422), λ = `ent_coef`, η = `actor_reg_coef` (1e-3
+on the pre-tanh mean and the clamped log-std, l.232-233), and π_old a hard copy of the actor. With
+c = λ and η = 0 this is SAC's actor loss exactly.
+Why π_old is scored at ã, the current policy's reparameterised action (as the reference does,
+`old_policy.make_actor(action=policy_out, …)`, l.203-204): the two log terms are the sample estimate
+of c·KL(π_θ ‖ π_old) + λ·E_{a∼π_θ}[log π_old(a|s)], and both expectations are over the *current*
+policy. Their reparameterised gradient needs log π_old at ã = f_θ(ε) with the derivative flowing
+through ã (π_old's own weights are frozen). Scored at an action that does not depend on θ, the
+(λ − c)·log π_old term would be a constant: the KL's cross term would vanish and the loss would
+collapse to SAC with temperature c.
+π_old ← π_θ after gradient step n whenever n ≡ `old_update_phase` (mod m), m = `old_update_every`:
+the reference copies after the env step `step % m == 0` (l.435-436), which, with its 10k warm-up a
+multiple of m, is right after the first gradient step and then every m steps.
 
 Choices where the reference code (TF1) and the paper differ, or the paper is silent:
-- off-policy, log π_old is scored at the *current* policy's reparameterised action ã, as the paper's
-  equation says; the reference scores the old policy's own sample, which gives that term no gradient;
-- off-policy Q(s, ã) is the minimum of the twin critics, as in our SAC (the reference uses Q1), so
-  that c = λ reproduces our SAC bit for bit; the critic is SAC v2's twin-Q soft target with λ;
+- off-policy Q(s, ã) in the actor loss is the minimum of the twin critics, as in our SAC (the
+  reference uses Q1), so that c = λ reproduces our SAC bit for bit; the critic is SAC v2's twin-Q
+  soft target r + γ(1 − d)(min Q_targ(s', a') − λ log π(a'|s')) (the reference keeps SAC v1's state
+  value net V and regresses Q to r + γ(1 − d)·V_targ(s'), l.214-250);
 - off-policy exploration samples the stochastic policy, as SAC does (the reference acts
   deterministically after warm-up);
-- on-policy t_k is floored at 1/K (reached on the last rollout), so a resumed run with a larger
-  `total_steps` keeps a finite KL weight; the value net uses the policy's Adam learning rate (3e-4,
-  annealed alike), as the reference code does.
+- on-policy t_k is floored at 1/K, so a resumed run with a larger `total_steps` keeps a finite KL
+  weight (within one run the reference's schedule never reaches the floor).
+
+Earlier behaviours stay one setting away: `anneal_lr=True` (linear learning-rate decay to 0),
+`step_size_offset=0` (t_k = 1 − k/K), `anneal_step_size=False` (t_k = 1), `vf_max_grad_norm=0.5`
+with `vf_adam_eps=1e-5` (value steps like the policy's); off-policy `actor_reg_coef=0` (no output
+regulariser) and `old_update_phase=0` (first copy after step m).
 """
 
 from __future__ import annotations
@@ -50,17 +78,20 @@ from ctrlrl.core.nets import FlatParams, adam
 class MDPOConfig:
     n_steps: int = 2048  # steps per env per rollout (one mirror-descent iteration)
     sgd_steps: int = 10  # m: full-batch policy steps per iteration
-    learning_rate: float = 3e-4
-    anneal_lr: bool = True  # linear decay to 0 over total_steps (policy and value)
-    anneal_step_size: bool = True  # t_k = 1 − k/K; off: t_k = 1 (a fixed KL weight of 1)
-    adam_eps: float = 1e-5
+    learning_rate: float = 3e-4  # policy and value net, constant
+    anneal_lr: bool = False  # True: linear decay to 0 over total_steps (policy and value)
+    anneal_step_size: bool = True  # t_k = 1 − (k − offset)/K; off: t_k = 1 (a fixed KL weight of 1)
+    step_size_offset: int = 1  # the reference's 1: t_0 = 1 + 1/K; 0: t_k = 1 − k/K
+    adam_eps: float = 1e-5  # policy Adam
     gamma: float = 0.99
     gae_lambda: float = 0.95
     normalize_advantage: bool = True  # over the full batch
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = 0.5  # policy gradient's global norm
     vf_epochs: int = 5
     vf_batch_size: int = 128
     clip_range_vf: float | None = 0.2  # None: unclipped value loss
+    vf_max_grad_norm: float | None = None  # None: value gradients unclipped
+    vf_adam_eps: float = 1e-8
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     ortho_init: bool = True
@@ -68,15 +99,28 @@ class MDPOConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("n_steps", "sgd_steps", "learning_rate", "adam_eps",
-                                     "vf_epochs", "vf_batch_size"),
-                     non_negative=("max_grad_norm",), fraction=("gamma", "gae_lambda"),
-                     widths=("hidden_sizes",))
+                                     "vf_epochs", "vf_batch_size", "vf_adam_eps"),
+                     non_negative=("max_grad_norm", "step_size_offset"),
+                     fraction=("gamma", "gae_lambda"), widths=("hidden_sizes",))
+        if self.vf_max_grad_norm is not None:
+            check_ranges(self, non_negative=("vf_max_grad_norm",))
 
 
-def step_size(k: int, n_iterations: int) -> float:
-    """t_k = 1 − k/K for iteration k = 0, 1, …, floored at 1/K (the last iteration's value)."""
+def step_size(k: int, n_iterations: int, offset: int = 1) -> float:
+    """t_k = 1 − (k − offset)/K for iteration k = 0, 1, …, floored at 1/K.
+
+    offset 1 is the reference's schedule (t_0 = 1 + 1/K, t_{K−1} = 2/K), offset 0 starts at t_0 = 1.
+    """
     n_iterations = max(n_iterations, 1)
-    return max(1.0 - k / n_iterations, 1.0 / n_iterations)
+    return max(1.0 - (k - offset) / n_iterations, 1.0 / n_iterations)
+
+
+def frozen_copy(params: torch.Tensor | tuple[torch.Tensor, ...]):
+    """A copy of a policy's `dist_params` that later optimiser steps cannot move: the Gaussian
+    head returns its log-std as a view of the parameter itself."""
+    if isinstance(params, torch.Tensor):
+        return params.clone()
+    return tuple(t.clone() for t in params)
 
 
 class MDPO(OnPolicyAlgorithm):
@@ -88,7 +132,7 @@ class MDPO(OnPolicyAlgorithm):
         self.build_actor_critic()
         self.policy_flat, self.value_flat = FlatParams(self.policy), FlatParams(self.value_fn)
         self.policy_opt = adam([self.policy_flat.param], cfg.learning_rate, cfg.adam_eps)
-        self.value_opt = adam([self.value_flat.param], cfg.learning_rate, cfg.adam_eps)
+        self.value_opt = adam([self.value_flat.param], cfg.learning_rate, cfg.vf_adam_eps)
         self.rollout = self.make_rollout_buffer()
         self._policy_loss = self.maybe_compile(self.policy_loss)
 
@@ -116,8 +160,8 @@ class MDPO(OnPolicyAlgorithm):
     def update(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
         k, left = self.rollout_schedule()
-        t_k = step_size(k, self.run.total_steps // (cfg.n_steps * self.run.n_envs)) \
-            if cfg.anneal_step_size else 1.0
+        n_iterations = self.run.total_steps // (cfg.n_steps * self.run.n_envs)
+        t_k = step_size(k, n_iterations, cfg.step_size_offset) if cfg.anneal_step_size else 1.0
         lr = cfg.learning_rate * (left if cfg.anneal_lr else 1.0)
         for opt in (self.policy_opt, self.value_opt):
             opt.param_groups[0]["lr"] = lr
@@ -125,8 +169,8 @@ class MDPO(OnPolicyAlgorithm):
         adv = data.advantages
         if cfg.normalize_advantage and len(adv) > 1:
             adv = standardize(adv)
-        with torch.no_grad():
-            old_params = self.policy.dist_params(data.obs)  # π_k: the policy that collected the data
+        with torch.no_grad():  # π_k: the policy that collected the data, frozen for the m steps
+            old_params = frozen_copy(self.policy.dist_params(data.obs))
         kl_weight = torch.tensor(1.0 / t_k, device=self.device)  # a tensor: no recompile per k
         for _ in range(cfg.sgd_steps):
             loss, stats = self._policy_loss(data, adv, old_params, kl_weight)
@@ -141,7 +185,8 @@ class MDPO(OnPolicyAlgorithm):
                 value_loss = self.value_loss(b)
                 self.value_flat.zero_grad()
                 value_loss.backward()
-                self.value_flat.clip_grad_norm_(cfg.max_grad_norm)
+                if cfg.vf_max_grad_norm is not None:
+                    self.value_flat.clip_grad_norm_(cfg.vf_max_grad_norm)
                 self.value_opt.step()
                 value_losses.append(value_loss.detach())
         surrogate, kl, entropy = stats.detach()  # at the last inner step (KL after m − 1 steps)
@@ -151,16 +196,31 @@ class MDPO(OnPolicyAlgorithm):
 
 
 # ---- off-policy ---------------------------------------------------------------------------------
+def mirror_actor_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, q: torch.Tensor,
+                      c: float, lam: torch.Tensor | float) -> torch.Tensor:
+    """mean[c·log π_θ(ã) + (λ − c)·log π_old(ã) − Q(s, ã)], all at the same actions ã ~ π_θ:
+    the estimate of c·KL(π_θ ‖ π_old) + λ·E_{π_θ}[log π_old] − E_{π_θ}[Q]."""
+    return (c * log_prob + (lam - c) * old_log_prob - q).mean()
+
+
+def output_regulariser(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """mean(μ²) + mean((log σ)²) of the pre-tanh Gaussian, each averaged over batch and action."""
+    return mean.pow(2).mean() + log_std.pow(2).mean()
+
+
 @dataclass
 class MDPOOffConfig(SACConfig):
     autotune: bool = False  # λ is fixed in MDPO
     ent_coef: float = 0.2  # λ
     bregman_coef: float = 1.0  # c = 1/t_k
+    actor_reg_coef: float = 1e-3  # η on mean(μ²) + mean((log σ)²); 0: no regulariser
     old_update_every: int = 1000  # m: gradient steps between hard copies π_old ← π_θ
+    old_update_phase: int = 1  # copy after step n ≡ phase (mod m): 1 after steps 1, m+1, …; 0 after m, 2m, …
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ranges(self, positive=("bregman_coef", "old_update_every"))
+        check_ranges(self, positive=("bregman_coef", "old_update_every"),
+                     non_negative=("actor_reg_coef", "old_update_phase"))
 
 
 class MDPOOff(SAC):
@@ -175,16 +235,22 @@ class MDPOOff(SAC):
         return {**super().state_modules(), "old_actor": self.old_actor}
 
     def actor_loss(self, obs, action, log_prob, pre_tanh, alpha):
-        """mean[c·log π_θ(ã) + (λ − c)·log π_old(ã) − min_i Q_i(s, ã)]; with c = λ, SAC's loss."""
-        c = self.cfg.bregman_coef
+        """`mirror_actor_loss` with c = `bregman_coef`, λ = α and Q = min_i Q_i, plus
+        η·`output_regulariser` of the current actor; with c = λ and η = 0, SAC's loss."""
+        cfg = self.cfg
+        # π_old scored at ã itself, so its term's gradient reaches θ through ã (module docstring)
         old_log_prob = self.old_actor.log_prob_pre_tanh(obs, pre_tanh)
         q_pi = self.critic(obs, action, detach_params=True).min(0).values
         self._mirror_stats = (log_prob.detach(), old_log_prob.detach())
-        return (c * log_prob + (alpha - c) * old_log_prob - q_pi).mean()
+        loss = mirror_actor_loss(log_prob, old_log_prob, q_pi, cfg.bregman_coef, alpha)
+        if cfg.actor_reg_coef > 0:
+            loss = loss + cfg.actor_reg_coef * output_regulariser(*self.actor.dist_params(obs))
+        return loss
 
     def update(self) -> None:
         super().update()
-        if (self.n_updates + 1) % self.cfg.old_update_every == 0:  # the base counts this step after
+        step_number = self.n_updates + 1  # the base loop counts this step after update()
+        if (step_number - self.cfg.old_update_phase) % self.cfg.old_update_every == 0:
             self.refresh_old()
         log_prob, old_log_prob = self._mirror_stats
         # KL(π_θ ‖ π_old) from the batch's actions ã ~ π_θ: the unbiased, non-negative
