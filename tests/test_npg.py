@@ -58,14 +58,14 @@ class Quadratic:
 
 
 def run(method: str, f: Quadratic, iters: int = 12, eta0: float = 1.0, gamma0: float = 0.3,
-        const_eta: bool = False, seed: int = 0):
+        const_eta: bool = False, seed: int = 0, first: str = "gradient"):
     """Iterate `method` with exact oracles; yields (t, θ_t, θ_{t+1}, info) per iteration."""
     rng = np.random.default_rng(seed)
     theta = f.theta0.clone()
     theta_prev, d = theta.clone(), torch.zeros_like(theta)
     for t in range(iters):
         new, info = npg_update(method, theta, theta_prev, d, t, gamma0, eta0, f.grad, f.hvp,
-                               float(rng.uniform()), const_eta)
+                               float(rng.uniform()), const_eta, first)
         yield t, theta, new, info
         theta_prev, theta, d = theta, new, info.d
 
@@ -97,17 +97,20 @@ def test_harpg_correction_is_exact_on_a_quadratic_for_any_q(q):
 
 @pytest.mark.parametrize("method", ["n-harpg", "harpg"])
 @pytest.mark.parametrize("eta0", [1.0, 0.5])
-def test_harpg_direction_tracks_the_gradient_exactly(method, eta0):
+@pytest.mark.parametrize("first", ["gradient", "scaled"])
+def test_harpg_direction_tracks_the_gradient_exactly(method, eta0, first):
     """d_t − ∇f(θ_t) = (1−η_t)(d_{t−1} + H(θ_t − θ_{t−1}) − ∇f(θ_t)) = (1−η_t)(d_{t−1} − ∇f(θ_{t−1}))
-    for every random q: with η_0 = 1 the direction is the exact gradient at every iterate; with
-    η_0 < 1 the start-up gap d_0 − ∇f(θ_0) = (η_0 − 1)∇f(θ_0) decays exactly as Π_{s≤t}(1−η_s)."""
+    for every random q: when d_0 = ∇f(θ_0) (the first gradient, or η_0 = 1) the direction is the
+    exact gradient at every iterate; with d_{−1} = 0 and η_0 < 1 the start-up gap
+    d_0 − ∇f(θ_0) = (η_0 − 1)∇f(θ_0) decays exactly as Π_{1≤s≤t}(1−η_s)."""
     f = Quadratic(seed=3)
     gap0, prod = None, 1.0
-    for t, theta, _, info in run(method, f, iters=15, eta0=eta0, gamma0=0.05):
+    for t, theta, _, info in run(method, f, iters=15, eta0=eta0, gamma0=0.05, first=first):
         gap = info.d - f.grad(theta)
         if t == 0:
             gap0 = gap
-            torch.testing.assert_close(gap0, (eta0 - 1) * f.grad(theta), rtol=0, atol=1e-12)
+            start = eta0 - 1 if first == "scaled" else 0.0
+            torch.testing.assert_close(gap0, start * f.grad(theta), rtol=0, atol=1e-12)
         else:
             prod *= 1 - info.eta
             torch.testing.assert_close(gap, prod * gap0, rtol=1e-8, atol=1e-10)
@@ -368,3 +371,209 @@ def test_bad_settings_are_refused(tmp_path):
         make_algo("npg-igt", tmp_path / "b", gamma0=0)
     with pytest.raises(UserError, match="baseline"):
         make_algo("npg-igt", tmp_path / "c", baseline="critic")
+
+
+# ---- what train_iteration really does: schedules, carried state, sampling points ---------------
+def _small(algo: str, tmp_path, **extra):
+    """A fast Pendulum learner: 20-step trajectories, 2 per gradient batch, 1 per Hessian batch."""
+    settings = {"batch_steps": 40, "hess_batch_steps": 20, "horizon": 20, "hidden_sizes": [8, 8],
+                "gamma0": 0.05, **extra}
+    return make_algo(algo, tmp_path / algo, env="Pendulum-v1", total_steps=10**6, **settings)
+
+
+class Spy:
+    """Records what `train_iteration` feeds the estimators and the sampler, returning their real
+    results: `collects` (point, min_steps, batch), `grads` (point, g), `hvps` (point, v, Bv)."""
+
+    def __init__(self, algo, monkeypatch):
+        import ctrlrl.algos.npg as npg
+
+        self.collects, self.grads, self.hvps = [], [], []
+        collect, grad, hvp = algo.collect, npg.surrogate_gradient, npg.surrogate_hvp
+
+        def spy_collect(point, min_steps):
+            batch = collect(point, min_steps)
+            self.collects.append((point.clone(), min_steps, batch))
+            return batch
+
+        def spy_grad(logp_fn, theta, psi, n_traj):
+            g = grad(logp_fn, theta, psi, n_traj)
+            self.grads.append((theta.detach().clone(), g))
+            return g
+
+        def spy_hvp(logp_fn, theta, psi, traj, n_traj, v):
+            out = hvp(logp_fn, theta, psi, traj, n_traj, v)
+            self.hvps.append((theta.detach().clone(), v.clone(), out))
+            return out
+
+        algo.collect = spy_collect
+        monkeypatch.setattr(npg, "surrogate_gradient", spy_grad)
+        monkeypatch.setattr(npg, "surrogate_hvp", spy_hvp)
+
+
+def _iterate(algo, n: int):
+    """Runs n iterations; per iteration (θ_t, θ_{t+1}, d_{t−1}, d_t, θ_{t−1} as carried, metrics)."""
+    out = []
+    for _ in range(n):
+        theta, prev, d_prev = (algo.flat.param.detach().clone(), algo.theta_prev.clone(),
+                               algo.d.clone())
+        algo.train_iteration()
+        out.append((theta, algo.flat.param.detach().clone(), d_prev, algo.d.clone(), prev,
+                    dict(algo.metrics)))
+    return out
+
+
+def _close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-2)
+
+
+# γ_t and η_t of the reference's optimisers, by hand; t = 0 is the first step (iteration −1 + 1)
+REFERENCE_SCHEDULES = {
+    "pg": lambda t, g0, e0: (g0 * (2 / (t + 2)) ** (2 / 3), 1.0),
+    "npg-momentum": lambda t, g0, e0: (g0 * 2 / (t + 2), e0 * (2 / (t + 2)) ** (2 / 3)),
+    "npg-igt": lambda t, g0, e0: (g0 * 2 / (t + 2), e0 * (2 / (t + 2)) ** 0.8),
+    "n-harpg": lambda t, g0, e0: (g0 * 2 / (t + 2), e0 * 2 / (t + 2)),
+    "harpg": lambda t, g0, e0: (g0 * (2 / (t + 2)) ** 0.5, e0 * 2 / (t + 2)),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_schedules_start_where_the_reference_starts(method, tmp_path):
+    """The first step uses γ_0 and η_0 (capped at 1), the second γ_1 and η_1, … — in the pure
+    schedule and in what train_iteration logs and uses."""
+    for t in range(4):
+        assert schedule(method, t, 0.3, 0.9) == pytest.approx(REFERENCE_SCHEDULES[method](t, 0.3, 0.9))
+    a = _small(method, tmp_path, gamma0=0.02, eta0=0.9)
+    for t, (theta, new, *_, metrics) in enumerate(_iterate(a, 3)):
+        gamma, eta = REFERENCE_SCHEDULES[method](t, 0.02, 0.9)
+        assert metrics["step_size"] == pytest.approx(gamma, rel=1e-12)
+        assert metrics["momentum"] == pytest.approx(eta, rel=1e-12)
+        if NORMALISED[method]:
+            assert torch.linalg.vector_norm(new - theta).item() == pytest.approx(gamma, rel=1e-4)
+    a.close()
+
+
+def _features(obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = obs.double().clamp(-10, 10)
+    k = t.double()[:, None] / 100
+    return torch.cat([o, o * o, k, k * k, k ** 3, torch.ones_like(k)], 1)
+
+
+def test_pg_step_is_gamma_times_the_per_trajectory_discounted_gradient(tmp_path, monkeypatch):
+    """θ_{t+1} − θ_t = γ_t ĝ with ĝ = (1/N) Σ_i Σ_k ∇log π(a_k|s_k) γ^k (G_k − b(s_k, k)), recomputed
+    here from the batch pg collected; b is the ridge fit on the previous batch's (s, k) → G."""
+    import copy
+
+    a = _small("pg", tmp_path, gamma0=0.003)
+    spy = Spy(a, monkeypatch)
+    gamma = a.cfg.gamma
+    w_fit = torch.zeros(2 * a.obs_dim + 4, dtype=torch.float64)
+    for t in range(2):
+        policy = copy.deepcopy(a.policy)
+        theta = a.flat.param.detach().clone()
+        a.train_iteration()
+        (point, min_steps, b), = spy.collects[t:]
+        _close(point, theta, 0)
+        assert min_steps == 40
+        rew, k = b.rewards.double(), b.t.double()
+        ret = torch.zeros_like(rew)  # G_k = Σ_{t'≥k} γ^{t'−k} r_{t'} within its trajectory
+        for i in reversed(range(len(rew))):
+            last = i + 1 == len(rew) or b.traj[i + 1] != b.traj[i]
+            ret[i] = rew[i] + (0.0 if last else gamma * ret[i + 1])
+        psi = gamma ** k * (ret - _features(b.obs, b.t) @ w_fit)
+        params = list(policy.parameters())
+        logp = policy.log_prob_entropy(b.obs, b.actions)[0]
+        grads = torch.autograd.grad((psi.float() * logp).sum() / b.n_traj, params)
+        g = torch.cat([x.reshape(-1) for x in grads])
+        step = REFERENCE_SCHEDULES["pg"](t, 0.003, 1.0)[0]
+        _close(a.flat.param.detach() - theta, step * g)
+        # the baseline for the next batch: ridge regression of this batch's G on its features
+        x = _features(b.obs, b.t)
+        w_fit = torch.linalg.solve(x.T @ x + 1e-5 * torch.eye(x.shape[1], dtype=x.dtype),
+                                   x.T @ ret)
+        torch.testing.assert_close(a.baseline_w, w_fit, rtol=1e-6, atol=1e-8)
+    assert w_fit.abs().sum() > 0
+    a.close()
+
+
+@pytest.mark.parametrize("eta0", [1.0, 0.6])
+def test_npg_igt_samples_at_the_extrapolation_of_the_carried_previous_iterate(eta0, tmp_path,
+                                                                          monkeypatch):
+    """θ̃_t = θ_t + ((1−η_t)/η_t)(θ_t − θ_{t−1}) with θ_{t−1} the last iterate (θ̃_0 = θ_0);
+    d_t = (1−η_t) d_{t−1} + η_t ĝ(θ̃_t) with d_0 = ĝ(θ_0); θ_{t+1} = θ_t + γ_t d_t/‖d_t‖."""
+    a = _small("npg-igt", tmp_path, gamma0=0.1, eta0=eta0)
+    spy = Spy(a, monkeypatch)
+    steps = _iterate(a, 4)
+    for t, (theta, new, d_prev, d, prev, _) in enumerate(steps):
+        gamma, eta = REFERENCE_SCHEDULES["npg-igt"](t, 0.1, eta0)
+        if t == 0:
+            _close(prev, theta, 0)
+            want_point = theta
+        else:
+            _close(prev, steps[t - 1][0], 0)  # θ_{t−1} carried between iterations
+            want_point = theta + (1 - eta) / eta * (theta - prev)
+            assert torch.linalg.vector_norm(want_point - theta) > 1e-3
+        point, min_steps, _ = spy.collects[t]
+        assert min_steps == 40
+        _close(point, want_point)
+        _close(spy.grads[t][0], want_point)
+        g = spy.grads[t][1]
+        _close(d, g if t == 0 else (1 - eta) * d_prev + eta * g)
+        _close(new, theta + gamma * d / torch.linalg.vector_norm(d))
+    a.close()
+
+
+@pytest.mark.parametrize("method", ["n-harpg", "harpg"])
+def test_harpg_corrects_with_the_hessian_at_a_random_point_of_the_last_step(method, tmp_path,
+                                                                          monkeypatch):
+    """Per iteration: the Hessian batch at θ̂ = qθ_t + (1−q)θ_{t−1} (q the run's next uniform),
+    v_t = B̂(θ̂)(θ_t − θ_{t−1}) non-zero from t = 1, the gradient batch at θ_t, and
+    d_t = (1−η_t)(d_{t−1} + v_t) + η_t ĝ(θ_t) (d_0 = ĝ_0), stepped normalised or plain."""
+    import copy
+
+    gamma0 = 0.1 if method == "n-harpg" else 0.002
+    a = _small(method, tmp_path, gamma0=gamma0, eta0=0.8)
+    spy = Spy(a, monkeypatch)
+    rng = copy.deepcopy(a.np_rng)
+    steps = _iterate(a, 4)
+    for t, (theta, new, d_prev, d, prev, metrics) in enumerate(steps):
+        gamma, eta = REFERENCE_SCHEDULES[method](t, gamma0, 0.8)
+        q = rng.uniform()
+        (hess_point, hess_steps, _), (grad_point, grad_steps, _) = spy.collects[2 * t: 2 * t + 2]
+        assert (hess_steps, grad_steps) == (20, 40)
+        _close(hess_point, q * theta + (1 - q) * prev)
+        _close(grad_point, theta, 0)
+        point, v, correction = spy.hvps[t]
+        _close(point, hess_point, 0)
+        _close(v, theta - prev, 0)
+        g = spy.grads[t][1]
+        if t == 0:
+            _close(d, g)
+            continue
+        _close(prev, steps[t - 1][0], 0)
+        _close(d, (1 - eta) * (d_prev + correction) + eta * g)
+        # the correction is large enough to matter in d_t
+        norm = torch.linalg.vector_norm
+        assert norm((1 - eta) * correction) > 1e-3 * norm(d)
+        assert metrics["correction_norm"] == pytest.approx(norm(correction).item(), rel=1e-5)
+        step = gamma * d / norm(d) if NORMALISED[method] else gamma * d
+        _close(new, theta + step)
+    a.close()
+
+
+def test_npg_momentum_averages_gradients_at_the_iterates(tmp_path, monkeypatch):
+    """d_t = (1−η_t) d_{t−1} + η_t ĝ(θ_t), d_0 = ĝ(θ_0) even with η_0 < 1 (`first_direction:
+    scaled` gives η_0 ĝ(θ_0)), θ_{t+1} = θ_t + γ_t d_t/‖d_t‖."""
+    for first in ("gradient", "scaled"):
+        a = _small("npg-momentum", tmp_path / first, gamma0=0.1, eta0=0.5, first_direction=first)
+        spy = Spy(a, monkeypatch)
+        for t, (theta, new, d_prev, d, _, _) in enumerate(_iterate(a, 3)):
+            gamma, eta = REFERENCE_SCHEDULES["npg-momentum"](t, 0.1, 0.5)
+            _close(spy.collects[t][0], theta, 0)
+            g = spy.grads[t][1]
+            mix = 1.0 if t == 0 and first == "gradient" else eta
+            _close(d, (1 - mix) * d_prev + mix * g)
+            _close(new, theta + gamma * d / torch.linalg.vector_norm(d))
+        a.close()
+    with pytest.raises(UserError, match="first_direction"):
+        _small("npg-momentum", tmp_path / "bad", first_direction="zero")

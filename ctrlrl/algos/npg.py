@@ -13,15 +13,32 @@ where they sample and how they combine gradients into the direction d_t (θ asce
   d_t = (1−η_t)(d_{t−1} + v_t) + η_t ĝ(θ_t); normalised step with γ_t = γ_0·2/(t+2) (n-harpg) or
   plain θ_{t+1} = θ_t + γ_t d_t with γ_t = γ_0 (2/(t+2))^{1/2} (harpg); η_t = η_0·2/(t+2).
 
-η_t is capped at 1; `const_eta: true` holds η_t = η_0 (η = 1 turns every momentum method into
-normalised PG). d_{−1} = 0 and θ_{−1} = θ_0, so at t = 0 there is neither extrapolation nor a
-Hessian correction, and with the default η_0 = 1 the momentum starts from the first gradient,
-as in the reference code. HARPG still draws its Hessian batch at t = 0 (the correction is then
-B̂·0 = 0): every iteration costs the same samples, so budgets and resumes line up with
-iterations. The update rules are the pure functions `schedule`, `igt_point`, `harpg_point`,
-`direction` and `ascent_step` below, combined by `npg_update` over a gradient oracle ĝ(point)
-and a Hessian-vector oracle B̂(point)·v: the exactness tests drive that same function with
-exact gradients of a quadratic.
+Where the schedules start, as in the reference code (`torch/optimizers/SGDM_optimizer.py`,
+`NIGT_optimizer.py`, `STORMHess_optimizer.py` of aabkn/Stochastic-Policy-Gradient-Methods): the
+iteration counter is 0 at the first step (`iteration = -1`, incremented before `update_gamma` /
+`update_eta`), so γ at the first step is γ_0 and η is η_0; the exponents above are those files'
+`update_gamma` / `update_eta`. The first direction is the first gradient, d_0 = ĝ_0, whatever η_0
+(the reference's momentum buffer is created as a copy of the first gradient: SGDM_optimizer.py
+`compute_grad_estimator`, STORMHess_optimizer.py `compute_grad_estimator`); `first_direction:
+scaled` instead takes d_{−1} = 0, i.e. d_0 = η_0 ĝ_0 (the same with the default η_0 = 1).
+θ_{−1} = θ_0, so at t = 0 there is neither extrapolation nor a Hessian correction. η_t is capped
+at 1; `const_eta: true` holds η_t = η_0 (η = 1 turns every momentum method into normalised PG).
+HARPG still draws its Hessian batch at t = 0 (the correction is then B̂·0 = 0): every iteration
+costs the same samples, so budgets and resumes line up with iterations.
+
+Where this module follows the paper (ALGORITHMS.md §6) rather than the reference code:
+- IGT extrapolates with the current η_t, which makes the transport exact on quadratics; the
+  reference moves to the line point before `step()` updates η, i.e. with η_{t−1}
+  (NIGT_optimizer.py `update_model_to_line_point`, called first in `NIGT._train_once`).
+- The Hessian estimate pairs each trajectory's score with its own surrogate gradient, with the
+  sign of ∇²J; the reference pairs step-averaged quantities, and its second term ∇L·(∇L_logp·v)
+  is formed from two loss gradients (L = −objective), so it enters with the sign opposite to the
+  Hessian term (STORMHess_optimizer.py `step`, `hvp_full_p`).
+
+The update rules are the pure functions `schedule`, `igt_point`, `harpg_point`, `direction` and
+`ascent_step` below, combined by `npg_update` over a gradient oracle ĝ(point) and a
+Hessian-vector oracle B̂(point)·v: the exactness tests drive that same function with exact
+gradients of a quadratic.
 
 Estimators (per whole trajectory τ_i, i = 1..N, averaged over trajectories):
 - GPOMDP surrogate Φ_i(θ) = Σ_k log π_θ(a_k|s_k) Ψ_k with Ψ_k = Σ_{t≥k} γ^t r_t − γ^k b(s_k, k),
@@ -36,6 +53,14 @@ Estimators (per whole trajectory τ_i, i = 1..N, averaged over trajectories):
   per-trajectory loop: one forward-mode JVP gives u_k = ∇log π_k·v for every step, c_i = Σ_{k∈i} u_k,
   and one double backward of (∇ΣΦ_i)·v + Σ_k c_{i(k)} Ψ_k log π_k gives N·B̂v. Memory stays linear
   in the parameter count (no Hessian matrix is ever formed).
+
+Step sizes of the unnormalised methods (pg, harpg): γ_0 multiplies ĝ, whose scale is not the
+reference's. The reference steps along the gradient of garage's per-step mean loss,
+(1/Σ_i T_i) Σ_{i,k} ∇log π_k (G_k − b_k) with G_k = Σ_{t≥k} γ^{t−k} r_t; ĝ is larger by about Σ_k γ^k
+over an episode (not by the horizon). The presets convert the authors' tuned γ_0 by the ratio
+‖ĝ‖/‖ĝ_ref‖ measured on the same batch at θ_0 (`benchmarks/pg_step_calibration.py`; the
+numbers are in the presets' comments). The normalised methods' γ_0 is a step length and needs no
+conversion.
 
 Sampling and sample counting: an iteration collects whole trajectories (each from a reset, to
 termination or the env's time limit, or `horizon` if set) until at least `batch_steps` env
@@ -127,31 +152,35 @@ class UpdateInfo:
 
 def npg_update(method: str, theta: torch.Tensor, theta_prev: torch.Tensor, d_prev: torch.Tensor,
                t: int, gamma0: float, eta0: float, grad: Oracle, hvp: HvpOracle | None = None,
-               q: float = 0.5, const_eta: bool = False) -> tuple[torch.Tensor, UpdateInfo]:
+               q: float = 0.5, const_eta: bool = False,
+               first_direction: str = "gradient") -> tuple[torch.Tensor, UpdateInfo]:
     """One iteration of `method`: returns θ_{t+1} and what it used.
 
     `grad(point)` estimates ∇J(point); `hvp(point, v)` estimates ∇²J(point)·v (HARPG only; called
-    at t = 0 too, with v = 0, so that every iteration draws the same batches).
+    at t = 0 too, with v = 0, so that every iteration draws the same batches). At t = 0 the
+    direction is ĝ_0 (`first_direction="gradient"`) or η_0 ĝ_0 (`"scaled"`, d_{−1} = 0).
     """
     if method not in METHODS:
         raise UserError(f"method {method!r} is not known; use one of {METHODS}")
     gamma, eta = schedule(method, t, gamma0, eta0, const_eta)
+    # the weight of the fresh estimate in d_t: all of it at t = 0 when d_0 = ĝ_0
+    mix = 1.0 if t == 0 and first_direction == "gradient" else eta
     correction = None
     if method == "pg":
         g = d = grad(theta)
     elif method == "npg-momentum":
         g = grad(theta)
-        d = direction(d_prev, g, eta)
+        d = direction(d_prev, g, mix)
     elif method == "npg-igt":
         g = grad(igt_point(theta, theta_prev, eta) if t > 0 else theta)
-        d = direction(d_prev, g, eta)
+        d = direction(d_prev, g, mix)
     else:
         shift = theta - theta_prev
         if hvp is None:
             raise ValueError(f"{method} needs a Hessian-vector oracle")
         correction = hvp(harpg_point(theta, theta_prev, q), shift)
         g = grad(theta)
-        d = direction(d_prev, g, eta, correction)
+        d = direction(d_prev, g, mix, correction)
     return ascent_step(theta, d, gamma, NORMALISED[method]), UpdateInfo(gamma, eta, g, d,
                                                                          correction)
 
@@ -221,6 +250,7 @@ class NPGConfig:
     gamma0: float = 0.1  # γ_0, initial step size
     eta0: float = 1.0  # η_0, initial momentum weight of the fresh estimate
     const_eta: bool = False  # η_t = η_0 for all t
+    first_direction: str = "gradient"  # d_0 = ĝ_0 (reference) | scaled: d_0 = η_0 ĝ_0 (d_{−1} = 0)
     gamma: float = 0.99  # discount
     horizon: int = 0  # trajectory cap in steps; 0: the env's own time limit
     baseline: str = "linear"  # linear | none
@@ -236,6 +266,9 @@ class NPGConfig:
                      widths=("hidden_sizes",))
         if self.baseline not in ("linear", "none"):
             raise UserError(f"setting baseline={self.baseline!r}: use linear or none")
+        if self.first_direction not in ("gradient", "scaled"):
+            raise UserError(f"setting first_direction={self.first_direction!r}: use gradient or "
+                            "scaled")
 
 
 @dataclass
@@ -388,7 +421,7 @@ class PG(Algorithm):
 
         q = float(self.np_rng.uniform()) if self.method in ("n-harpg", "harpg") else 0.5
         new, info = npg_update(self.method, theta, self.theta_prev, self.d, t, cfg.gamma0,
-                               cfg.eta0, grad, hvp, q, cfg.const_eta)
+                               cfg.eta0, grad, hvp, q, cfg.const_eta, cfg.first_direction)
         with torch.no_grad():
             self.flat.param.copy_(new)
         self.theta_prev, self.d = theta, info.d
