@@ -59,13 +59,14 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 # env and step budgets per algorithm: N steps for a first segment, a multiple of log_every
-# (and of n_steps × n_envs for PPO) so a resumed run logs at the same steps as a straight one
+# (and of n_steps × n_envs for PPO; orpo: twice that, its base steps count) so a resumed run logs
+# at the same steps as a straight one
 ENV = {"ppo": "Pendulum-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1", "mdpo": "Pendulum-v1",
        "mdpo-off": "Pendulum-v1", "pdppo": "ctrlrl/LotSizing-15x5-v0", "td3bc": "Hopper-v5",
        "bc": "Hopper-v5", "a2pr": "Hopper-v5", "odice": "Hopper-v5", "orpo": "ctrlrl/Tomato-v0",
        "ppo-adreg": "ctrlrl/Tomato-v0"}
 STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128,
-         "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100, "orpo": 256, "ppo-adreg": 256}
+         "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100, "orpo": 512, "ppo-adreg": 256}
 # the PG family (issue 10): iterations are whole trajectories (≤ 50 steps here) until ≥ 100 steps
 # (Pendulum: fixed-length trajectories, so every iteration takes the same steps and the budgets
 # below fall on iteration boundaries; tests/test_npg.py covers discrete envs)
