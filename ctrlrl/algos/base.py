@@ -35,7 +35,7 @@ from ctrlrl.core.buffers import (
 )
 from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
-from ctrlrl.core.envs import VecEnv, is_continuing
+from ctrlrl.core.envs import Step, VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import evaluate_episodes, normalized_score
 from ctrlrl.core.logger import Logger
@@ -450,6 +450,7 @@ class OnPolicyAlgorithm(Algorithm):
                 action_np = action_np.astype(np.int64)
             self.on_action(action_np)
             step = self.env.step(self.to_env_action(action_np))
+            self.on_step(step)
             reward = step.reward
             truncated = step.truncated & ~step.terminated
             if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
@@ -471,6 +472,10 @@ class OnPolicyAlgorithm(Algorithm):
     def on_action(self, action: np.ndarray) -> None:
         """Called with each rollout action before the env steps (the env's current observation is
         `self.env.obs`, raw `self.env.raw_obs`); PDPPO records the post-decision state here."""
+
+    def on_step(self, step: Step) -> None:
+        """Called with each vector step's result before it enters the rollout (row
+        `self.rollout.pos`); PDPPO bootstraps its post-decision return where an episode is cut."""
 
     def on_rollout_full(self, rollout: RolloutBuffer) -> None:
         """Called once the rollout is full, before GAE: may change `rollout.rewards` in place

@@ -161,6 +161,7 @@ class Step:
     # the same episodes' true returns, when the env reports `info["true_reward"]` (reward-hacking
     # envs, whose reward is a proxy); empty otherwise
     true_returns: list[float] = field(default_factory=list)
+    raw_next_obs: np.ndarray | None = None  # `next_obs` as the env gave it (no normalisation)
 
     @property
     def done(self) -> np.ndarray:
@@ -280,7 +281,8 @@ class VecEnv:
         self.obs, self.raw_obs = self.normalize_obs(raw_obs), raw_obs
         next_obs = self.obs if raw_next is raw_obs else self.normalize_obs(raw_next)
         return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward,
-                    np.asarray(terminated), np.asarray(truncated), episodes, true_returns)
+                    np.asarray(terminated), np.asarray(truncated), episodes, true_returns,
+                    raw_next)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue stepping exactly where this env stands."""
