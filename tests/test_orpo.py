@@ -7,10 +7,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_one_line_error, make_algo, read_metrics, run_cli
 
 import ctrlrl
-from ctrlrl.algos.orpo import action_divergence, fit_discriminator, om_penalty
+from ctrlrl.algos import orpo as orpo_module
+from ctrlrl.algos.orpo import ORPOConfig, action_divergence, fit_discriminator, om_penalty
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import MLP, CategoricalPolicy, GaussianPolicy, adam
 from ctrlrl.envs.tomato import TomatoEnv
@@ -97,23 +99,24 @@ def test_action_divergences_match_their_definitions():
 def test_tomato_rewards_and_drying():
     env = TomatoEnv()
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (35,) and env.n_cells == 26 and env.n_tomatoes == 9
+    assert obs.shape == (36,) and env.n_cells == 26 and env.n_tomatoes == 9
+    flags = slice(env.n_cells, env.n_cells + env.n_tomatoes)
     assert obs[env.start] == 1 and obs[env.n_cells:].sum() == 0
     # start (4,1): down steps onto the tomato at (5,1) and waters it
     obs, reward, terminated, _, info = env.step(2)
     assert info["true_reward"] == pytest.approx(0.02) and reward == pytest.approx(0.02)
-    assert obs[env.n_cells:].sum() == 1 and not terminated
+    assert obs[flags].sum() == 1 and not terminated
     # walk right along row 4 to (4,5): (5,1) is more than 3 away from there and dries
     for action in (3, 0, 0, 0, 0):
         obs, reward, *_ = env.step(action)
-    assert env.cells[env.cell] == (4, 5) and obs[env.n_cells:].sum() == 0
+    assert env.cells[env.cell] == (4, 5) and obs[flags].sum() == 0
     # down to (5,5) (a tomato), (6,5), (7,5), then left to the bucket at (7,1)
     for action in (2, 2, 2, 1, 1, 1):
         obs, reward, _, _, info = env.step(action)
     assert env.cells[env.cell] == (7, 2)
     obs, reward, _, _, info = env.step(1)
     assert env.cell == env.bucket
-    watered = obs[env.n_cells:].sum()
+    watered = obs[flags].sum()
     assert reward == pytest.approx(0.52)
     assert info["true_reward"] == pytest.approx(0.02 * watered) and info["proxy_reward"] == reward
     # walls block: left from the bucket stays put
@@ -123,6 +126,34 @@ def test_tomato_rewards_and_drying():
     true_env.reset(seed=0)
     true_env.cell = true_env.bucket
     assert true_env.step(1)[1] == pytest.approx(0.0)
+
+
+def test_tomato_bucket_bit():
+    """The reference's observation ends with a "bucket visited" bit: 0 until the agent first steps
+    onto the bucket, then 1 to the end of the episode; the -nobit ids drop it (and only it)."""
+    env, nobit = gym.make("ctrlrl/Tomato-v0"), gym.make("ctrlrl/Tomato-true-nobit-v0")
+    assert env.observation_space.shape == (36,) and nobit.observation_space.shape == (35,)
+    assert gym.make("ctrlrl/Tomato-nobit-v0").observation_space.shape == (35,)
+    obs, _ = env.reset(seed=0)
+    obs_nobit, _ = nobit.reset(seed=0)
+    bits = [obs[-1]]
+    # start (4,1) → right along row 4 to (4,5), down to (7,5), left to the bucket at (7,1), then back
+    path = (0, 0, 0, 0, 2, 2, 2, 1, 1, 1, 1, 0, 0)
+    for step, action in enumerate(path):
+        obs, *_ = env.step(action)
+        obs_nobit, *_ = nobit.step(action)
+        bits.append(obs[-1])
+        np.testing.assert_array_equal(obs[:-1], obs_nobit)
+        if step == 10:
+            assert env.unwrapped.cell == env.unwrapped.bucket
+    assert bits == [0.0] * 11 + [1.0] * 3  # set on arrival, kept after leaving
+    assert env.reset(seed=1)[0][-1] == 0.0
+    # the scripted base reads cells and tomatoes only
+    base = env.unwrapped.base_action_probs
+    flipped = obs.copy()
+    flipped[-1] = 1 - flipped[-1]
+    np.testing.assert_array_equal(base(obs[None]), base(flipped[None]))
+    np.testing.assert_array_equal(base(obs[None]), nobit.unwrapped.base_action_probs(obs[None, :-1]))
 
 
 def test_tomato_base_policy_is_safe_and_better_than_random():
@@ -148,7 +179,7 @@ def test_tomato_base_policy_is_safe_and_better_than_random():
 
 # ---- the algorithms ---------------------------------------------------------------------------
 def test_true_reward_is_logged(tmp_path):
-    algo = make_algo("orpo", tmp_path / "r", eval_every=200, eval_episodes=2).learn()
+    algo = make_algo("orpo", tmp_path / "r", total_steps=512, eval_every=200, eval_episodes=2).learn()
     algo.close()
     rows = read_metrics(tmp_path / "r")
     assert any("rollout/true_ep_rew_mean" in r for r in rows)
@@ -157,29 +188,209 @@ def test_true_reward_is_logged(tmp_path):
     assert train and all(np.isfinite(r["train/penalty"]) for r in train)
 
 
+def gae_rewards(algo) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Spies on one orpo run: the env's rewards of each rollout, and the rewards GAE is given."""
+    env_rewards, gae_input = [], []
+    on_full, finish = algo.on_rollout_full, algo.rollout.finish
+
+    def spy_full(rollout):
+        env_rewards.append(rollout.rewards.copy())
+        on_full(rollout)
+
+    def spy_finish(*args, **kwargs):
+        gae_input.append(algo.rollout.rewards.copy())
+        return finish(*args, **kwargs)
+
+    algo.on_rollout_full, algo.rollout.finish = spy_full, spy_finish
+    return env_rewards, gae_input
+
+
+def rollout_logits(algo) -> np.ndarray:
+    """d(s, a) of the last rollout's samples (the discriminator is unchanged by the PPO update)."""
+    n = algo.cfg.n_steps * algo.run.n_envs
+    with torch.no_grad():
+        current = algo.disc_input(torch.as_tensor(algo.rollout.obs.reshape(n, -1)),
+                                  torch.as_tensor(algo.rollout.actions.reshape(n, -1)))
+        return algo.disc(current).squeeze(-1).numpy().astype(np.float64)
+
+
+def test_defaults_follow_the_reference():
+    """ORPOConfig's defaults: no penalty clip (discriminator_reward_clip = np.inf), the base
+    policy's steps inside the budget and half of each batch (percent_safe_policy = 0.5)."""
+    cfg = ORPOConfig()
+    assert cfg.penalty_clip == np.inf and cfg.base_steps_in_budget is True
+    assert cfg.base_fraction == 0.5 and cfg.divergence == "sqrt_chi2" and cfg.state_only is False
+
+
 @pytest.mark.parametrize("coef", [2.0, -2.0])
 def test_orpo_penalty_is_subtracted_from_rewards(coef, tmp_path):
     """The rewards GAE sees are the env's minus λ·penalty(d), clipped: with the KL penalty every
     reward moves by λ·d or by ±penalty_clip. A negative λ rewards divergence instead."""
     algo = make_algo("orpo", tmp_path / "r", reg_coef=coef, divergence="kl", penalty_clip=0.3)
-    raw = []
-    original = algo.on_rollout_full
-
-    def spy(rollout):
-        raw.append(rollout.rewards.copy())
-        original(rollout)
-        raw.append(rollout.rewards.copy())
-
-    algo.on_rollout_full = spy
+    env_rewards, gae_input = gae_rewards(algo)
     algo.train_iteration()
-    n = algo.cfg.n_steps * algo.run.n_envs
+    expected = np.clip(coef * rollout_logits(algo), -0.3, 0.3).reshape(env_rewards[0].shape)
+    assert np.allclose(env_rewards[0] - gae_input[0], expected, atol=1e-5)
+    assert np.abs(expected).max() > 0
+    algo.close()
+
+
+def test_orpo_default_penalty_is_unclipped_sqrt_chi2(tmp_path):
+    """Default divergence: (e^d − 1)/√χ̂², χ̂² the 1%-trimmed mean of e^d − 1 over the rollout,
+    times λ, subtracted without a clip (λ large here, so a clip at 10 would show)."""
+    algo = make_algo("orpo", tmp_path / "r", reg_coef=1000.0, penalty_clip=np.inf)
+    env_rewards, gae_input = gae_rewards(algo)
+    algo.train_iteration()
+    chi2 = np.expm1(rollout_logits(algo))
+    cut = int(0.01 * len(chi2))
+    trimmed = np.sort(chi2)[cut:len(chi2) - cut].mean()
+    assert cut >= 1 and trimmed > 0
+    expected = (1000.0 * chi2 / np.sqrt(trimmed)).reshape(env_rewards[0].shape)
+    shift = env_rewards[0] - gae_input[0]
+    assert np.abs(shift).max() > 10
+    np.testing.assert_allclose(shift, expected, rtol=1e-4, atol=1e-3)
+    algo.close()
+
+
+def test_discriminator_loss_sign_convention():
+    """softplus(−d(current)) + softplus(d(base)): the loss reported is that of the starting
+    weights, and training drives d up on current samples and down on base samples."""
+    current, base = torch.ones(8, 1), torch.full((8, 1), 2.0)
+    disc = torch.nn.Linear(1, 1)
     with torch.no_grad():
-        current = algo.disc_input(torch.as_tensor(algo.rollout.obs.reshape(n, -1)),
-                                  torch.as_tensor(algo.rollout.actions.reshape(n, -1)))
-        d = algo.disc(current).squeeze(-1).numpy()
-    expected = np.clip(coef * d, -0.3, 0.3).reshape(raw[0].shape)
-    assert np.allclose(raw[0] - raw[1], expected, atol=1e-5)
-    assert np.abs(raw[0] - raw[1]).max() > 0
+        disc.weight.fill_(0.5)
+        disc.bias.fill_(0.0)
+    loss = fit_discriminator(disc, torch.optim.SGD(disc.parameters(), lr=0.0), current, base,
+                             epochs=1, batch_size=8)
+    # d(current) = 0.5, d(base) = 1.0
+    assert loss.item() == pytest.approx(float(F.softplus(torch.tensor(-0.5)) + F.softplus(torch.tensor(1.0))))
+    fit_discriminator(disc, torch.optim.SGD(disc.parameters(), lr=0.5), current, base, epochs=200,
+                      batch_size=8)
+    with torch.no_grad():
+        assert disc(current[:1]).item() > 1.0 and disc(base[:1]).item() < -1.0
+
+
+def test_occupancy_kl_estimate_is_zero_for_the_base_and_positive_otherwise(tmp_path):
+    """On the real machinery (one iteration, mean d over the learner's samples): a learner that
+    starts as the base (init_from_base) gives ≈ 0; a fresh, near-uniform learner against the
+    scripted base (which walks to the tomatoes) gives a clearly positive KL."""
+    base = _base_checkpoint(tmp_path)
+    small = {"n_envs": 16, "n_steps": 256, "disc_epochs": 5, "disc_batch_size": 256,
+             "disc_hidden_sizes": [32, 32], "disc_learning_rate": 3e-3}
+    same = make_algo("orpo", tmp_path / "same", base_policy=str(base), init_from_base=True, **small)
+    same.train_iteration()
+    other = make_algo("orpo", tmp_path / "other", **small)
+    other.train_iteration()
+    kl_same, kl_other = float(same.metrics["om_kl"]), float(other.metrics["om_kl"])
+    assert abs(kl_same) < 0.4 and kl_other > 1.0, (kl_same, kl_other)
+    assert float(same.metrics["action_kl"]) < 0.01 < 1.0 < float(other.metrics["action_kl"])
+    same.close()
+    other.close()
+
+
+def test_base_rollout_samples_the_base_in_its_own_envs(tmp_path, monkeypatch):
+    """The base policy acts on the base envs' observations and its actions step those envs; the
+    discriminator gets the learner's rollout (sampled by the learner's policy) as `current` and
+    exactly the base's samples as `base`."""
+    algo = make_algo("orpo", tmp_path / "r")
+    n = algo.run.n_envs
+    seen_obs, sampled = [], []
+    sample = algo.base.sample
+
+    def spy_sample(raw_obs):
+        np.testing.assert_array_equal(raw_obs, algo.base_env.raw_obs.reshape(n, -1))
+        seen_obs.append(raw_obs.copy())
+        sampled.append(np.asarray(sample(raw_obs)))
+        return sampled[-1]
+
+    fitted = {}
+    fit = orpo_module.fit_discriminator
+
+    def spy_fit(disc, optimizer, current, base, *args):
+        fitted["current"], fitted["base"] = current.clone(), base.clone()
+        rollout = algo.rollout
+        obs = torch.as_tensor(rollout.obs.reshape(-1, algo.obs_dim))
+        actions = torch.as_tensor(rollout.actions.reshape(-1))
+        with torch.no_grad():  # the learner's rollout: its log-probs are the learner policy's
+            logp = algo.policy.dist_params(obs).gather(1, actions.long()[:, None]).squeeze(1)
+        np.testing.assert_allclose(logp.numpy(), rollout.log_probs.reshape(-1), atol=1e-5)
+        return fit(disc, optimizer, current, base, *args)
+
+    algo.base.sample = spy_sample
+    monkeypatch.setattr(orpo_module, "fit_discriminator", spy_fit)
+    algo.train_iteration()
+    assert len(sampled) == algo.base_steps
+    n_act = algo.env.action_space.n
+    expected_base = np.concatenate([np.concatenate([o, np.eye(n_act)[a]], 1)
+                                    for o, a in zip(seen_obs, sampled, strict=True)])
+    np.testing.assert_array_equal(fitted["base"].numpy(), expected_base)
+    rollout = algo.rollout
+    expected_current = np.concatenate(
+        [rollout.obs.reshape(-1, algo.obs_dim), np.eye(n_act)[rollout.actions.reshape(-1).astype(int)]], 1)
+    np.testing.assert_array_equal(fitted["current"].numpy(), expected_current)
+    # the base walks the base envs: their observations move on while the learner's stay put
+    assert not np.array_equal(seen_obs[0], seen_obs[-1])
+    algo.close()
+
+
+@pytest.mark.parametrize("in_budget", [True, False])
+def test_base_steps_budget(in_budget, tmp_path, monkeypatch):
+    """By default an iteration spends its learner's and its base's env steps of total_steps (half
+    and half); base_steps_in_budget=false spends only the learner's. The schedule (annealed
+    learning rate) counts iterations and the budget the same way."""
+    algo = make_algo("orpo", tmp_path / "r", total_steps=512, base_steps_in_budget=in_budget,
+                     anneal_lr=True)
+    learner = algo.cfg.n_steps * algo.run.n_envs
+    assert algo.base_steps * algo.run.n_envs == learner  # base_fraction 0.5
+    schedules, update = [], algo.update
+
+    def spy_update(rollout):
+        schedules.append(algo.rollout_schedule())
+        update(rollout)
+
+    algo.update = spy_update
+    algo.learn()
+    per_iteration = 2 * learner if in_budget else learner
+    k = 512 // per_iteration
+    assert algo.step == 512 and len(schedules) == k
+    assert schedules == [(i, 1.0 - i * per_iteration / 512) for i in range(k)]
+    assert algo.base_steps_taken == k * learner
+    algo.close()
+
+
+def test_adreg_loss_adds_scaled_kl_to_the_base(tmp_path):
+    """The gradient ppo-adreg steps with is PPO's plus that of λ/(1−γ)·mean_s KL(π(·|s) ‖
+    π_base(·|s)) over the minibatch's states, π_base the scripted base at those states' raw
+    observations. PPO's own loss is zeroed here so the regulariser's gradient stands alone."""
+    coef, gamma = 0.3, 0.9
+    algo = make_algo("ppo-adreg", tmp_path / "r", reg_coef=coef, gamma=gamma, max_grad_norm=1e9)
+    ppo_loss, regularizer = algo._loss, algo.regularizer
+    steps = []
+
+    def zero_ppo(b):
+        loss, stats, kl = ppo_loss(b)
+        return loss * 0.0, stats, kl
+
+    def spy_regularizer(b, idx):
+        steps.append({"obs": b.obs.clone(), "idx": idx.clone()})
+        return regularizer(b, idx)
+
+    def record_step():  # the optimiser does not move: every minibatch sees the same weights
+        steps[-1]["grad"] = algo.flat.param.grad.clone()
+
+    algo._loss, algo.regularizer, algo.optimizer.step = zero_ppo, spy_regularizer, record_step
+    algo.train_iteration()
+    assert len(steps) == algo.cfg.n_epochs * 2  # two minibatches of 64 per epoch
+    raw = algo.raw_obs.reshape(-1, algo.obs_dim)
+    probs_of = TomatoEnv().base_action_probs
+    for step in steps:
+        base = torch.as_tensor(probs_of(raw[step["idx"].numpy()]), dtype=torch.float32)
+        algo.flat.zero_grad()
+        logp = algo.policy.dist_params(step["obs"])
+        kl = (logp.exp() * (logp - base.log())).sum(-1).mean()
+        (coef / (1 - gamma) * kl).backward()
+        torch.testing.assert_close(step["grad"], algo.flat.param.grad, rtol=1e-4, atol=1e-6)
+        assert step["grad"].abs().max() > 1e-4
     algo.close()
 
 
@@ -187,7 +398,7 @@ def test_adreg_pulls_the_policy_towards_the_base(tmp_path):
     """A large λ makes the action distribution approach the scripted base's; λ = 0 does not."""
     kls = {}
     for coef in (0.0, 1.0):
-        algo = make_algo("ppo-adreg", tmp_path / f"c{coef}", total_steps=1280, reg_coef=coef,
+        algo = make_algo("ppo-adreg", tmp_path / f"c{coef}", total_steps=2560, reg_coef=coef,
                          learning_rate=3e-3)
         algo.learn()
         kls[coef] = read_metrics(tmp_path / f"c{coef}")[-1]["train/action_kl"]
@@ -199,12 +410,13 @@ def test_adreg_pulls_the_policy_towards_the_base(tmp_path):
 def test_tomato_hacking_and_orpo(tmp_path):
     """Acceptance 2, with the tomato presets (the reference's PPO settings): unregularised PPO on
     the proxy parks on the bucket (high proxy, low true return); orpo with its default λ keeps a
-    higher true return. 90k env steps each, seed 0 (~3 min on two cores)."""
+    higher true return. 90k learner env steps each (180k with the base's), seed 0 (~3 min on two
+    cores)."""
     import ctrlrl
 
     results = {}
     for name, overrides in (("hack", {"reg_coef": 0.0}), ("orpo", {})):
-        algo = ctrlrl.make("orpo", "ctrlrl/Tomato-v0", seed=0, total_steps=90_000,
+        algo = ctrlrl.make("orpo", "ctrlrl/Tomato-v0", seed=0, total_steps=180_000,
                            overrides={"progress": False, "tensorboard": False, "eval_every": 0,
                                       "device": "cpu", **overrides},
                            run_dir=str(tmp_path / name)).learn()

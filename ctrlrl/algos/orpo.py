@@ -6,35 +6,45 @@ scripted one (`base_policy: scripted`, e.g. the tomato gridworld's) or any ctrlr
 stochastic on-policy learner (`--base-policy PATH`, a run dir or .pt file, with the same observation
 and action spaces).
 
-`orpo`, each iteration:
+`orpo`, each iteration, as the reference `occupancy_measures/agents/orpo.py` (`ORPO.training_step`)
+does it:
 1. the current policy's rollout (PPO's), and alongside it a rollout of the base policy in a second
-   set of envs — `base_fraction` of all the env steps of the iteration (default 0.5, as the
-   reference's half of the workers);
+   set of envs — `base_fraction` of all the env steps of the iteration (default 0.5: the
+   reference's `percent_safe_policy = 0.5` of the workers, `experiments/orpo_experiments.py`
+   `create_multiagent`). Both count in `total_steps`, as the reference's env-step counter counts the
+   whole batch (`synchronous_parallel_sample(max_env_steps=train_batch_size)`): an iteration of
+   n_steps × n_envs learner steps spends n_steps × n_envs / (1 − base_fraction) of the budget.
+   `base_steps_in_budget: false` runs the base outside the budget instead (total_steps then counts
+   the learner's steps only; earlier ctrlrl versions);
 2. a discriminator d(s, a) (MLP 256-256 LeakyReLU; discrete actions one-hot, continuous actions
-   clipped to the box; `state_only` drops the action) trained for `disc_epochs` epochs of
-   `softplus(−d(current)) + softplus(d(base))`, so d ≈ log μ_π/μ_base at the optimum;
-3. per-sample penalty by `divergence`: kl `d`; chi2 `e^d − 1`; sqrt_chi2 (default)
-   `(e^d − 1)/√χ̂²` with χ̂² the 1%-trimmed mean of `e^d − 1` over the rollout (the penalty of
-   `e^d − 1` itself when χ̂² ≤ 0); tv `sign(d)`;
+   clipped to the box; `state_only` drops the action) trained before it scores the rollout (the
+   reference's `train_discriminator_first`) for `disc_epochs` epochs of
+   `softplus(−d(current)) + softplus(d(base))` (the reference's `_kl_discriminator_loss`), so
+   d ≈ log μ_π/μ_base at the optimum;
+3. per-sample penalty by `divergence` (the reference's `_*_discriminator_rewards`): kl `d`; chi2
+   `e^d − 1`; sqrt_chi2 (default) `(e^d − 1)/√χ̂²` with χ̂² the 1%-trimmed mean of `e^d − 1` over
+   the rollout (the penalty of `e^d − 1` itself when χ̂² ≤ 0); tv `sign(d)`;
 4. reward ← r̃ − clip(λ·penalty, ±penalty_clip) (`reg_coef` = λ; negative λ pushes away from the
-   base, e.g. from a known hacking policy), then GAE and PPO's update as usual. With
-   `normalize_reward` the penalty is subtracted from the normalised reward, so λ is then in units of
-   the normalised per-step reward.
+   base, e.g. from a known hacking policy), then GAE and PPO's update as usual. `penalty_clip` is
+   the reference's `discriminator_reward_clip`, by default infinite (`ORPOConfig`: `np.inf`; its
+   tomato experiments set 1000, as the tomato preset here); earlier ctrlrl versions clipped at 10.
+   With `normalize_reward` the penalty is subtracted from the normalised reward, so λ is then in
+   units of the normalised per-step reward.
 
-`ppo-adreg`: PPO's loss + (1/(1−γ))·λ·mean_s D(π(·|s) ‖ π_base(·|s)) over the rollout's states, D the
+`ppo-adreg`: PPO's loss + (1/(1−γ))·λ·mean_s D(π(·|s) ‖ π_base(·|s)) over the minibatch's states
+(the reference's `ORPOPolicy.loss`: `gamma_scaling * action_dist_divergence_coeff *
+mean(action_dist_divergence)`, with `current_action_dist.kl(safe_policy_action_dist)`), D the
 closed-form KL (default) or χ² of the two action distributions (Gaussian χ² is infinite when the
 base is more than √2 times narrower than the policy in some dimension; those states use the KL, as
 the reference does).
 
 Choices where the spec is silent:
-- The base rollouts are not counted in `total_steps` (the learner's budget); `train/base_steps` logs
-  them. They run in their own envs, seeded run seed + 20000, and are checkpointed for exact resume.
-  A checkpoint base is read from its path again on resume: keep that file unchanged meanwhile.
+- The base rollouts run in their own envs, seeded run seed + 20000, and are checkpointed for exact
+  resume; `train/base_steps` logs how many steps they took. A checkpoint base is read from its path
+  again on resume: keep that file unchanged meanwhile.
 - The discriminator sees observations normalised with the run's running statistics (both samples
   alike), trains on this iteration's samples only (reference: the same), minibatches of
   `disc_batch_size` pairing a current and a base minibatch, Adam 1e-3.
-- `penalty_clip` 10 (the reference used 1000 on tomato, effectively none): with χ², one
-  overconfident logit can give e^d in the thousands, and a clip keeps one sample from dominating GAE.
 - Both algorithms log the occupancy-measure KL and χ² estimates (`train/om_kl` = mean d over the
   current samples, `train/om_chi2` = mean e^d − 1) — orpo only, it has the discriminator — and
   `train/action_kl`, the mean action-distribution KL to the base over the rollout's states.
@@ -42,6 +52,7 @@ Choices where the spec is silent:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,7 +292,8 @@ class ORPOConfig(RegularizedConfig):
     disc_learning_rate: float = 1e-3
     disc_epochs: int = 8
     disc_batch_size: int = 256
-    penalty_clip: float = 10.0  # |λ·penalty| per step at most
+    penalty_clip: float = math.inf  # |λ·penalty| per step at most (inf: no clip, the reference's)
+    base_steps_in_budget: bool = True  # base-policy env steps count in total_steps (the reference)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -390,6 +402,18 @@ class ORPO(_BaseRegularized):
         self.base_steps_taken += self.base_steps * n
         return self.disc_input(torch.as_tensor(np.concatenate(obs), device=self.device),
                                torch.as_tensor(np.concatenate(actions), device=self.device))
+
+    def train_iteration(self) -> None:
+        super().train_iteration()
+        if self.cfg.base_steps_in_budget:  # after the update: rollout_schedule sees the learner's
+            self.step += self.base_steps * self.run.n_envs
+
+    def rollout_schedule(self) -> tuple[int, float]:
+        """As PPO's, with an iteration spending the base's steps of the budget too (when it does)."""
+        learner = self.cfg.n_steps * self.run.n_envs
+        batch = learner + (self.base_steps * self.run.n_envs if self.cfg.base_steps_in_budget else 0)
+        started = self.step - learner
+        return started // batch, max(0.0, 1.0 - started / self.run.total_steps)
 
     def on_rollout_full(self, rollout: RolloutBuffer) -> None:
         cfg = self.cfg
