@@ -425,6 +425,8 @@ def test_imitation_variant_learns_from_one_trajectory_without_rewards(tmp_path):
     mean, std = expert.mean(0), expert.std(0) + 1e-3  # states normalised with the trajectory's stats
     np.testing.assert_allclose(rows[:, :o], (expert - mean) / std, rtol=1e-4, atol=1e-4)
     assert np.all(np.abs(algo.predict(raw["observations"][:8])) <= 1.0)
+    obs = torch.as_tensor(rows[:8, :o])
+    torch.testing.assert_close(algo.policy_mean(obs), torch.tanh(algo.policy.net(obs)))  # tanh mean
     algo.close()
     with pytest.raises(UserError, match="expert_trajectory=99999"):
         ctrlrl.make("odice-il", "Hopper-v5", overrides={**config, "expert_trajectory": 99999},
