@@ -270,8 +270,8 @@ class PPOADReg(_BaseRegularized):
     def regularizer(self, b: RolloutBatch, idx: torch.Tensor) -> torch.Tensor:
         base = self.rollout_base_dist
         base_b = tuple(x[idx] for x in base) if isinstance(base, tuple) else base[idx]
-        div = action_divergence(self.cfg.divergence, self.policy, self.policy.dist_params(b.obs),
-                                base_b).mean()
+        current = self.policy.dist_params(b.obs)
+        div = action_divergence(self.cfg.divergence, self.policy, current, base_b).mean()
         self.reg_values.append(div.detach())
         return self.cfg.reg_coef / (1 - self.cfg.gamma) * div
 
