@@ -16,7 +16,8 @@ ratio clipping and no entropy bonus. The step size is the reference's (l.399-400
 
     t_k = 1 − (k − 1)/K,   k = 0, 1, … the rollout index,  K = ⌊total_steps / (n_steps·n_envs)⌋,
 
-so the KL weight 1/t_k starts at K/(K + 1) and grows to K/2 on rollout K − 1. Policy Adam: lr 3e-4,
+so the KL weight 1/t_k starts at K/(K + 1) and grows to K/2 on rollout K − 1 (ALGORITHMS.md writes
+1 − k/K, one rollout later: `step_size_offset=0`). Policy Adam: lr 3e-4,
 eps 1e-5, gradients clipped to global norm 0.5 (l.249-250). The learning rate is constant, for the
 policy and the value net alike (`get_schedule_fn(3e-4)`, l.339, used at l.250 and l.447). The value
 net is trained separately: `vf_epochs` (5, run_mujoco) × minibatch 128 (l.444), its loss clipped
@@ -44,7 +45,7 @@ collapse to SAC with temperature c.
 the reference copies after the env step `step % m == 0` (l.435-436), which, with its 10k warm-up a
 multiple of m, is right after the first gradient step and then every m steps.
 
-Choices where the reference code (TF1) and the paper differ, or the paper is silent:
+Where this module departs from the reference code (TF1), as ALGORITHMS.md §1 chooses:
 - off-policy Q(s, ã) in the actor loss is the minimum of the twin critics, as in our SAC (the
   reference uses Q1), so that c = λ reproduces our SAC bit for bit; the critic is SAC v2's twin-Q
   soft target r + γ(1 − d)(min Q_targ(s', a') − λ log π(a'|s')) (the reference keeps SAC v1's state
