@@ -1,8 +1,21 @@
 """PPO with the clipped surrogate (Schulman et al. 2017), the suite's on-policy baseline.
 
-Defaults are the paper's MuJoCo settings, which are also stable-baselines3's: 2048 steps per
-env, 10 epochs of minibatch 64, Adam 3e-4 (eps 1e-5), γ 0.99, GAE λ 0.95, clip 0.2, 64-64 tanh
-actor and critic, orthogonal init, global grad-norm clip 0.5.
+Each line against its source:
+- policy loss: −mean min(r·Â, clip(r, 1 − ε, 1 + ε)·Â), r = π/π_old (paper eq. 7);
+- the loss minimised is L_CLIP + c1·L_VF − c2·S (paper eq. 9, signs for minimisation), L_VF the
+  squared error to the GAE return V_targ = Â + V_old (eq. 9, 11), unclipped as in the paper;
+  `clip_range_vf` clips V − V_old the way stable-baselines3 does (`ppo/ppo.py`, `train`);
+- Â: GAE(γ, λ) (paper eq. 11–12, `ctrlrl.core.buffers.compute_gae`), standardised per minibatch
+  as in the authors' code (openai/baselines `ppo2/model.py`, `train`), which the paper leaves open;
+- defaults: the paper's MuJoCo settings (Table 3): 2048 steps per env, 10 epochs of minibatch 64,
+  Adam 3e-4, γ 0.99, GAE λ 0.95, ε 0.2, 64-64 tanh actor and critic without shared weights, no
+  entropy bonus (§6.1). Adam eps 1e-5, orthogonal init and a global grad-norm clip of 0.5 are
+  the authors' code's (ppo2), which stable-baselines3 shares.
+- `target_kl` (not in the paper) follows stable-baselines3's `ppo/ppo.py` (`train`): before each
+  minibatch's step, its approximate KL mean((r − 1) − log r) (Schulman's k3 estimator) is compared
+  with 1.5·target_kl, and the whole update stops at the first minibatch past it, without that
+  minibatch's step. `kl_stop="epoch"` instead checks the epoch's mean KL after the epoch (this
+  suite's earlier rule). `train/approx_kl` is the mean over every minibatch evaluated.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
+from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, adam
 
 
@@ -34,7 +48,8 @@ class PPOConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    target_kl: float | None = None  # stop the epochs early past 1.5 × target_kl
+    target_kl: float | None = None  # stop the update at a minibatch whose approx KL > 1.5·target_kl
+    kl_stop: str = "minibatch"  # "minibatch" (stable-baselines3's rule) or "epoch" (epoch-mean KL)
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     ortho_init: bool = True
@@ -44,6 +59,16 @@ class PPOConfig:
         check_ranges(self, positive=("n_steps", "batch_size", "n_epochs", "learning_rate", "adam_eps"),
                      non_negative=("clip_range", "ent_coef", "vf_coef", "max_grad_norm"),
                      fraction=("gamma", "gae_lambda"), widths=("hidden_sizes",))
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise UserError(f"setting target_kl={self.target_kl!r}: use a value > 0, or null for "
+                            "no early stopping")
+        if self.kl_stop not in ("minibatch", "epoch"):
+            raise UserError(f"setting kl_stop={self.kl_stop!r}: use minibatch or epoch")
+
+
+def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
+    """Whether an approximate KL is past the early-stopping threshold 1.5·target_kl."""
+    return target_kl is not None and approx_kl.item() > 1.5 * target_kl
 
 
 class PPO(OnPolicyAlgorithm):
@@ -94,10 +119,18 @@ class PPO(OnPolicyAlgorithm):
         if cfg.anneal_lr:  # by the fraction of training left when this rollout began
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * self.rollout_schedule()[1]
         stats: list[torch.Tensor] = []
+        kls: list[torch.Tensor] = []  # of every minibatch evaluated, the one that stops included
+        per_minibatch = cfg.kl_stop == "minibatch"
         for _ in range(cfg.n_epochs):
-            epoch_kl = []
+            stopped = False
+            epoch_kls = []
             for idx, b in rollout.indexed_minibatches(cfg.batch_size):
                 loss, stats_row, approx_kl = self._loss(b)
+                kls.append(approx_kl)
+                stats.append(stats_row)
+                if per_minibatch and kl_exceeded(approx_kl, cfg.target_kl):
+                    stopped = True  # before this minibatch's step
+                    break
                 reg = self.regularizer(b, idx)
                 if reg is not None:
                     loss = loss + reg
@@ -106,16 +139,14 @@ class PPO(OnPolicyAlgorithm):
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
-
-                epoch_kl.append(approx_kl)
-                stats.append(stats_row)
-            kl = torch.stack(epoch_kl).mean()
-            if cfg.target_kl is not None and kl.item() > 1.5 * cfg.target_kl:
+                epoch_kls.append(approx_kl)
+            if stopped or (not per_minibatch
+                           and kl_exceeded(torch.stack(epoch_kls).mean(), cfg.target_kl)):
                 break
         means = torch.stack(stats).mean(0)
         self.metrics = {
             "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
-            "clip_fraction": means[3], "loss": means[4], "approx_kl": kl,
+            "clip_fraction": means[3], "loss": means[4], "approx_kl": torch.stack(kls).mean(),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             **self.rollout_metrics(rollout.all()),
         }

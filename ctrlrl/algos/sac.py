@@ -1,8 +1,22 @@
-"""Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018, v2).
+"""Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018, "Soft Actor-Critic
+Algorithms and Applications", the paper's second version).
 
-Twin Q in one batched `QEnsemble`, squashed-Gaussian actor, temperature α learned towards the
-target entropy −dim(A). Defaults from the paper: Adam 3e-4, batch 256, buffer 1e6, τ 0.005,
-γ 0.99, 256-256 ReLU, one gradient step per env step; 10k uniform-random warm-up steps.
+Twin Q in one batched `QEnsemble`, squashed-Gaussian actor. Each line against its source:
+- critic: J_Q = ½·E[(Q_i(s, a) − y)²] per head (paper eq. 5), y = r + γ(1 − d)·(min_j Q̄_j(s', a')
+  − α log π(a'|s')) with a' ~ π(·|s') drawn from the current policy and Q̄ the Polyak targets
+  (eq. 3 and §6: the minimum of the two target Qs);
+- actor: J_π = E[α log π(ã|s) − min_j Q_j(s, ã)], ã reparameterised (eq. 7 and §6: the minimum
+  Q in the policy gradient too; the authors' softlearning `sac.py` `_update_actor` averages the
+  two Qs instead; the paper wins);
+- temperature: J(α) = E[−α·(log π(a|s) + H̄)] (eq. 18) with α = exp(log α) and its gradient
+  taken in log α, target entropy H̄ = −dim(A) (§5), stepped after the critic and the actor on
+  fresh actions of the updated policy (Algorithm 1's order; softlearning `sac.py` `_do_updates`
+  and `_update_alpha`), then the Polyak update of the targets.
+  `alpha_update="sb3"` keeps stable-baselines3's variant (`sac/sac.py`, `train`): α stepped
+  first, on the actor's own samples, with the loss −log α·(log π + H̄).
+- defaults: the paper's Table 1: Adam 3e-4, batch 256, buffer 1e6, τ 0.005, γ 0.99, 256-256
+  ReLU, one gradient step per env step, α initialised to 1 (softlearning's log α = 0);
+  10k uniform-random warm-up steps.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import torch
 from ctrlrl.algos.base import OffPolicyAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
+from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, adam, soft_update
 
 
@@ -30,6 +45,7 @@ class SACConfig:
     autotune: bool = True  # learn α; otherwise α = ent_coef
     ent_coef: float = 1.0  # initial (autotune) or fixed α
     target_entropy: float | None = None  # None: −dim(A)
+    alpha_update: str = "paper"  # "paper": α stepped last on fresh samples; "sb3": first, in log α
     hidden_sizes: tuple[int, ...] = (256, 256)
     n_critics: int = 2
     save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
@@ -39,6 +55,8 @@ class SACConfig:
                                      "tau", "ent_coef", "n_critics"),
                      non_negative=("learning_starts",), fraction=("gamma", "tau"),
                      widths=("hidden_sizes",))
+        if self.alpha_update not in ("paper", "sb3"):
+            raise UserError(f"setting alpha_update={self.alpha_update!r}: use paper or sb3")
 
 
 class SAC(OffPolicyAlgorithm):
@@ -88,17 +106,27 @@ class SAC(OffPolicyAlgorithm):
         q_pi = self.critic(obs, action, detach_params=True).min(0).values
         return (alpha * log_prob - q_pi).mean()
 
+    def temperature_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """E[−α·(log π(a|s) + H̄)] with α = exp(log α) (log α itself under `alpha_update="sb3"`)."""
+        coef = self.log_alpha if self.cfg.alpha_update == "sb3" else self.log_alpha.exp()
+        return -(coef * (log_prob.detach() + self.target_entropy)).mean()
+
+    def step_temperature(self, log_prob: torch.Tensor) -> torch.Tensor:
+        alpha_loss = self.temperature_loss(log_prob)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return alpha_loss.detach()
+
     def update(self) -> None:
         cfg = self.cfg
         b = self.replay.sample(cfg.batch_size)
         pi_action, log_prob, pre_tanh = self.actor.rsample(b.obs)
 
-        alpha = self.log_alpha.detach().exp()
-        if cfg.autotune:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
+        alpha = self.log_alpha.detach().exp()  # the critic and the actor use α before its step
+        alpha_first = cfg.autotune and cfg.alpha_update == "sb3"
+        if alpha_first:
+            alpha_loss = self.step_temperature(log_prob)
 
         critic_loss = self._critic_loss(b, alpha)
         self.critic_flat.zero_grad()
@@ -110,11 +138,16 @@ class SAC(OffPolicyAlgorithm):
         actor_loss.backward()
         self.actor_opt.step()
 
+        if cfg.autotune and not alpha_first:
+            with torch.no_grad():
+                new_log_prob = self.actor.sample(b.obs)[1]  # the updated policy's
+            alpha_loss = self.step_temperature(new_log_prob)
+
         soft_update(self.critic_target, self.critic, cfg.tau)
         self.metrics = {"actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
                         "ent_coef": alpha}
         if cfg.autotune:
-            self.metrics["ent_coef_loss"] = alpha_loss.detach()
+            self.metrics["ent_coef_loss"] = alpha_loss
 
 
 class _TensorHolder(torch.nn.Module):
