@@ -27,7 +27,8 @@ does it:
 4. reward ← r̃ − clip(λ·penalty, ±penalty_clip) (`reg_coef` = λ; negative λ pushes away from the
    base, e.g. from a known hacking policy), then GAE and PPO's update as usual. `penalty_clip` is
    the reference's `discriminator_reward_clip`, by default infinite (`ORPOConfig`: `np.inf`; its
-   tomato experiments set 1000, as the tomato preset here); earlier ctrlrl versions clipped at 10.
+   tomato experiments set 1000); earlier ctrlrl versions clipped at 10, which the tomato preset
+   keeps (measured there: the reference's 1000 lets a few overconfident samples swamp GAE).
    With `normalize_reward` the penalty is subtracted from the normalised reward, so λ is then in
    units of the normalised per-step reward.
 
