@@ -3,9 +3,11 @@
 Each line against its source:
 - policy loss: −mean min(r·Â, clip(r, 1 − ε, 1 + ε)·Â), r = π/π_old (paper eq. 7);
 - the loss minimised is L_CLIP + c1·L_VF − c2·S (paper eq. 9, signs for minimisation), L_VF the
-  squared error to the GAE return V_targ = Â + V_old (eq. 9, 11), unclipped as in the paper;
+  squared error to V_targ, unclipped as in the paper; V_targ = Â + V_old, the authors' code's
+  (openai/baselines `ppo2/runner.py`: returns = advs + values);
   `clip_range_vf` clips V − V_old the way stable-baselines3 does (`ppo/ppo.py`, `train`);
-- Â: GAE(γ, λ) (paper eq. 11–12, `ctrlrl.core.buffers.compute_gae`), standardised per minibatch
+- Â: GAE(γ, λ) (paper eq. 11–12, `ctrlrl.core.buffers.compute_gae`; a time-limit cut bootstraps
+  from V(final obs), a termination does not), standardised per minibatch
   as in the authors' code (openai/baselines `ppo2/model.py`, `train`), which the paper leaves open;
 - defaults: the paper's MuJoCo settings (Table 3): 2048 steps per env, 10 epochs of minibatch 64,
   Adam 3e-4, γ 0.99, GAE λ 0.95, ε 0.2, 64-64 tanh actor and critic without shared weights, no

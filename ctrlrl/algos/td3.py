@@ -1,8 +1,17 @@
 """TD3 (Fujimoto et al. 2018): twin critics, target policy smoothing, delayed actor updates.
 
-Defaults are the authors' updated settings: Adam 3e-4, 256-256 ReLU, batch 256, τ 0.005,
-policy noise 0.2 clipped at 0.5, actor every 2 critic steps, Gaussian exploration 0.1,
-25k uniform-random warm-up steps.
+Each line against its source (the paper's Algorithm 1 and the authors' code, sfujim/TD3 `TD3.py`
+`TD3.train` and `main.py`):
+- target: y = r + γ(1 − d)·min_i Q̄_i(s', ã), ã = clip(π̄(s') + clip(ε, −c, c), −1, 1),
+  ε ~ N(0, σ²) (Algorithm 1; the clip to the action box is the code's); both critics regress
+  onto y with the sum of their mean squared errors (`critic_loss` in `TD3.train`);
+- every `policy_delay`-th critic step (counting from 1, `total_it % policy_freq == 0`): the actor
+  ascends Q1(s, π(s)), then both targets move by Polyak τ;
+- exploration: π(s) + N(0, 0.1²), clipped to the box (`main.py`); time-limit ends are not
+  terminal (`done_bool` in `main.py`).
+Defaults are the authors' updated settings (README of sfujim/TD3): Adam 3e-4, 256-256 ReLU,
+batch 256, τ 0.005, policy noise 0.2 clipped at 0.5, actor every 2 critic steps, Gaussian
+exploration 0.1, 25k uniform-random warm-up steps.
 """
 
 from __future__ import annotations

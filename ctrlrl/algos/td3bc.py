@@ -5,9 +5,11 @@ actor also regresses onto the dataset's actions:
 
     L_actor = −λ · mean Q1(s, π(s)) + mean (π(s) − a)²,   λ = α / mean|Q1(s, π(s))| (no gradient),
 
-with α = 2.5 and states standardised by the dataset's mean and std. Defaults are the paper's:
-Adam 3e-4, batch 256, 256-256 ReLU, γ 0.99, τ 0.005, policy noise 0.2 clipped at 0.5, actor
-every 2 critic steps, 1M gradient steps.
+with α = 2.5 and states standardised by the dataset's mean and std + 1e-3 (the paper's policy
+objective and state normalisation; the authors' code, sfujim/TD3_BC `TD3_BC.py` `TD3_BC.train`
+for the loss with Q1 and the detached λ, `utils.py` `normalize_states` for the population
+std + 1e-3). Defaults are the paper's: Adam 3e-4, batch 256, 256-256 ReLU, γ 0.99, τ 0.005,
+policy noise 0.2 clipped at 0.5, actor every 2 critic steps, 1M gradient steps.
 
 `bc` is the deterministic behaviour cloning of the TD3+BC paper: the same actor, mean squared error
 to the dataset's actions, the same state normalisation.
