@@ -20,8 +20,8 @@ The BC term differentiates through ã: the VAE's reconstruction of π(s) is a fu
 its gradient reaches π both directly and through the VAE (the VAE's own parameters are not stepped
 by the actor loss). Setting `vae_target_grad: false` makes ã a constant target instead.
 
-Each line follows the reference code, ltlhuuu/A2PR `A2PR.py` at f92a2a4 (the paper's equations
-could not be read here, so the reference decides):
+Each line follows the reference code, ltlhuuu/A2PR `A2PR.py` at f92a2a4 (the paper's text was not
+at hand when this was written, so the reference decides):
 - critic target and loss: lines 111-122 and 127;
 - value target min(y, r + γ(1−d)·min Q(s', a')) with the updated online critic: lines 134-142;
 - VAE loss, gated by Q1(s, a) > V(s) (ε_A = 0) and weighted by w_vae, KL weight 0.5: lines 148-156;
