@@ -38,10 +38,9 @@ weight decay 1e-4 (torch.optim.Adam's weight_decay, as the reference; not AdamW)
 λ and η: the paper tunes them per dataset (its appendix D). That table could not be read for this
 code: the reference repository carries no per-dataset values (its README points to appendix D; its
 configs/*.yaml set neither λ nor η), and no copy of the appendix was at hand when this was
-written. So there is no
-`paper_settings` table as A2PR has: every env uses the reference's argparse defaults,
-`main_odice_rl.py` λ 0.6 and η 1.0 (`main_odice_il.py`: λ 0.4, η 1.0); pass a dataset's values
-with `--set lam=… --set eta=…`.
+written. So there is no `paper_settings` table as A2PR has: every env uses the reference's
+argparse defaults, `main_odice_rl.py` λ 0.6 and η 1.0 (`main_odice_il.py`: λ 0.4, η 1.0); pass a
+dataset's values with `--set lam=… --set eta=…`.
 
 Sources, line by line (maoliyuan/ODICE-Pytorch at 1692507): f* and the relu weight are `odice.py`
 `f_star` / `f_prime_inverse`; the orthogonal rule is `orthogonal_true_g_update` (forward residual
