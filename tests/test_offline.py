@@ -59,7 +59,7 @@ def test_actions_are_rescaled_from_the_env_box(tmp_path):
                       "terminals": np.zeros(n, bool), "timeouts": timeouts,
                       "next_observations": obs})
     algo = make_algo("bc", tmp_path / "run", env="Pendulum-v1", dataset=str(path), total_steps=1,
-                     normalize_states=False)
+                     normalize_states=False, keep_timeouts=True)  # every row in the buffer
     algo.learn()
     stored = algo.replay.storage[:, 3:4].numpy()
     np.testing.assert_allclose(stored, actions / 2, atol=1e-6)
@@ -78,7 +78,8 @@ def test_bc_fits_the_behaviour_policy(tmp_path):
                       "terminals": np.zeros(n, bool), "timeouts": np.ones(n, bool),
                       "next_observations": obs})
     algo = make_algo("bc", tmp_path / "run", env="Pendulum-v1", dataset=str(path),
-                     total_steps=1500, batch_size=128, learning_rate=1e-3)
+                     total_steps=1500, batch_size=128, learning_rate=1e-3,
+                     keep_timeouts=True)  # one-step episodes: keep them
     algo.learn()
     with torch.no_grad():
         pred = algo.predict(obs[:500])
