@@ -122,6 +122,40 @@ def test_collector_never_bootstraps_terminations(tmp_path, monkeypatch):
 
 
 # ---- PPO ----------------------------------------------------------------------------------------
+def test_ppo_rollout_keeps_the_sampling_policys_log_probs_and_values(tmp_path, monkeypatch):
+    """The ratio's denominator is log π_old of the action taken and V_old is the critic's value,
+    both of the policy that acted (unchanged here: no update ran)."""
+    algo = make_algo("ppo", tmp_path)
+    ppo_rollout(algo, monkeypatch)
+    buf = algo.rollout
+    obs, actions = torch.as_tensor(buf.obs[:, 0]), torch.as_tensor(buf.actions[:, 0])
+    with torch.no_grad():
+        mean, log_std = algo.policy.dist_params(obs)
+        log_prob = (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - LOG_SQRT_2PI).sum(-1)
+        value = algo.value_fn(obs).squeeze(-1)
+    assert close(torch.as_tensor(buf.log_probs[:, 0]), log_prob, atol=1e-5)
+    assert close(torch.as_tensor(buf.values[:, 0]), value)
+    assert actions.std() > 0.5  # sampled (log-std 0), not the mean
+
+
+def test_ppo_learning_rate_annealing(tmp_path, monkeypatch):
+    """`anneal_lr`: lr · (fraction of total_steps left when the rollout began), the authors' code's
+    `frac = 1 − (update − 1)/nupdates` (openai/baselines `ppo2/ppo2.py`)."""
+    algo = make_algo("ppo", tmp_path, anneal_lr=True, total_steps=256, n_epochs=1)
+    lrs = []
+    real_update = algo.update
+
+    def spy(rollout):
+        real_update(rollout)
+        lrs.append(algo.optimizer.param_groups[0]["lr"])
+
+    monkeypatch.setattr(algo, "update", spy)
+    for _ in range(4):
+        algo.train_iteration()
+    lr = algo.cfg.learning_rate
+    assert lrs == pytest.approx([lr, lr * 0.75, lr * 0.5, lr * 0.25])
+
+
 @pytest.fixture
 def ppo(tmp_path, monkeypatch):
     """PPO on Pendulum with one rollout collected (not yet used), an entropy bonus on."""
@@ -357,6 +391,18 @@ def test_sac_update(sac, variant):
     for old, new, tgt in zip(snapshot(target0), snapshot(sac.critic), snapshot(sac.critic_target),
                              strict=True):
         assert close(tgt, 0.995 * old + 0.005 * new, atol=1e-7)
+
+
+def test_sac_acts_with_a_policy_sample(sac):
+    """Exploration draws ã = tanh(μ + σ·ε) from the current policy; evaluation takes tanh(μ)."""
+    obs = torch.randn(64, sac.obs_dim)
+    torch.manual_seed(3)
+    action = sac.exploration_action(obs)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        hand = tanh_gaussian(sac.actor, obs, torch.randn(64, sac.act_dim))[0]
+        assert close(action, hand)
+        assert close(sac.deterministic_action(obs), torch.tanh(sac.actor.dist_params(obs)[0]))
 
 
 def test_sac_defaults_follow_the_paper():

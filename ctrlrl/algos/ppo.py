@@ -12,7 +12,9 @@ Each line against its source:
 - defaults: the paper's MuJoCo settings (Table 3): 2048 steps per env, 10 epochs of minibatch 64,
   Adam 3e-4, γ 0.99, GAE λ 0.95, ε 0.2, 64-64 tanh actor and critic without shared weights, no
   entropy bonus (§6.1). Adam eps 1e-5, orthogonal init and a global grad-norm clip of 0.5 are
-  the authors' code's (ppo2), which stable-baselines3 shares.
+  the authors' code's (ppo2), which stable-baselines3 shares. `anneal_lr` (off, as in the paper's
+  MuJoCo runs) scales the rate by the fraction of steps left when the rollout began, ppo2's
+  `frac = 1 − (update − 1)/nupdates` (`ppo2/ppo2.py`).
 - `target_kl` (not in the paper) follows stable-baselines3's `ppo/ppo.py` (`train`): before each
   minibatch's step, its approximate KL mean((r − 1) − log r) (Schulman's k3 estimator) is compared
   with 1.5·target_kl, and the whole update stops at the first minibatch past it, without that
