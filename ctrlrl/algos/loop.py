@@ -8,19 +8,42 @@ B_t = {f : Σ_i ℓ_f(f, ζ_i)² − inf_g Σ_i ℓ_f(g, ζ_i)² ≤ β}, with t
 ℓ_{f'}(f, ζ) = Q_f(s, a) + J_f − r − V_{f'}(s') ("local fit": the targets use f itself), and the
 learner acts greedily w.r.t. Q_f. What ctrlrl runs instead, and why:
 
-`loop`, `instantiation: tabular` (model-based, exact up to the relaxations below):
-- Confidence set. For a fixed V the squared discrepancy of the transitions from (s, a) is minimised
-  by the empirical target r̂(s, a) + (P̂V)(s, a), and the excess loss of another model is
-  N(s, a)·(target_g − target_P̂)². We relax the paper's joint constraint Σ_{sa} N·Δ² ≤ β to one per
-  pair, |Δ(s, a)| ≤ √(β/N(s, a)) (a superset: still optimistic), with the Hoeffding radius of a
-  target in [min V, 1 + max V]: √(β/N) = c·(1 + sp V)·√(log(2·S·A·(1+t)/δ) / (2N)), c =
-  `beta_scale`. This is β ∝ sp(V)²·log(1/δ) as in the paper, with V the hypothesis' own value
-  (local fit) but without the covering number of the value class (the union over V), which the
-  theory needs and practice does not. An unvisited pair may reach anything: its target is 1 + max V.
-- Optimism: extended value iteration over that set (the paper's third algorithm box): the inner max
-  has the closed form min(r̂ + P̂V + width, 1 + max V) (no model has a target above 1 + max V).
-  Iterate until the span of the increment is below 1/√t (UCRL2's accuracy) or `max_plan_iters`;
-  J_f is the midpoint of the last increment's range, the policy greedy in the last Q.
+`loop`, `instantiation: tabular`, `confidence: joint` (the default; the paper's set):
+- Confidence set. For a fixed V (the hypothesis' own values, min V = 0, H = sp V: local fit) the
+  squared discrepancy of the transitions from (s, a) is minimised by the empirical target
+  r̂(s, a) + (P̂V)(s, a) (the inf over g of the paper's set, the auxiliary class being all tables),
+  and another hypothesis' excess loss is Σ_{sa} N(s, a)·Δ(s, a)² with Δ = its target − r̂ − P̂V.
+  So B_t = {Σ_{sa} N·Δ² ≤ β}: one budget shared by all pairs (ALGORITHMS.md §7) — exact.
+- β = c²·(1 + H)²/2 · log(t·N(1/t)/δ) (`joint_beta`): the paper's form sp²·log(covering/δ), with
+  (1 + H)² the squared range of a target in [0, 1 + H], 1/2 Hoeffding's constant (the paper leaves
+  its absolute constant open: c = `beta_scale` scales the radius √β), t steps in the union bound,
+  and the covering number of the tabular class at scale ρ = 1/t (`tabular_log_covering`): grids
+  of step ρ over the S·A targets in [0, 1 + H] and the S values in [0, H],
+  log N(ρ) = S·A·log(1 + (1 + H)/ρ) + S·log(1 + H/ρ). Not as in the paper: sp(V*) is unknown, so H
+  is the span of the current value iterate, and t (the step count) stands for the horizon T.
+- Feasibility: a target must be some model's r + PV, i.e. at most 1 + max V, so Δ ≤ room =
+  1 + max V − r̂ − P̂V (the cap is the model "reward 1, jump to the best state"); an unvisited
+  pair costs nothing (N·Δ² = 0) and reaches its cap 1 + max V.
+- Optimism: J_f = max over the set, by extended value iteration (`evi_joint`). For one policy π
+  whose pairs stay below their caps the inner max is exact and closed-form (Cauchy–Schwarz):
+  Δ = λ·μ_π/N on π's pairs, J_f = J_π(r̂, P̂) + √(β·Σ_s μ_π(s)²/N(s, π(s))), μ_π the long-run state
+  frequencies; with caps, the KKT solution min(λ·w/N, room) (`allocate_budget`, exact). The max
+  over policies of that convex function of μ_π has no closed form (enumerating policies is
+  exponential in S): `evi_joint` ascends by alternating the two exact steps — allocate the budget
+  for the previous greedy policy's frequencies, re-solve the extended MDP for its greedy policy —
+  from the per-pair shape Δ ∝ 1/√N, until the greedy policy repeats (at most `max_plan_rounds`),
+  and returns the round of largest gain. Exact: the returned hypothesis lies in the set
+  (Σ N·Δ² ≤ β at every sweep, = β unless every weighted pair is at its cap) and, once the policy
+  repeats, its allocation is the best one for its own policy.
+  Approximated: the max over policies (a local maximum; optimism J_f ≥ J* is checked, not
+  proved), value iteration to accuracy 1/√t (UCRL2's) or `max_plan_iters` sweeps; J_f is the
+  midpoint of the last increment's range, the policy greedy in the last Q.
+`loop`, `instantiation: tabular`, `confidence: per_pair` (a UCB-style variant, not the paper's):
+- The joint constraint relaxed to one per pair, |Δ(s, a)| ≤ √(β/N(s, a)) (a superset: still
+  optimistic), with the Hoeffding radius of a target in [min V, 1 + max V]: √(β/N) =
+  c·(1 + sp V)·√(log(2·S·A·(1+t)/δ) / (2N)), c = `beta_scale`, and no covering number. The inner
+  max has the closed form min(r̂ + P̂V + width, 1 + max V) (`evi_value_aware`).
+Both tabular sets:
 - Low switching: re-plan when det Λ doubles for the tabular Gram matrix Λ = diag(1 + N(s, a)),
   i.e. when Σ_{sa} log(1 + N(s, a)) has grown by log 2 since the last plan — the linear rule of the
   paper read with one-hot features, at most S·A·log2(1 + T/(S·A)) + 1 plans (AM–GM).
@@ -45,15 +68,17 @@ Also not as in the paper: sp(V*) is not assumed known (the widths use the span o
 iterate; `span_bound` optionally imposes H); the auxiliary class G and its inf_g term need no
 search here (for a fixed V the empirical target, resp. the ridge fit, is the minimiser); the
 model-based MLE-LOOP box (likelihood confidence set) is not implemented — the tabular instance uses
-the squared-discrepancy set above; δ is a setting (0.05), not tied to T.
+the squared-discrepancy set above; δ is a setting (0.05, UCRL2's default too), not tied to T.
+`confidence` selects the tabular set; the linear instantiation always uses its elliptical bonus.
 
 `ucrl2`: Jaksch et al. as published: L1 confidence ball of radius √(14·S·log(2·A·t_k/δ)/N) around
 P̂, reward radius √(3.5·log(2·S·A·t_k/δ)/N), extended value iteration with the L1 inner max (mass
 moved to the best state, taken from the worst), accuracy 1/√t_k, and its episode rule: a new
 episode (policy) when the count of the pair being played within the episode reaches its count at
 the episode's start. So LOOP (tabular) and UCRL2 differ where the papers do: LOOP's set bounds the
-fit of the joint target r + V(s') (width ∝ sp V, no √S), UCRL2's bounds the model in L1 (width ∝
-√S, reward separately); LOOP switches on the determinant, UCRL2 on one pair's count.
+fit of the target r + V(s') summed over all pairs, one budget (∝ sp V, no √S per pair), UCRL2's
+bounds each pair's model in L1 (width ∝ √S, reward separately); LOOP switches on the determinant,
+UCRL2 on one pair's count. Both use the same δ (`delta`, 0.05) by default.
 
 `random-policy`: uniform actions; the reference point "LOOP beats uniform-random play".
 
@@ -77,7 +102,9 @@ greedy policy for `eval_horizon` steps per "episode" and reports the total rewar
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +118,7 @@ from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
 
 INSTANTIATIONS = ("tabular", "linear")
+CONFIDENCE_SETS = ("joint", "per_pair")
 
 
 # ---- exact solvers -------------------------------------------------------------------------------
@@ -117,6 +145,16 @@ def relative_value_iteration(P: np.ndarray, R: np.ndarray, tol: float = 1e-10,
     return float((diff.max() + diff.min()) / (2.0 * tau)), h, q.argmax(1)
 
 
+def limiting_distribution(P_pi: np.ndarray) -> np.ndarray:
+    """Cesàro limit of P_pi^n (row s: the long-run state frequencies from s), by the aperiodic
+    transform and repeated squaring."""
+    M = 0.5 * (P_pi + np.eye(P_pi.shape[0]))
+    for _ in range(50):  # M^(2^50): converged for any chain whose mixing is not astronomically slow
+        M = M @ M
+        M /= M.sum(1, keepdims=True)  # rounding errors would double with every squaring
+    return M
+
+
 def policy_gain(P: np.ndarray, R: np.ndarray, policy: np.ndarray, start: int = 0) -> float:
     """Exact long-run average reward of a deterministic (or, with policy[S, A], stochastic) policy
     started in `start`: the Cesàro limit, by solving for the stationary distribution(s)."""
@@ -125,12 +163,7 @@ def policy_gain(P: np.ndarray, R: np.ndarray, policy: np.ndarray, start: int = 0
         P_pi, r_pi = P[np.arange(S), policy], R[np.arange(S), policy]
     else:
         P_pi, r_pi = np.einsum("sa,sat->st", policy, P), (policy * R).sum(1)
-    # Cesàro limit of P_pi^n from `start`, by the aperiodic transform and repeated squaring
-    M = 0.5 * (P_pi + np.eye(S))
-    for _ in range(50):  # M^(2^50): converged for any chain whose mixing is not astronomically slow
-        M = M @ M
-        M /= M.sum(1, keepdims=True)  # rounding errors would double with every squaring
-    return float(M[start] @ r_pi)
+    return float(limiting_distribution(P_pi)[start] @ r_pi)
 
 
 def _greedy_gain(diff: np.ndarray) -> float:
@@ -161,6 +194,132 @@ def evi_value_aware(r_hat: np.ndarray, P_hat: np.ndarray, n: np.ndarray, log_ter
         if diff.max() - diff.min() < tol:
             break
     return _greedy_gain(diff), u, q.argmax(1)
+
+
+# ---- the joint least-squares confidence set (LOOP's default) ---------------------------------
+def tabular_log_covering(n_states: int, n_actions: int, span: float, rho: float) -> float:
+    """log N(ρ) of the tabular class: the targets (r + PV)(s, a) ∈ [0, 1 + H] of S·A pairs and the
+    values V ∈ [0, H]^S (H = sp V), each coordinate covered in sup norm by a grid of step ρ."""
+    return (n_states * n_actions * math.log(1.0 + (1.0 + span) / rho)
+            + n_states * math.log(1.0 + span / rho))
+
+
+def joint_beta(span: float, *, n_states: int, n_actions: int, t: int, delta: float,
+               scale: float) -> float:
+    """β = scale²·(1 + H)²/2 · log(t·N(1/t)/δ): the squared range of a target, the Hoeffding
+    constant 1/2, and the union over t steps and a 1/t-cover of the class (module docstring)."""
+    log_cover = tabular_log_covering(n_states, n_actions, span, 1.0 / t)
+    return scale ** 2 * (1.0 + span) ** 2 / 2.0 * (math.log(t / delta) + log_cover)
+
+
+def allocate_budget(weight: np.ndarray, n: np.ndarray, room: np.ndarray, beta: float
+                    ) -> tuple[np.ndarray, float]:
+    """argmax_Δ Σ w·Δ subject to Σ N·Δ² ≤ β and 0 ≤ Δ ≤ room (w ≥ 0; N > 0 where w > 0).
+
+    KKT: Δ = min(λ·w/N, room) with the one λ that spends the budget, Σ N·Δ² = β, unless every
+    weighted pair reaches its room first (then Δ = room there, λ = ∞). Exact: the pairs are sorted
+    by the λ at which they reach their room, and λ is solved in closed form on that piece.
+    Returns (Δ, λ).
+    """
+    out = np.zeros(np.shape(room))
+    active = weight > 0
+    w, N, c = weight[active], n[active], room[active]
+    if w.size == 0:
+        return out, math.inf
+    knee = c * N / w  # λ at which a pair reaches its room
+    order = np.argsort(knee, kind="stable")
+    w, N, c, knee = w[order], N[order], c[order], knee[order]
+    capped_cost = np.concatenate(([0.0], np.cumsum(N * c ** 2)))  # the first k pairs at their room
+    free = np.concatenate((np.cumsum((w ** 2 / N)[::-1])[::-1], [0.0]))  # Σ_{i ≥ k} w²/N
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(free > 0, np.sqrt(np.maximum(beta - capped_cost, 0.0) / free), np.inf)
+    k = int(np.argmax(lam <= np.concatenate((knee, [np.inf]))))  # the piece λ lies on
+    delta = np.minimum(lam[k] * w / N, c)
+    picked = np.empty_like(delta)
+    picked[order] = delta
+    out[active] = picked
+    return out, float(lam[k])
+
+
+@dataclass
+class JointPlan:
+    """The optimistic hypothesis found in the joint set: its gain J_f, values u (min 0), greedy
+    policy, the bonus Δ(s, a) over the empirical target r̂ + P̂u (0 where no budget is spent),
+    the budget β = beta_of_span(sp u), the pairs whose target is at the feasibility cap
+    1 + max u, and the gain after each ascent round."""
+    gain: float
+    u: np.ndarray
+    policy: np.ndarray
+    bonus: np.ndarray
+    beta: float
+    capped: np.ndarray
+    gains: list[float]
+
+
+def evi_joint(r_hat: np.ndarray, P_hat: np.ndarray, n: np.ndarray,
+              beta_of_span: Callable[[float], float], tol: float, max_iter: int,
+              u0: np.ndarray | None = None, max_rounds: int = 20, max_fits: int = 50
+              ) -> JointPlan:
+    """max J_f over LOOP's joint set {Σ_{sa} N·Δ² ≤ β}: alternating ascent (module docstring).
+
+    Within a round the allocation weights w are fixed, and the bonus has the KKT form
+    Δ = min(κ·(1 + sp u)·w/N, room) (`allocate_budget`; room = 1 + max u − (r̂ + P̂u), the
+    feasibility cap, and √β grows like 1 + sp u). For a fixed κ, extended value iteration on the
+    optimistic target min(r̂ + P̂u + Δ, 1 + max u) (an unvisited pair: 1 + max u at no cost) is a
+    monotone backup like the per-pair one; κ is then refitted so the converged values spend the
+    budget exactly, Σ N·Δ² = beta_of_span(sp u), until it stops moving (at most `max_fits`).
+    Weights: in the first round √N on every visited pair (Δ ∝ 1/√N, the per-pair shape under one
+    shared budget); in each later one the long-run state frequencies of the previous round's
+    greedy policy in its optimistic model (the gain's gradient in Δ). Stops when the greedy policy
+    repeats. Every round's hypothesis lies in the set; the one of largest gain is returned (the
+    caps make the gain non-smooth in Δ, so a round can lose gain).
+    """
+    visited = n > 0
+    S = P_hat.shape[0]
+    states = np.arange(S)
+    n1 = np.maximum(n, 1.0)
+    u = np.zeros(S) if u0 is None else u0.copy()
+    weight = np.where(visited, np.sqrt(n), 0.0)
+    policy, gains, best = None, [], None
+    for _ in range(max_rounds):
+        kappa = None
+        for _ in range(max_fits):
+            base = r_hat + P_hat @ u
+            span = float(u.max() - u.min())
+            room = np.where(visited, np.maximum(1.0 + u.max() - base, 0.0), 0.0)
+            beta = beta_of_span(span)
+            bonus, lam = allocate_budget(weight, n, room, beta)
+            fitted = lam / (1.0 + span)
+            if kappa is not None and abs(fitted - kappa) <= 1e-6 * kappa:
+                break
+            kappa = fitted
+            # κ = ∞ (every weighted pair fits at its cap): widths large enough to stay capped
+            width = np.where(weight > 0, np.minimum(kappa, 1e12) * weight / n1, 0.0)
+            for _ in range(max_iter):
+                top = u.max()
+                q = np.where(visited, np.minimum(r_hat + P_hat @ u + (1.0 + top - u.min()) * width,
+                                                 1.0 + top), 1.0 + top)
+                diff, u = _relative_step(q, u)
+                if diff.max() - diff.min() < tol:
+                    break
+        gains.append(_greedy_gain(diff))
+        greedy = q.argmax(1)
+        capped = ~visited | (bonus >= room)
+        if best is None or gains[-1] > best.gain:
+            best = JointPlan(gains[-1], u, greedy, bonus, beta, capped, gains)
+        if policy is not None and (greedy == policy).all():
+            break
+        policy = greedy
+        # the greedy policy's optimistic chain: P̂ where the target is below its cap, else the
+        # jump to the best state; its long-run frequencies from a uniform start weigh the budget
+        jump = capped[states, policy]
+        P_pi = P_hat[states, policy].copy()
+        P_pi[jump] = 0.0
+        P_pi[jump, u.argmax()] = 1.0
+        weight = np.zeros(n.shape)
+        weight[states, policy] = limiting_distribution(P_pi).mean(0)
+        weight[~visited] = 0.0
+    return best
 
 
 def evi_l1(r_tilde: np.ndarray, P_hat: np.ndarray, eps: np.ndarray, tol: float, max_iter: int,
@@ -210,7 +369,9 @@ class UCRL2Config(RandomPolicyConfig):
 @dataclass
 class LOOPConfig(UCRL2Config):
     instantiation: str = "tabular"  # tabular (model-based, EVI) | linear (ridge + elliptical bonus)
-    beta_scale: float = 1.0  # c: width of the confidence set (module docstring)
+    confidence: str = "joint"  # tabular set: joint (Σ N·Δ² ≤ β, the paper's) | per_pair (Hoeffding)
+    beta_scale: float = 1.0  # c: radius √β of the confidence set scales with c (module docstring)
+    max_plan_rounds: int = 20  # ascent rounds of the joint set's planner at most
     ridge: float = 1.0  # λ of the linear instantiation's Λ = λI + Σφφᵀ
     span_bound: float = 0.0  # H: truncate V to span ≤ H (linear); 0: no truncation
 
@@ -219,7 +380,11 @@ class LOOPConfig(UCRL2Config):
         if self.instantiation not in INSTANTIATIONS:
             raise UserError(f"setting instantiation={self.instantiation!r}: use one of "
                             f"{', '.join(INSTANTIATIONS)}")
-        check_ranges(self, positive=("beta_scale", "ridge"), non_negative=("span_bound",))
+        if self.confidence not in CONFIDENCE_SETS:
+            raise UserError(f"setting confidence={self.confidence!r}: use one of "
+                            f"{', '.join(CONFIDENCE_SETS)}")
+        check_ranges(self, positive=("beta_scale", "ridge", "max_plan_rounds"),
+                     non_negative=("span_bound",))
 
 
 class ArrayState(nn.Module):
@@ -445,7 +610,14 @@ class LOOP(TabularCounts):
     def plan(self) -> float:
         cfg = self.cfg
         self.scalars["plan_mark"] = self.scalars["logdet"]
-        if cfg.instantiation == "tabular":
+        if cfg.instantiation == "tabular" and cfg.confidence == "joint":
+            r_hat, P_hat, n = self.empirical()
+            beta = functools.partial(joint_beta, n_states=self.n_states, n_actions=self.n_actions,
+                                     t=self.step + 1, delta=cfg.delta, scale=cfg.beta_scale)
+            found = evi_joint(r_hat, P_hat, n, beta, self.tolerance(), cfg.max_plan_iters, self.u,
+                              cfg.max_plan_rounds)
+            gain, u, policy = found.gain, found.u, found.policy
+        elif cfg.instantiation == "tabular":
             r_hat, P_hat, n = self.empirical()
             gain, u, policy = evi_value_aware(
                 r_hat, P_hat, n, self.log_term(self.n_states * self.n_actions), cfg.beta_scale,
