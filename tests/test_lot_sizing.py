@@ -48,12 +48,89 @@ def test_ctrlrl_ppo_trains_on_it(tmp_path):
     algo.close()
 
 
-def test_zero_demand_reaches_the_post_decision_state():
-    env = LotSizingEnv("20x10", demand="zero")
+@pytest.mark.parametrize("cap", ["after_demand", "before_demand"])
+def test_zero_demand_reaches_the_post_decision_state(cap):
+    """With no demand s' is s^x, floored and capped (which `before_demand` has done already)."""
+    env = LotSizingEnv("20x10", demand="zero", inventory_cap=cap)
+    n, max_inv = env.instance.n_items, env.instance.max_inv
+    beyond = False
     for obs, action, next_obs, _, info in play(env, seed=1, steps=300):
-        np.testing.assert_array_equal(next_obs, env.post_decision(obs, action))
-        np.testing.assert_array_equal(info["post_decision_obs"], next_obs)
-        assert info["cost_lost_sales"] == 0.0
+        post = env.post_decision(obs, action)
+        np.testing.assert_array_equal(info["post_decision_obs"], post)
+        np.testing.assert_array_equal(next_obs[:n], np.clip(post[:n], 0, max_inv))
+        np.testing.assert_array_equal(next_obs[n:], post[n:])
+        beyond |= bool(np.any(post[:n] > max_inv) | np.any(post[:n] < 0))
+        if cap == "before_demand":
+            np.testing.assert_array_equal(next_obs, post)
+            assert info["cost_lost_sales"] == 0.0
+    assert beyond == (cap == "after_demand")  # only the reference's s^x leaves [0, max_inv]
+
+
+def one_item_env(**kwargs) -> LotSizingEnv:
+    """1 item, 1 machine making 10 a period (setup 5, losing 3 units); demand always 4."""
+    inst = Instance(name="1x1", seed=0, holding=np.array([0.01]), lost_sales=np.array([0.5]),
+                    setup_cost=np.array([[5.0]]), setup_loss=np.array([[3.0]]),
+                    capacity=np.array([[10.0]]), max_inv=100, horizon=3)
+    env = LotSizingEnv(inst, **kwargs)
+    env._demand = lambda rng, size: np.full(size, 4)
+    env.reset(seed=0)
+    return env
+
+
+@pytest.mark.parametrize(("cap", "inventory", "setup", "expected", "lost"), [
+    # the reference: demand is served from all of I + production − loss, then the cap
+    ("after_demand", 98, 1, 100, 0),  # 108 − 4 → capped at 100
+    ("after_demand", 0, 0, 3, 0),  # 0 + 10 − 3 − 4
+    ("before_demand", 98, 1, 96, 0),  # capped at 100 first, then − 4
+])
+def test_inventory_is_capped_after_demand_as_the_reference(cap, inventory, setup, expected, lost):
+    env = one_item_env(inventory_cap=cap)
+    env.obs = np.array([inventory, setup], np.float32)
+    obs, _, _, _, info = env.step(np.array([1]))
+    assert obs[0] == expected and info["cost_lost_sales"] == lost
+    assert info["cost_holding"] == pytest.approx(0.01 * expected)
+
+
+def test_a_setup_loss_deficit_is_a_lost_sale_as_the_reference():
+    """Capacity 2 < loss 3 from empty stock: s^x holds −1, and demand 4 loses 5 units (before:
+    s^x floored at 0, 4 lost)."""
+    for cap, post, lost_units in (("after_demand", -1.0, 5), ("before_demand", 0.0, 4)):
+        env = one_item_env(inventory_cap=cap)
+        env.instance.capacity[0, 0] = 2.0
+        env._capacity[0, 1] = 2.0
+        env.obs = np.array([0, 0], np.float32)
+        obs, _, _, _, info = env.step(np.array([1]))
+        assert info["post_decision_obs"][0] == post and obs[0] == 0
+        assert info["cost_lost_sales"] == pytest.approx(0.5 * lost_units)
+
+
+@pytest.mark.parametrize("end", ["terminal", "truncated"])
+def test_horizon_end_is_a_termination_as_the_reference(end):
+    env = one_item_env(horizon_end=end)
+    flags = [env.step(np.array([0]))[2:4] for _ in range(3)]
+    assert flags[:2] == [(False, False)] * 2
+    assert flags[2] == ((True, False) if end == "terminal" else (False, True))
+
+
+def test_registered_ids_default_to_the_reference_dynamics():
+    for env_id, cap, end in (("ctrlrl/LotSizing-15x5-v0", "after_demand", "terminal"),
+                             ("ctrlrl/LotSizingCappedTruncated-15x5-v0", "before_demand",
+                              "truncated")):
+        env = gym.make(env_id).unwrapped
+        assert (env.inventory_cap, env.horizon_end) == (cap, end)
+    with pytest.raises(UserError, match=r"inventory_cap='never'.*after_demand, before_demand"):
+        LotSizingEnv("15x5", inventory_cap="never")
+
+
+def test_post_decision_reward_is_minus_the_setup_cost():
+    env = LotSizingEnv("25x10")
+    rows = list(play(env, seed=6, steps=60))
+    obs = np.stack([r[0] for r in rows])
+    actions = np.stack([r[1] for r in rows])
+    batched = env.post_decision_reward(obs, actions)
+    assert batched.shape == (60,) and (batched < 0).any()
+    for k, (*_, info) in enumerate(rows):
+        assert batched[k] == info["post_decision_reward"] == -info["cost_setup"]
 
 
 def test_post_decision_is_pure_and_batched():

@@ -3,22 +3,30 @@
 A transition splits into a deterministic decision step s^x = f(s, a) (the post-decision state) and
 a stochastic step s' = g(s^x, ξ). PDPPO keeps PPO's clipped actor and learns two critics, each with
 its own Adam optimiser: V(s) on pre-decision states and V^x(s^x) on post-decision states. The
-actor's advantage is the larger of the two:
+actor's advantage is the larger of the two (the paper's max-advantage; the authors' latest
+`agents/PDPPO.py`, `advantages = torch.max(advantages_current, advantages_post)`):
 
-    A_t = max(R_t − V(s_t),  R_t − V^x(s^x_t))
+    A_t = max(R_t − V(s_t),  R^x_t − V^x(s^x_t))
 
-Both critics regress the same return R_t: s^x_t is reached by the decision taken at s_t, so the
-return that follows it is the same sample (the decision's deterministic cost — the setup cost on
-lot-sizing — is part of r_t and known once s^x_t is). This is what the paper's max-advantage and its
-reference code compute; ALGORITHMS.md's R^x_t is this return seen from s^x_t.
+R_t = Σ_k γ^(k−t) r_k is the return of the env's rewards; R^x_t = Σ_k γ^(k−t) r^x_k is the return of
+the post-decision reward stream alone: r^x_t is the decision's deterministic reward (lot-sizing:
+minus the setup cost of the machines that switch), as the paper defines it and the reference code
+records it (`post_rewards = −sum(setup_cost)`, discounted on its own and regressed by `critic_post`).
+`post_return: shared` is the earlier form, where V^x also regresses R_t.
 
-R_t is the λ-return of the pre-decision critic; the default λ = 1 makes it the Monte-Carlo return
-the paper uses, bootstrapped with V only where the rollout cuts an episode (time limit, rollout end).
+Both returns are λ-returns built the same way (core `compute_gae`): R_t with V, R^x_t with V^x, each
+reset where an episode ends. The default λ = 1 makes them the Monte-Carlo returns of the paper and
+the reference; where the rollout cuts an episode (a time-limit truncation, the rollout's end) R_t is
+bootstrapped with V(s') and R^x_t with V^x(f(s', a')), a' drawn from the policy at s' (the next
+decision's post-decision state). A termination — on lot-sizing the horizon's end, as the
+reference's `done` — bootstraps neither.
 
-The env supplies the decision step: `env.unwrapped.post_decision(obs, action)`, pure and batched
-(ctrlrl/LotSizing-*, ctrlrl/FrozenLakePD*). PDPPO evaluates it on the raw observation and the
-action before each env step, and feeds V^x the result normalised with the observation statistics
-when observation normalisation is on and s^x has the observation's shape.
+The env supplies the decision step: `env.unwrapped.post_decision(obs, action)` and
+`env.unwrapped.post_decision_reward(obs, action)`, pure and batched (ctrlrl/LotSizing-*,
+ctrlrl/FrozenLakePD*, whose decision earns 0). PDPPO evaluates both on the raw observation and the
+action before each env step, and feeds V^x the state normalised with the observation statistics
+when observation normalisation is on and s^x has the observation's shape. r^x is in the env's
+reward units, so `post_return: own` takes raw rewards (no `normalize_reward`).
 
 Choices where the paper is silent or its reference code has known bugs (ALGORITHMS.md §2):
 - the whole actor trains (the reference's discrete-actor optimiser reached only the last layer);
@@ -27,11 +35,12 @@ Choices where the paper is silent or its reference code has known bugs (ALGORITH
 - with a MultiDiscrete policy the ratio is clipped per action component and the surrogate and entropy
   are averaged over components (`ratio: factor`, as the reference code's factorised actor);
   `ratio: joint` clips the joint ratio as ctrlrl's PPO does;
-- the critics fit the returns standardised per rollout, as the reference code does, but the actor's
-  advantages are formed in return units (the critics' outputs mapped back with the statistics they
-  were fit with, which also serve the bootstraps) and then standardised per batch. Lot-sizing
-  returns are large negative costs with a small spread, which the suite's `normalize_reward`
-  (scaling by the std of the discounted return) turns into near-constant targets; this does not;
+- each critic fits its own returns standardised per rollout (`normalize_returns`; the reference
+  fits them raw, its standardisation commented out), but the actor's advantages are formed in
+  return units (each critic's output mapped back with the statistics it was fit with, which also
+  serve the bootstraps) and then standardised per batch. Lot-sizing returns are large negative
+  costs with a small spread, which the suite's `normalize_reward` (scaling by the std of the
+  discounted return) turns into near-constant targets; this does not;
 - gradients are norm-clipped per network, since each has its own optimiser;
 - `critics: pre` (V only: PPO with PDPPO's settings, the paper's baseline) and `critics: post`
   (V^x only) are the ablations; both critics are trained in every mode.
@@ -47,12 +56,13 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
-from ctrlrl.core.buffers import RolloutBuffer, explained_variance, standardize
+from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
 
 ADVANTAGES = ("dual", "pre", "post")
+POST_RETURNS = ("own", "shared")
 
 
 @dataclass
@@ -69,6 +79,7 @@ class PDPPOConfig:
     clip_range: float = 0.2
     ratio: str = "factor"  # factor | joint (MultiDiscrete policies; others are always joint)
     critics: str = "dual"  # dual: max of both advantages | pre: V(s) only | post: V^x(s^x) only
+    post_return: str = "own"  # own: V^x fits R^x of the decisions' rewards r^x | shared: V^x fits R
     normalize_advantage: bool = True
     normalize_returns: bool = True  # critics fit returns standardised per rollout (as the paper's code)
     ent_coef: float = 1e-3
@@ -85,7 +96,8 @@ class PDPPOConfig:
                      non_negative=("batch_size", "clip_range", "ent_coef", "max_grad_norm"),
                      fraction=("gamma", "gae_lambda"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes"))
-        for key, allowed in (("ratio", ("factor", "joint")), ("critics", ADVANTAGES)):
+        for key, allowed in (("ratio", ("factor", "joint")), ("critics", ADVANTAGES),
+                             ("post_return", POST_RETURNS)):
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key}={getattr(self, key)!r} is not known; use one of "
                                 f"{', '.join(allowed)}")
@@ -104,6 +116,20 @@ class PDPPO(OnPolicyAlgorithm):
                 f"pdppo needs the post-decision state, and {env.env_id} has no "
                 "`post_decision(obs, action)`; use ctrlrl/LotSizing-<n>x<M>-v0 or "
                 "ctrlrl/FrozenLakePD-v0, or give your env that pure, batched method")
+        self.own_post_return = cfg.post_return == "own"
+        if self.own_post_return:
+            if not callable(getattr(self.decision_env, "post_decision_reward", None)):
+                self.decision_env.close()
+                raise UserError(
+                    f"pdppo's post-decision return needs the decision's own reward, and {env.env_id} "
+                    "has no `post_decision_reward(obs, action)`; give your env that pure, batched "
+                    "method or set post_return=shared")
+            if self.run.normalize_reward:
+                self.decision_env.close()
+                raise UserError(
+                    "pdppo with post_return=own adds the env's raw decision rewards r^x to its "
+                    "post-decision return; drop normalize_reward (PDPPO standardises each critic's "
+                    "targets itself) or set post_return=shared")
         post = self.post_decision(env.raw_obs, env.action_space.sample()[None].repeat(env.n_envs, 0))
         self.post_dim = post.shape[-1]
 
@@ -125,8 +151,13 @@ class PDPPO(OnPolicyAlgorithm):
             for name, flat in self.flats.items()}
         self.rollout = self.make_rollout_buffer()
         self.post_obs = np.zeros((cfg.n_steps, env.n_envs, self.post_dim), np.float32)
-        # the critics predict (R − mean) / std with the statistics of the rollout they last fit
+        self.post_rewards = np.zeros((cfg.n_steps, env.n_envs), np.float32)  # r^x_t
+        # γ·V^x(f(s', a')) where step t's episode was truncated, else 0; and V^x after the rollout
+        self.post_bootstrap = np.zeros((cfg.n_steps, env.n_envs), np.float32)
+        self.post_last_values = np.zeros(env.n_envs, np.float32)
+        # each critic predicts (return − mean) / std with the statistics of the rollout it last fit
         self.return_stats = torch.tensor([0.0, 1.0], device=device)
+        self.post_return_stats = torch.tensor([0.0, 1.0], device=device)
 
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn,
@@ -141,19 +172,59 @@ class PDPPO(OnPolicyAlgorithm):
         return post
 
     def on_action(self, action: np.ndarray) -> None:
-        self.post_obs[self.rollout.pos] = self.post_decision(self.env.raw_obs, action)
+        t, raw_obs = self.rollout.pos, self.env.raw_obs
+        self.post_obs[t] = self.post_decision(raw_obs, action)
+        if self.own_post_return:
+            self.post_rewards[t] = self.decision_env.post_decision_reward(raw_obs, action)
+
+    def next_post_value(self, obs: np.ndarray, raw_obs: np.ndarray) -> np.ndarray:
+        """V^x(f(s', a')) with a' ~ π(s'): the post-decision return's bootstrap at s'."""
+        with torch.no_grad():
+            action = self.policy.sample(torch.as_tensor(obs, device=self.device))[0]
+            action = action.cpu().numpy().reshape(len(obs), *self.rollout.act_shape)
+            if self.rollout.discrete:
+                action = action.astype(np.int64)
+            post = torch.as_tensor(self.post_decision(raw_obs, action), device=self.device)
+            return self.post_value(post).cpu().numpy()
+
+    def on_step(self, step) -> None:
+        t = self.rollout.pos
+        self.post_bootstrap[t] = 0.0
+        truncated = step.truncated & ~step.terminated
+        if self.own_post_return and truncated.any():
+            self.post_bootstrap[t, truncated] = self.cfg.gamma * self.next_post_value(
+                step.next_obs[truncated], step.raw_next_obs[truncated])
+
+    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
+        self.post_last_values[:] = 0.0
+        cut = rollout.dones[-1] == 0  # episodes the rollout's end cuts
+        if self.own_post_return and cut.any():
+            self.post_last_values[cut] = self.next_post_value(self.env.obs[cut],
+                                                              self.env.raw_obs[cut])
+
+    def post_returns(self, post_values: torch.Tensor) -> torch.Tensor:
+        """R^x: the λ-return of the decisions' rewards r^x with V^x, per row of `rollout.all()`."""
+        buf = self.rollout
+        values = post_values.cpu().numpy().reshape(buf.n_steps, buf.n_envs)
+        returns = compute_gae(self.post_rewards + self.post_bootstrap, values, buf.dones,
+                              self.post_last_values, self.cfg.gamma, self.cfg.gae_lambda)[1]
+        return torch.as_tensor(returns.reshape(-1), device=self.device)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_fn(obs).squeeze(-1) * self.return_stats[1] + self.return_stats[0]
 
     def post_value(self, post_obs: torch.Tensor) -> torch.Tensor:
-        return self.post_value_fn(post_obs).squeeze(-1) * self.return_stats[1] + self.return_stats[0]
+        stats = self.post_return_stats
+        return self.post_value_fn(post_obs).squeeze(-1) * stats[1] + stats[0]
 
     def extra_state(self):
-        return {"return_stats": self.return_stats.cpu()}
+        return {"return_stats": self.return_stats.cpu(),
+                "post_return_stats": self.post_return_stats.cpu()}
 
     def load_extra_state(self, state) -> None:
         self.return_stats = state["return_stats"].to(self.device)
+        # checkpoints from before each critic kept its own statistics shared one pair
+        self.post_return_stats = state.get("post_return_stats", state["return_stats"]).to(self.device)
 
     def log_prob_entropy(self, obs: torch.Tensor, actions: torch.Tensor):
         """(log-probabilities, entropies), each (batch, factors): per component or joint."""
@@ -166,10 +237,11 @@ class PDPPO(OnPolicyAlgorithm):
         return {"dual": torch.maximum(pre, post), "pre": pre, "post": post}[self.cfg.critics]
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, post_obs: torch.Tensor,
-             targets: torch.Tensor, adv: torch.Tensor, old_log_prob: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             targets: torch.Tensor, post_targets: torch.Tensor, adv: torch.Tensor,
+             old_log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clipped surrogate + entropy bonus + both critics' losses for one batch; a stats row.
-        `targets` are the returns on the critics' output scale (see `return_stats`)."""
+        `targets` (R for V) and `post_targets` (R^x for V^x) are on each critic's output scale
+        (see `return_stats`, `post_return_stats`)."""
         cfg = self.cfg
         if cfg.normalize_advantage and len(adv) > 1:
             adv = standardize(adv)
@@ -181,7 +253,7 @@ class PDPPO(OnPolicyAlgorithm):
         pg_loss = -torch.min(adv * ratio, adv * clipped).mean()
         entropy_loss = -entropy.mean()
         value_loss = F.mse_loss(self.value_fn(obs).squeeze(-1), targets)
-        post_value_loss = F.mse_loss(self.post_value_fn(post_obs).squeeze(-1), targets)
+        post_value_loss = F.mse_loss(self.post_value_fn(post_obs).squeeze(-1), post_targets)
         loss = pg_loss + cfg.ent_coef * entropy_loss + value_loss + post_value_loss
         with torch.no_grad():
             approx_kl = ((ratio - 1) - log_ratio).mean()
@@ -202,17 +274,21 @@ class PDPPO(OnPolicyAlgorithm):
         with torch.no_grad():
             post_values = self.post_value(post_obs)
             old_log_prob = self.log_prob_entropy(data.obs, data.actions)[0]
-        pre_adv, post_adv = data.advantages, data.returns - post_values
+        post_returns = self.post_returns(post_values) if self.own_post_return else data.returns
+        pre_adv, post_adv = data.advantages, post_returns - post_values
         advantages = self.advantages(pre_adv, post_adv)
         if cfg.normalize_returns:
             self.return_stats = torch.stack([data.returns.mean(), data.returns.std() + 1e-8])
+            self.post_return_stats = torch.stack([post_returns.mean(), post_returns.std() + 1e-8])
         targets = (data.returns - self.return_stats[0]) / self.return_stats[1]
+        post_targets = (post_returns - self.post_return_stats[0]) / self.post_return_stats[1]
         batch = cfg.batch_size or n
         stats = []
         for _ in range(cfg.n_epochs):
             for idx in torch.randperm(n, device=self.device).split(batch):
                 loss, stats_row = self.loss(data.obs[idx], data.actions[idx], post_obs[idx],
-                                            targets[idx], advantages[idx], old_log_prob[idx])
+                                            targets[idx], post_targets[idx], advantages[idx],
+                                            old_log_prob[idx])
                 for flat in self.flats.values():
                     flat.zero_grad()
                 loss.backward()  # disjoint parameters: fills each network's own gradient
@@ -228,7 +304,7 @@ class PDPPO(OnPolicyAlgorithm):
             "learning_rate": self.optimizers["actor"].param_groups[0]["lr"],
             # how often the post-decision critic gave the larger advantage
             "post_advantage_share": (post_adv > pre_adv).float().mean(),
-            "explained_variance_post": explained_variance(data.returns, post_values),
+            "explained_variance_post": explained_variance(post_returns, post_values),
             **self.rollout_metrics(data),
         }
 

@@ -165,7 +165,7 @@ class Inventory(FiniteMDPEnv):
                         lost_sales=np.array([lost_sales]), setup_cost=np.array([[setup_cost]]),
                         setup_loss=np.array([[setup_loss]]), capacity=np.array([[capacity]]),
                         max_inv=max_inv)
-        lot = LotSizingEnv(inst)  # only its deterministic decision step is used
+        lot = LotSizingEnv(inst, inventory_cap="before_demand")  # its decision step: s^x capped
         n_inv = max_inv + 1
         S = 2 * n_inv
         inventory, setup = np.arange(S) % n_inv, np.arange(S) // n_inv

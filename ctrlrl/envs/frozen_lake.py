@@ -5,7 +5,10 @@ flat Box observations). The decision step is the intended move — the cell the 
 leads to before the ice acts — and the slip (the move actually made is the intended one or one of
 the two perpendicular ones, each 1/3) is the stochastic step. `post_decision(obs, action)` gives
 that intended cell one-hot, batched; `info["post_decision_obs"]` carries it on every step.
-Holes and the goal are terminal: their post-decision state is themselves.
+Holes and the goal are terminal: their post-decision state is themselves. The decision earns no
+reward of its own — gymnasium's reward (1 on reaching the goal) comes with the move actually made —
+so `post_decision_reward(obs, action)` and `info["post_decision_reward"]` are 0. (The authors'
+lake, a different env with a shaped proximity reward, gave the intended cell's proximity reward.)
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         cells = np.asarray(obs).argmax(-1)
         return self._one_hot(self._intended[cells, np.asarray(action, dtype=np.int64)])
 
+    def post_decision_reward(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The decision's deterministic reward, 0 for (batches of) observations and actions."""
+        return np.zeros(np.asarray(obs).shape[:-1])
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         cell, info = super().reset(seed=seed, options=options)
         return self._one_hot(cell), info
@@ -59,7 +66,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         post = self._one_hot(self._intended[int(self.s), int(action)])
         new_cell, reward, terminated, truncated, info = super().step(action)
         return self._one_hot(new_cell), float(reward), terminated, truncated, \
-            {**info, "post_decision_obs": post}
+            {**info, "post_decision_obs": post, "post_decision_reward": 0.0}
 
 
 def register() -> None:

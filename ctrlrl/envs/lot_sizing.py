@@ -5,16 +5,31 @@ a deterministic decision step, `post_decision(obs, action)` (setups, setup losse
 post-decision state s^x), and a stochastic step (demand d_i, lost sales, holding). Observation:
 inventories I_i (n values in [0, max_inv]) then machine setups σ_m (M values in {0..n}, 0 = idle),
 as one float32 vector; demand is not observed. Reward = −(setup + lost-sales + holding cost); the
-three parts are in `info` with the post-decision observation.
+three parts are in `info` with the post-decision observation and the decision's deterministic
+reward r^x = −setup cost (`info["post_decision_reward"]`; pure and batched:
+`post_decision_reward(obs, action)`).
 
 Instances are JSON files in `instances/` made by `generate_instance(n_items, n_machines, seed)`;
 `ctrlrl/LotSizing-<n>x<M>-v0` registers each, `ctrlrl/LotSizing-v0` takes `instance=` (a name or a
-path to a JSON file) and `demand=` ("binomial:20:0.4" default, "poisson:8", "zero").
+path to a JSON file), `demand=` ("binomial:20:0.4" default, "poisson:8", "zero"), `inventory_cap=`
+and `horizon_end=` (below); `ctrlrl/LotSizingCappedTruncated-<n>x<M>-v0` is each instance with the
+earlier dynamics (`inventory_cap="before_demand"`, `horizon_end="truncated"`).
 
-Choices the spec leaves open: post-decision inventory is capped at `max_inv` (production beyond it
-is discarded at once, so with zero demand s' = s^x exactly); a setup loss can eat into existing stock
-(inventory floored at 0); reset draws each inventory uniformly from 0..`initial_inventory_max` and
-each machine's setup uniformly from the items it can make, or idle.
+As the authors' environment (`envs/simplePlant.py` of the reference code, `_post_decision` then
+`_satisfy_demand`) and ALGORITHMS.md §2 step 5, inventory is floored and capped only after demand
+(`inventory_cap="after_demand"`): the post-decision inventory I + production − setup loss is
+neither floored nor capped, demand is served from all of it, unmet demand (including a deficit a
+setup loss left) costs lost sales, and what remains is capped at `max_inv` before holding is
+charged. `inventory_cap="before_demand"` is the earlier form: s^x floored at 0 and capped at
+`max_inv` (excess production discarded at once, so with zero demand s' = s^x exactly).
+
+The horizon's end is a termination (`horizon_end="terminal"`), as the reference's
+`done = current_step == T` that resets the discounted return, and the paper's finite sums
+R_t = Σ_{k=t}^{T} γ^(k−t) r_k; `horizon_end="truncated"` reports it as a time-limit truncation
+(learners bootstrap through it), the earlier form.
+
+A choice the spec leaves open: reset draws each inventory uniformly from 0..`initial_inventory_max`
+and each machine's setup uniformly from the items it can make, or idle.
 """
 
 from __future__ import annotations
@@ -31,6 +46,8 @@ from ctrlrl.core.errors import UserError
 
 INSTANCE_DIR = Path(__file__).parent / "instances"
 REFERENCE_SIZES = ((15, 5), (20, 10), (25, 10), (25, 15), (30, 10), (30, 15))
+INVENTORY_CAPS = ("after_demand", "before_demand")
+HORIZON_ENDS = ("terminal", "truncated")
 
 
 @dataclass(frozen=True)
@@ -109,7 +126,13 @@ def _demand_sampler(spec: str):
 class LotSizingEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, instance: str | Instance = "20x10", demand: str = "binomial:20:0.4"):
+    def __init__(self, instance: str | Instance = "20x10", demand: str = "binomial:20:0.4",
+                 inventory_cap: str = "after_demand", horizon_end: str = "terminal"):
+        for key, value, allowed in (("inventory_cap", inventory_cap, INVENTORY_CAPS),
+                                    ("horizon_end", horizon_end, HORIZON_ENDS)):
+            if value not in allowed:
+                raise UserError(f"{key}={value!r} is not known; use one of {', '.join(allowed)}")
+        self.inventory_cap, self.horizon_end = inventory_cap, horizon_end
         self.instance = inst = load_instance(instance)
         self.demand_spec = demand
         self._demand = _demand_sampler(demand)
@@ -139,13 +162,19 @@ class LotSizingEnv(gym.Env):
         setup_cost = np.where(switch, self._setup_cost[self._rows, action], 0.0).sum(-1)
         items = self._item_of_action[action]  # (..., M, n): which item each machine works on
         delta = ((capacity - loss)[..., None] * items).sum(-2)
-        inventory = np.clip(obs[..., :n] + delta, 0.0, self.instance.max_inv)
+        inventory = obs[..., :n] + delta
+        if self.inventory_cap == "before_demand":
+            inventory = np.clip(inventory, 0.0, self.instance.max_inv)
         post = np.concatenate([inventory, action.astype(np.float64)], -1).astype(np.float32)
         return post, setup_cost
 
     def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The post-decision state s^x = f(s, a): pure, batched over leading dimensions."""
         return self.decision(obs, action)[0]
+
+    def post_decision_reward(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The decision's deterministic reward r^x = −setup cost: pure, batched."""
+        return -self.decision(obs, action)[1]
 
     def mean_demand(self) -> float:
         kind, *args = self.demand_spec.split(":")
@@ -200,17 +229,20 @@ class LotSizingEnv(gym.Env):
         inst = self.instance
         post, setup_cost = self.decision(self.obs, action)
         demand = self._demand(self.np_random, inst.n_items)
-        stock = post[: inst.n_items].astype(np.float64)
-        sold = np.minimum(stock, demand)
-        inventory = stock - sold
-        lost_cost = float(inst.lost_sales @ (demand - sold))
+        left = post[: inst.n_items].astype(np.float64) - demand
+        # unmet demand (and a setup loss's deficit below zero) is lost; the rest is capped
+        lost_cost = float(inst.lost_sales @ np.maximum(-left, 0.0))
+        inventory = np.clip(left, 0.0, inst.max_inv)
         holding_cost = float(inst.holding @ inventory)
         self.obs = np.concatenate([inventory, post[inst.n_items:]]).astype(np.float32)
         self.t += 1
-        info = {"post_decision_obs": post, "cost_setup": float(setup_cost),
-                "cost_lost_sales": lost_cost, "cost_holding": holding_cost}
+        info = {"post_decision_obs": post, "post_decision_reward": -float(setup_cost),
+                "cost_setup": float(setup_cost), "cost_lost_sales": lost_cost,
+                "cost_holding": holding_cost}
         reward = -(float(setup_cost) + lost_cost + holding_cost)
-        return self.obs.copy(), reward, False, self.t >= inst.horizon, info
+        end = self.t >= inst.horizon
+        terminal = self.horizon_end == "terminal"
+        return self.obs.copy(), reward, end and terminal, end and not terminal, info
 
 
 def register() -> None:
@@ -218,3 +250,7 @@ def register() -> None:
     for n, m in REFERENCE_SIZES:
         gym.register(f"ctrlrl/LotSizing-{n}x{m}-v0", entry_point=LotSizingEnv,
                      kwargs={"instance": f"{n}x{m}"})
+        # the earlier dynamics: s^x capped before demand, the horizon a time-limit truncation
+        gym.register(f"ctrlrl/LotSizingCappedTruncated-{n}x{m}-v0", entry_point=LotSizingEnv,
+                     kwargs={"instance": f"{n}x{m}", "inventory_cap": "before_demand",
+                             "horizon_end": "truncated"})
