@@ -146,6 +146,25 @@ def test_shared_return_setting_fits_both_critics_to_R(tmp_path, monkeypatch):
     algo.close()
 
 
+def test_residual_pre_reward_setting_fits_V_to_the_rest_of_the_reward(tmp_path, monkeypatch):
+    """`pre_reward: residual` (the authors' training loop): R_t sums r − r^x; R^x is unchanged.
+    The same seed plays the same rollout as the default, whose buffer holds the env's r."""
+    total, _ = spied_run(tmp_path / "total", monkeypatch)
+    algo, seen = spied_run(tmp_path / "residual", monkeypatch, pre_reward="residual")
+    buf = algo.rollout
+    np.testing.assert_array_equal(buf.actions, total.rollout.actions)
+    r_x = setup_rewards(algo)
+    rest = total.rollout.rewards - r_x
+    np.testing.assert_allclose(buf.rewards, rest, rtol=1e-6)
+    mean, std = algo.return_stats
+    torch.testing.assert_close(seen["loss"][0][3] * std + mean,
+                               as_rows(discounted(rest, buf.dones, np.zeros(2))),
+                               rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(seen["post_returns"], as_rows(discounted(r_x, buf.dones, np.zeros(2))))
+    total.close()
+    algo.close()
+
+
 def test_post_return_bootstraps_a_truncated_horizon_from_the_next_decision(tmp_path, monkeypatch):
     """Where the env truncates, R^x_t = r^x_t + γ·V^x(f(s', a')) with s' the true final state."""
     calls = []
@@ -268,6 +287,33 @@ def test_every_actor_parameter_gets_a_gradient(ratio, tmp_path):
     algo.close()
 
 
+def test_loss_terms_against_hand_computation(tmp_path):
+    """Clipped surrogate on the batch-standardised advantage, −ent_coef·entropy, V's squared error
+    to `targets` and V^x's to `post_targets`, each with weight 1."""
+    algo = collected(tmp_path, ent_coef=0.05)
+    data, post_obs, _, _, old_log_prob = update_inputs(algo)
+    with torch.no_grad():
+        for p in algo.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(0)
+    n = data.obs.shape[0]
+    adv, targets, post_targets = (torch.randn(n, generator=gen) * 3 + 1 for _ in range(3))
+    with torch.no_grad():
+        loss, stats = algo.loss(data.obs, data.actions, post_obs, targets, post_targets, adv,
+                                old_log_prob)
+        log_prob, entropy = algo.log_prob_entropy(data.obs, data.actions)
+        ratio = (log_prob - old_log_prob).exp()
+        a = ((adv - adv.mean()) / adv.std())[:, None]
+        pg = -torch.minimum(a * ratio, a * ratio.clamp(0.8, 1.2)).mean()
+        v = ((algo.value_fn(data.obs).squeeze(-1) - targets) ** 2).mean()
+        vx = ((algo.post_value_fn(post_obs).squeeze(-1) - post_targets) ** 2).mean()
+    assert (ratio - 1).abs().max() > 0.2  # some ratios are clipped
+    torch.testing.assert_close(loss, pg - 0.05 * entropy.mean() + v + vx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats[:4], torch.stack([pg, v, vx, -entropy.mean()]),
+                               rtol=1e-5, atol=1e-5)
+    algo.close()
+
+
 def test_factor_ratio_has_one_ratio_per_machine(tmp_path):
     algo = collected(tmp_path)
     data = algo.rollout.all()
@@ -308,6 +354,8 @@ def test_unknown_mode_is_a_clear_error(tmp_path):
         make_algo("pdppo", tmp_path, critics="both")
     with pytest.raises(UserError, match=r"post_return='mine'.*own, shared"):
         make_algo("pdppo", tmp_path, post_return="mine")
+    with pytest.raises(UserError, match=r"pre_reward='net'.*total, residual"):
+        make_algo("pdppo", tmp_path, pre_reward="net")
 
 
 def test_own_post_return_needs_the_decision_reward_and_raw_rewards(tmp_path, monkeypatch):

@@ -12,7 +12,10 @@ R_t = Σ_k γ^(k−t) r_k is the return of the env's rewards; R^x_t = Σ_k γ^(k
 the post-decision reward stream alone: r^x_t is the decision's deterministic reward (lot-sizing:
 minus the setup cost of the machines that switch), as the paper defines it and the reference code
 records it (`post_rewards = −sum(setup_cost)`, discounted on its own and regressed by `critic_post`).
-`post_return: shared` is the earlier form, where V^x also regresses R_t.
+`post_return: shared` is the earlier form, where V^x also regresses R_t. `pre_reward: residual` is
+the authors' latest training loop (`agents/PDPPOAgent.py` stores `reward - post_reward`), where R_t
+is the return of r_t − r^x_t, the part of the reward the decision does not fix; the default
+`total` is the paper's R_t = Σ_k γ^(k−t) r_k of the env's reward (and ALGORITHMS.md's).
 
 Both returns are λ-returns built the same way (core `compute_gae`): R_t with V, R^x_t with V^x, each
 reset where an episode ends. The default λ = 1 makes them the Monte-Carlo returns of the paper and
@@ -63,6 +66,7 @@ from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
 
 ADVANTAGES = ("dual", "pre", "post")
 POST_RETURNS = ("own", "shared")
+PRE_REWARDS = ("total", "residual")
 
 
 @dataclass
@@ -80,6 +84,7 @@ class PDPPOConfig:
     ratio: str = "factor"  # factor | joint (MultiDiscrete policies; others are always joint)
     critics: str = "dual"  # dual: max of both advantages | pre: V(s) only | post: V^x(s^x) only
     post_return: str = "own"  # own: V^x fits R^x of the decisions' rewards r^x | shared: V^x fits R
+    pre_reward: str = "total"  # total: R sums the env's r | residual: R sums r − r^x (the authors' code)
     normalize_advantage: bool = True
     normalize_returns: bool = True  # critics fit returns standardised per rollout (as the paper's code)
     ent_coef: float = 1e-3
@@ -97,7 +102,7 @@ class PDPPOConfig:
                      fraction=("gamma", "gae_lambda"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes"))
         for key, allowed in (("ratio", ("factor", "joint")), ("critics", ADVANTAGES),
-                             ("post_return", POST_RETURNS)):
+                             ("post_return", POST_RETURNS), ("pre_reward", PRE_REWARDS)):
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key}={getattr(self, key)!r} is not known; use one of "
                                 f"{', '.join(allowed)}")
@@ -117,19 +122,20 @@ class PDPPO(OnPolicyAlgorithm):
                 "`post_decision(obs, action)`; use ctrlrl/LotSizing-<n>x<M>-v0 or "
                 "ctrlrl/FrozenLakePD-v0, or give your env that pure, batched method")
         self.own_post_return = cfg.post_return == "own"
-        if self.own_post_return:
+        self.uses_post_rewards = self.own_post_return or cfg.pre_reward == "residual"
+        if self.uses_post_rewards:
             if not callable(getattr(self.decision_env, "post_decision_reward", None)):
                 self.decision_env.close()
                 raise UserError(
                     f"pdppo's post-decision return needs the decision's own reward, and {env.env_id} "
                     "has no `post_decision_reward(obs, action)`; give your env that pure, batched "
-                    "method or set post_return=shared")
+                    "method or set post_return=shared (and pre_reward=total)")
             if self.run.normalize_reward:
                 self.decision_env.close()
                 raise UserError(
-                    "pdppo with post_return=own adds the env's raw decision rewards r^x to its "
-                    "post-decision return; drop normalize_reward (PDPPO standardises each critic's "
-                    "targets itself) or set post_return=shared")
+                    "pdppo with post_return=own or pre_reward=residual uses the env's raw decision "
+                    "rewards r^x; drop normalize_reward (PDPPO standardises each critic's targets "
+                    "itself) or set post_return=shared (and pre_reward=total)")
         post = self.post_decision(env.raw_obs, env.action_space.sample()[None].repeat(env.n_envs, 0))
         self.post_dim = post.shape[-1]
 
@@ -174,7 +180,7 @@ class PDPPO(OnPolicyAlgorithm):
     def on_action(self, action: np.ndarray) -> None:
         t, raw_obs = self.rollout.pos, self.env.raw_obs
         self.post_obs[t] = self.post_decision(raw_obs, action)
-        if self.own_post_return:
+        if self.uses_post_rewards:
             self.post_rewards[t] = self.decision_env.post_decision_reward(raw_obs, action)
 
     def next_post_value(self, obs: np.ndarray, raw_obs: np.ndarray) -> np.ndarray:
@@ -196,6 +202,8 @@ class PDPPO(OnPolicyAlgorithm):
                 step.next_obs[truncated], step.raw_next_obs[truncated])
 
     def on_rollout_full(self, rollout: RolloutBuffer) -> None:
+        if self.cfg.pre_reward == "residual":
+            rollout.rewards -= self.post_rewards
         self.post_last_values[:] = 0.0
         cut = rollout.dones[-1] == 0  # episodes the rollout's end cuts
         if self.own_post_return and cut.any():
