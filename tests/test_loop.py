@@ -202,6 +202,11 @@ def test_joint_plan_keeps_targets_feasible():
     assert plan.capped.all()
     small = evi_joint(R, P, n, lambda span: 1e-3, 1e-9, 100_000)
     assert small.gain < 0.9 and (n * small.bonus ** 2).sum() == pytest.approx(1e-3, rel=1e-9)
+    # β is the budget at the returned values' span, spent there
+    grows = evi_joint(R, P, n, lambda span: 1e-3 * (1 + span) ** 2, 1e-9, 100_000)
+    span = grows.u.max() - grows.u.min()
+    assert span > 0.1 and grows.beta == pytest.approx(1e-3 * (1 + span) ** 2, rel=1e-6)
+    assert (n * grows.bonus ** 2).sum() == pytest.approx(grows.beta, rel=1e-9)
     n[0, 1] = 0.0  # unvisited: its target is the cap at no cost, so the gain is 1 again
     P[0, 1] = 0.0
     free = evi_joint(R, P, n, lambda span: 1e-3, 1e-9, 100_000)

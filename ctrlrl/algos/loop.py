@@ -32,12 +32,16 @@ learner acts greedily w.r.t. Q_f. What ctrlrl runs instead, and why:
   exponential in S): `evi_joint` ascends by alternating the two exact steps — allocate the budget
   for the previous greedy policy's frequencies, re-solve the extended MDP for its greedy policy —
   from the per-pair shape Δ ∝ 1/√N, until the greedy policy repeats (at most `max_plan_rounds`),
-  and returns the round of largest gain. Exact: the returned hypothesis lies in the set
-  (Σ N·Δ² ≤ β at every sweep, = β unless every weighted pair is at its cap) and, once the policy
-  repeats, its allocation is the best one for its own policy.
-  Approximated: the max over policies (a local maximum; optimism J_f ≥ J* is checked, not
-  proved), value iteration to accuracy 1/√t (UCRL2's) or `max_plan_iters` sweeps; J_f is the
-  midpoint of the last increment's range, the policy greedy in the last Q.
+  and returns the round of largest gain. Within a round the value iteration runs with the KKT
+  shape Δ = min(κ·(1 + sp u)·w/N, room) for a fixed κ (a monotone backup, like the per-pair
+  one), and κ is refitted until the converged values spend the budget β(sp u) exactly.
+  Exact: the returned hypothesis lies in the set (Σ N·Δ² = β at its values, up to the refit's
+  relative accuracy 10⁻⁶, or < β when every weighted pair is at its cap) and, once the policy
+  repeats, its allocation is the best one for its own policy (tested against enumeration).
+  Approximated: the max over policies (a local maximum — measured at the global one on 17 of 20
+  random 5-state MDPs, within 0.012 on the rest; optimism J_f ≥ J* is checked, not proved),
+  value iteration to accuracy 1/√t (UCRL2's) or `max_plan_iters` sweeps; J_f is the midpoint of
+  the last increment's range, the policy greedy in the last Q.
 `loop`, `instantiation: tabular`, `confidence: per_pair` (a UCB-style variant, not the paper's):
 - The joint constraint relaxed to one per pair, |Δ(s, a)| ≤ √(β/N(s, a)) (a superset: still
   optimistic), with the Hoeffding radius of a target in [min V, 1 + max V]: √(β/N) =
