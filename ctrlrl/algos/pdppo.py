@@ -29,11 +29,14 @@ The env supplies the decision step: `env.unwrapped.post_decision(obs, action)` a
 ctrlrl/FrozenLakePD*, whose decision earns 0). PDPPO evaluates both on the raw observation and the
 action before each env step, and feeds V^x the state normalised with the observation statistics
 when observation normalisation is on and s^x has the observation's shape. r^x is in the env's
-reward units, so `post_return: own` takes raw rewards (no `normalize_reward`).
+reward units, so `post_return: own` takes raw rewards (no `normalize_reward`). Where the decision
+earns nothing (FrozenLake) R^x is only V^x's bootstraps, V^x learns ≈ 0 and the max keeps the
+actor's advantage at or above about 0: the paper's formula taken as written.
 
 Choices where the paper is silent or its reference code has known bugs (ALGORITHMS.md §2):
 - the whole actor trains (the reference's discrete-actor optimiser reached only the last layer);
-  the rollout is rebuilt every update (the reference never cleared its buffer); each critic's loss
+  the rollout is rebuilt every update (the reference's buffer was never cleared, later kept as a
+  sliding window of the last five rollouts); each critic's loss
   reaches its own optimiser with gradients (the reference added them detached);
 - with a MultiDiscrete policy the ratio is clipped per action component and the surrogate and entropy
   are averaged over components (`ratio: factor`, as the reference code's factorised actor);
