@@ -2,10 +2,12 @@
 
     python benchmarks/loop_regret_slopes.py runs/loop [-o docs/results/loop_loglog.png]
 
-For each env and label: the regret Σ(J* − r_t) at T/10 and T (mean over seeds), the log-log slope
-log10(R(T)/R(T/10)) per seed (mean, min, max; a slope needs positive regrets, seeds where either is
-≤ 0 are counted apart), the number of policy switches at T, and the gap J* − J(π_T) of the policy
-held at T (exact, from the env's model; mean over seeds, and how many seeds hold an optimal one).
+For each env and label: the confidence level δ, the regret Σ(J* − r_t) at T/10 and T (mean over
+seeds), its ratio to UCRL2's on the same env (a comparison, not a claim of the papers: compare
+labels run at the same δ), the log-log slope log10(R(T)/R(T/10)) per seed (mean, min, max; a slope
+needs positive regrets, seeds where either is ≤ 0 are counted apart), the number of policy
+switches at T, and the gap J* − J(π_T) of the policy held at T (exact, from the env's model; mean
+over seeds, and how many seeds hold an optimal one).
 With -o, a log-log plot of the mean regret curves (one panel per env).
 """
 
@@ -25,10 +27,13 @@ def main() -> None:
     parser.add_argument("-o", "--output", default=None, help="log-log plot (PNG)")
     args = parser.parse_args()
     groups = read_groups(args.runs)
-    print("| Env | Algorithm | Seeds | T | Regret at T/10 | Regret at T | Slope (mean [min, max]) "
-          "| Switches at T | J* − J(π_T) (optimal at T) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| Env | Algorithm | δ | Seeds | T | Regret at T/10 | Regret at T | ÷ UCRL2's "
+          "| Slope (mean [min, max]) | Switches at T | J* − J(π_T) (optimal at T) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for env, labels in groups.items():
+        ucrl2 = [r for label, runs in labels.items() if label.startswith("ucrl2") for r in runs]
+        ucrl2_regret = (np.mean([np.interp(min(r.steps for r in ucrl2), *r.curve("train/regret"))
+                                 for r in ucrl2]) if ucrl2 else np.nan)
         for label, runs in sorted(labels.items()):
             T = min(r.steps for r in runs)
             at = np.array([[np.interp(t, *r.curve("train/regret")) for t in (T // 10, T)]
@@ -41,8 +46,10 @@ def main() -> None:
             gap[np.abs(gap) < 1e-9] = 0.0  # the solvers' rounding
             slope = (f"{slopes.mean():.2f} [{slopes.min():.2f}, {slopes.max():.2f}]"
                      if ok.any() else "—") + ("" if ok.all() else f" ({(~ok).sum()} seeds ≤ 0)")
-            print(f"| {env} | {label} | {len(runs)} | {T} | {at[:, 0].mean():.0f} | "
-                  f"{at[:, 1].mean():.0f} | {slope} | {switches:.0f} | "
+            delta = runs[0].config.get("config.delta", "—")
+            print(f"| {env} | {label} | {delta} | {len(runs)} | {T} | {at[:, 0].mean():.0f} | "
+                  f"{at[:, 1].mean():.0f} | {at[:, 1].mean() / ucrl2_regret:.2f} | {slope} | "
+                  f"{switches:.0f} | "
                   f"{gap.mean():.3g} ({(gap < 1e-6).sum()}/{len(runs)}) |")
     if args.output:
         import matplotlib

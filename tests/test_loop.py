@@ -259,6 +259,43 @@ def test_per_pair_variant_keeps_the_hoeffding_set(tmp_path, monkeypatch):
     a.close()
 
 
+def test_ucrl2_inner_max_moves_mass_from_the_worst_to_the_best_state():
+    """One sweep by hand: every state has P̂ = (0.5, 0.3, 0.2), r = 0, u = (0, 1, 2), ε = 0.4:
+    ε/2 = 0.2 moves from state 0 (worst) to state 2 (best): p = (0.3, 0.3, 0.4), p·u = 1.1, so the
+    increment is 1.1 − u and its midpoint 1.1 − 1 = 0.1."""
+    P_hat = np.tile([0.5, 0.3, 0.2], (3, 1, 1))
+    gain, _, _ = evi_l1(np.zeros((3, 1)), P_hat, np.full((3, 1), 0.4), 0.0, 1,
+                        np.array([0.0, 1.0, 2.0]))
+    assert gain == pytest.approx(0.1)
+    # ε = 1.2: the best state's mass is capped at 1, taken from the worst first, then the middle
+    gain, _, _ = evi_l1(np.zeros((3, 1)), P_hat, np.full((3, 1), 1.2), 0.0, 1,
+                        np.array([0.0, 1.0, 2.0]))
+    assert gain == pytest.approx(0.8 * 2 + 0.2 * 1 - 1)  # p = (0, 0.2, 0.8)
+
+
+def test_ucrl2_plans_with_the_published_radii_and_episodes(tmp_path, monkeypatch):
+    a = ctrlrl.make("ucrl2", RIVER, overrides={**QUIET, "delta": 0.2}, seed=0, total_steps=2000,
+                    run_dir=str(tmp_path / "r")).learn()
+    calls = _spy(monkeypatch, "evi_l1")
+    a.plan()
+    (r_tilde, P_hat, eps, tol, max_iter, _), _, _ = calls[0]
+    N, t, S, A = np.maximum(a.N, 1), a.step + 1, 6, 2
+    r_hat = a.R_sum / N
+    assert np.allclose(r_tilde, np.minimum(1, r_hat + np.sqrt(3.5 * np.log(2 * S * A * t / 0.2) / N)))
+    assert np.allclose(eps, np.sqrt(14 * S * np.log(2 * A * t / 0.2) / N))
+    assert np.allclose(P_hat, a.N_sas / N[..., None]) and tol == pytest.approx(1 / np.sqrt(t))
+    assert max_iter == a.cfg.max_plan_iters
+    # the episode ends when one pair's count within it reaches its count at the episode's start
+    assert np.array_equal(a.N_start, a.N) and not a.should_plan()
+    s, act = 0, int(a.policy[0])
+    for _ in range(int(max(1, a.N[s, act])) - 1):
+        a.observe(s, act, 0.0, s)
+    assert not a.should_plan()
+    a.observe(s, act, 0.0, s)
+    assert a.should_plan()
+    a.close()
+
+
 def test_loop_and_ucrl2_share_the_confidence_level():
     assert LOOPConfig().delta == UCRL2Config().delta == 0.05
     assert LOOPConfig().confidence == "joint"
@@ -470,7 +507,7 @@ def test_bad_inputs_are_user_errors(tmp_path):
         ctrlrl.make("loop", RIVER, overrides={**QUIET, "instantiation": "deep"})
     with pytest.raises(ctrlrl.UserError, match="beta_scale"):
         ctrlrl.make("loop", RIVER, overrides={**QUIET, "beta_scale": 0})
-    with pytest.raises(ctrlrl.UserError, match="confidence.*joint, per_pair"):
+    with pytest.raises(ctrlrl.UserError, match=r"confidence.*joint, per_pair"):
         ctrlrl.make("loop", RIVER, overrides={**QUIET, "confidence": "box"})
     proc = run_cli("train", "loop", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "c"))
     assert proc.returncode != 0
