@@ -118,27 +118,12 @@ class PDPPO(OnPolicyAlgorithm):
     def build(self) -> None:
         cfg, env, device = self.cfg, self.env, self.device
         self.decision_env = gym.make(env.env_id).unwrapped
-        if not callable(getattr(self.decision_env, "post_decision", None)):
-            self.decision_env.close()
-            raise UserError(
-                f"pdppo needs the post-decision state, and {env.env_id} has no "
-                "`post_decision(obs, action)`; use ctrlrl/LotSizing-<n>x<M>-v0 or "
-                "ctrlrl/FrozenLakePD-v0, or give your env that pure, batched method")
         self.own_post_return = cfg.post_return == "own"
         self.uses_post_rewards = self.own_post_return or cfg.pre_reward == "residual"
-        if self.uses_post_rewards:
-            if not callable(getattr(self.decision_env, "post_decision_reward", None)):
-                self.decision_env.close()
-                raise UserError(
-                    f"pdppo's post-decision return needs the decision's own reward, and {env.env_id} "
-                    "has no `post_decision_reward(obs, action)`; give your env that pure, batched "
-                    "method or set post_return=shared (and pre_reward=total)")
-            if self.run.normalize_reward:
-                self.decision_env.close()
-                raise UserError(
-                    "pdppo with post_return=own or pre_reward=residual uses the env's raw decision "
-                    "rewards r^x; drop normalize_reward (PDPPO standardises each critic's targets "
-                    "itself) or set post_return=shared (and pre_reward=total)")
+        problem = self.unsupported_env(env.env_id)
+        if problem:
+            self.decision_env.close()
+            raise UserError(problem)
         post = self.post_decision(env.raw_obs, env.action_space.sample()[None].repeat(env.n_envs, 0))
         self.post_dim = post.shape[-1]
 
@@ -167,6 +152,24 @@ class PDPPO(OnPolicyAlgorithm):
         # each critic predicts (return − mean) / std with the statistics of the rollout it last fit
         self.return_stats = torch.tensor([0.0, 1.0], device=device)
         self.post_return_stats = torch.tensor([0.0, 1.0], device=device)
+
+    def unsupported_env(self, env_id: str) -> str | None:
+        """Why this env and run cannot train PDPPO as configured (one line), or None."""
+        if not callable(getattr(self.decision_env, "post_decision", None)):
+            return (f"pdppo needs the post-decision state, and {env_id} has no "
+                    "`post_decision(obs, action)`; use ctrlrl/LotSizing-<n>x<M>-v0 or "
+                    "ctrlrl/FrozenLakePD-v0, or give your env that pure, batched method")
+        if not self.uses_post_rewards:
+            return None
+        if not callable(getattr(self.decision_env, "post_decision_reward", None)):
+            return (f"pdppo's post-decision return needs the decision's own reward, and {env_id} "
+                    "has no `post_decision_reward(obs, action)`; give your env that pure, batched "
+                    "method or set post_return=shared (and pre_reward=total)")
+        if self.run.normalize_reward:
+            return ("pdppo with post_return=own or pre_reward=residual uses the env's raw decision "
+                    "rewards r^x; drop normalize_reward (PDPPO standardises each critic's targets "
+                    "itself) or set post_return=shared (and pre_reward=total)")
+        return None
 
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn,
