@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -244,6 +245,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, paths)))
 
 
+def _ignore_further_interrupts() -> None:
+    """The checkpoint is on disk and the process is leaving: another Ctrl-C (a held key, a
+    terminal's repeated signal) must not raise inside interpreter shutdown and print a traceback."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ctrlrl.algos.base import TrainingInterrupted
@@ -257,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctrlrl: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
+        _ignore_further_interrupts()
         how = (f"`ctrlrl train {args.algo} --resume {exc.checkpoint.parent.parent}`"
                if args.command == "train" else "the same command again")  # collect resumes its SAC run
         print(f"ctrlrl: {exc}; continue with {how}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         print("ctrlrl: aborted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like

@@ -110,3 +110,18 @@ def test_second_ctrl_c_aborts_and_keeps_last_checkpoint(tmp_path):
     assert "Traceback" not in err, err
     assert load_checkpoint(ckpt_path)["step"] > 0  # intact and loadable
 
+
+
+def test_held_ctrl_c_never_prints_a_traceback(tmp_path):
+    """Interrupts keep coming while the run saves and the interpreter shuts down."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "--set", "checkpoint_every=256")
+    _wait_for_metrics(proc, run_dir)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["step"] > 0
