@@ -20,6 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from ctrlrl.core.errors import UserError
@@ -28,7 +29,7 @@ _SIMPLE = (np.ndarray, np.generic, int, float, bool, str, type(None))
 
 
 def check_env_id(env_id: str) -> None:
-    """Fail early, with the fix, on an env id gymnasium does not know."""
+    """Fail early, with the fix, on an env id gymnasium does not know or cannot make here."""
     import ctrlrl.envs  # noqa: F401  (registers ctrlrl's own environments)
 
     try:
@@ -37,6 +38,37 @@ def check_env_id(env_id: str) -> None:
         raise UserError(
             f"unknown env id {env_id!r} ({exc}); run `ctrlrl list` for registered ids"
         ) from None
+    reason = env_unavailable(env_id)
+    if reason is not None:
+        raise UserError(f"{env_id} cannot be made here: {reason}")
+
+
+def env_unavailable(env_id: str) -> str | None:
+    """Why a registered env id cannot be made in this installation (a missing dependency, or
+    gymnasium's placeholder for the retired mujoco-py `-v2/-v3` ids), with the fix; None if it can.
+
+    Imports the env's module but builds no env, so listing every id stays cheap.
+    """
+    spec = gym.spec(env_id)
+    if callable(spec.entry_point):
+        if getattr(spec.entry_point, "__name__", "") != "_raise_mujoco_py_error":
+            return None
+        newest = _newest_version(spec)
+        use = f"; use {newest}" if newest else ""
+        return f"its entry point needs mujoco-py, which gymnasium no longer supports{use}"
+    try:
+        load_env_creator(spec.entry_point)
+    except (ImportError, gym.error.DependencyNotInstalled) as exc:
+        return f"a dependency is missing ({str(exc).splitlines()[0]})"
+    return None
+
+
+def _newest_version(spec: gym.envs.registration.EnvSpec) -> str | None:
+    """The highest-versioned id of the same env family that gymnasium can make natively."""
+    family = [s for s in gym.registry.values()
+              if (s.namespace, s.name) == (spec.namespace, spec.name) and s.version is not None
+              and not callable(s.entry_point)]
+    return max(family, key=lambda s: s.version).id if family else None
 
 
 class SnapshotWrapper(gym.Wrapper):
