@@ -1,4 +1,4 @@
-"""A2PR: Adaptive Advantage-guided Policy Regularization (Liu et al., ICML 2024; ALGORITHMS.md §3).
+"""A2PR: Adaptive Advantage-guided Policy Regularization (Liu et al., ICML 2024).
 
 TD3+BC's learner (twin critics, target smoothing, delayed actor, states standardised by the
 dataset's mean and std + 1e-3) plus a state-value net V and a BCQ-style conditional VAE that learns
@@ -30,7 +30,7 @@ at hand when this was written, so the reference decides):
 - ã = VAE(s, π(s)) without detaching: line 174; target selection with ≥ toward ã: lines 179-180;
 - the weight `mask * (adv_pi + adv_action)`: line 184. Both indicators are bool tensors and torch
   adds bools as a logical or, so the weight is mask·1[A(s, ã) ≥ 0 or A(s, a) > 0] ∈ {0, mask}.
-  ALGORITHMS.md reads the sum as a count ∈ {0, mask, 2·mask}; `bc_weight: count` gives that;
+  Read as a count, the weight would be ∈ {0, mask, 2·mask}; `bc_weight: count` gives that;
 - Polyak τ on critic and actor targets inside the delayed branch: lines 206-214.
 The advantages of the VAE gate and of the actor use V(s) as computed before this step's value
 update and Q1 after this step's critic update, as there. Defaults are the reference's: Adam 3e-4
@@ -49,8 +49,8 @@ reference repository's example commands lives here as `PAPER_SETTINGS`, and the 
 too). `__post_init__` copies the row into the four fields, so config.yaml and checkpoints hold the
 values in effect; a field given another value than both its default and the row's is an error
 rather than silently overridden (a value equal to the default cannot be told from no value and
-yields to the row). Unknown names are an error that lists the known ones. The rows are
-ALGORITHMS.md §3's; the reference README's history also shows hopper-medium with γ 0.99 and
+yields to the row). Unknown names are an error that lists the known ones. The rows are the
+example commands' current values; the reference README's history also shows hopper-medium with γ 0.99 and
 halfcheetah-medium-expert with mask 10.
 
 Variants that keep earlier behaviour reachable:

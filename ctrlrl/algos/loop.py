@@ -1,4 +1,4 @@
-"""LOOP — optimistic average-reward learning (He, Zhong, Yang, ICLR 2024; ALGORITHMS.md §7) in two
+"""LOOP — optimistic average-reward learning (He, Zhong, Yang, ICLR 2024) in two
 practical instantiations, the UCRL2 baseline (Jaksch, Ortner, Auer, JMLR 2010) and uniform-random
 play, on finite MDPs that expose their exact model (`ctrlrl.envs.average_reward`).
 
@@ -13,7 +13,7 @@ learner acts greedily w.r.t. Q_f. What ctrlrl runs instead, and why:
   squared discrepancy of the transitions from (s, a) is minimised by the empirical target
   r̂(s, a) + (P̂V)(s, a) (the inf over g of the paper's set, the auxiliary class being all tables),
   and another hypothesis' excess loss is Σ_{sa} N(s, a)·Δ(s, a)² with Δ = its target − r̂ − P̂V.
-  So B_t = {Σ_{sa} N·Δ² ≤ β}: one budget shared by all pairs (ALGORITHMS.md §7) — exact.
+  So B_t = {Σ_{sa} N·Δ² ≤ β}: one budget shared by all pairs — exact.
 - β = c²·(1 + H)²/2 · log(t·N(1/t)/δ) (`joint_beta`): the paper's form sp²·log(covering/δ), with
   (1 + H)² the squared range of a target in [0, 1 + H], 1/2 Hoeffding's constant (the paper leaves
   its absolute constant open: c = `beta_scale` scales the radius √β), t steps in the union bound,

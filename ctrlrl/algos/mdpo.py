@@ -1,6 +1,5 @@
-"""Mirror Descent Policy Optimization (Tomar et al., ICLR 2022), on-policy and off-policy.
-
-ALGORITHMS.md §1. Both solve each mirror-descent step approximately, by a few gradient steps on
+"""Mirror Descent Policy Optimization (Tomar, Shani, Efroni, Ghavamzadeh; ICLR 2022), on-policy and
+off-policy. Both solve each mirror-descent step approximately, by a few gradient steps on
 the linearised objective plus a KL(π_θ ‖ π_k) proximity term (the mirror-descent direction, new ‖ old).
 Where the paper leaves a detail open, the defaults follow the authors' code (`mdpo_on/mdpo.py`,
 `mdpo_off/mdpo.py`, `mdpo_off/policies.py`, `*/run_mujoco.py` of their public repository); line
@@ -16,8 +15,8 @@ ratio clipping and no entropy bonus. The step size is the reference's (l.399-400
 
     t_k = 1 − (k − 1)/K,   k = 0, 1, … the rollout index,  K = ⌊total_steps / (n_steps·n_envs)⌋,
 
-so the KL weight 1/t_k starts at K/(K + 1) and grows to K/2 on rollout K − 1 (ALGORITHMS.md writes
-1 − k/K, one rollout later: `step_size_offset=0`). Policy Adam: lr 3e-4,
+so the KL weight 1/t_k starts at K/(K + 1) and grows to K/2 on rollout K − 1 (t_k = 1 − k/K,
+one rollout later, is `step_size_offset=0`). Policy Adam: lr 3e-4,
 eps 1e-5, gradients clipped to global norm 0.5 (l.249-250). The learning rate is constant, for the
 policy and the value net alike (`get_schedule_fn(3e-4)`, l.339, used at l.250 and l.447). The value
 net is trained separately: `vf_epochs` (5, run_mujoco) × minibatch 128 (l.444), its loss clipped
@@ -45,7 +44,7 @@ collapse to SAC with temperature c.
 the reference copies after the env step `step % m == 0` (l.435-436), which, with its 10k warm-up a
 multiple of m, is right after the first gradient step and then every m steps.
 
-Where this module departs from the reference code (TF1), as ALGORITHMS.md §1 chooses:
+Where this module departs from the reference code (TF1), and why:
 - off-policy Q(s, ã) in the actor loss is the minimum of the twin critics, as in our SAC (the
   reference uses Q1), so that c = λ reproduces our SAC bit for bit; the critic is SAC v2's twin-Q
   soft target r + γ(1 − d)(min Q_targ(s', a') − λ log π(a'|s')) (the reference keeps SAC v1's state

@@ -1,5 +1,6 @@
 """Vanilla and normalised policy gradients: PG, normalised momentum PG, N-PG-IGT, (N)-HARPG
-(Fatkhullin, Barakat, Kireeva, He, ICML 2023; ALGORITHMS.md §6).
+(Fatkhullin, Barakat, Kireeva, He, ICML 2023, "Stochastic Policy Gradient Methods: Improved Sample
+Complexity for Fisher-non-degenerate Policies").
 
 Five single-loop methods share one sampler, one estimator and one update rule, differing only in
 where they sample and how they combine gradients into the direction d_t (θ ascends J):
@@ -26,7 +27,7 @@ at 1; `const_eta: true` holds η_t = η_0 (η = 1 turns every momentum method in
 HARPG still draws its Hessian batch at t = 0 (the correction is then B̂·0 = 0): every iteration
 costs the same samples, so budgets and resumes line up with iterations.
 
-Where this module follows the paper (ALGORITHMS.md §6) rather than the reference code:
+Where this module follows the paper rather than the reference code:
 - IGT extrapolates with the current η_t, which makes the transport exact on quadratics; the
   reference moves to the line point before `step()` updates η, i.e. with η_{t−1}
   (NIGT_optimizer.py `update_model_to_line_point`, called first in `NIGT._train_once`).
@@ -49,7 +50,7 @@ Estimators (per whole trajectory τ_i, i = 1..N, averaged over trajectories):
   and used for the next batches, so b never depends on the trajectories it corrects.
 - B̂ v = (1/N) Σ_i [∇²Φ_i v + ∇Φ_i (∇log p(τ_i)·v)], with ∇log p(τ_i) = Σ_k ∇log π(a_k|s_k):
   each trajectory's score is paired with its own surrogate gradient (the reference code pairs
-  step-averaged quantities, which biases the estimate; ALGORITHMS.md §6). Computed without a
+  step-averaged quantities, which biases the estimate). Computed without a
   per-trajectory loop: one forward-mode JVP gives u_k = ∇log π_k·v for every step, c_i = Σ_{k∈i} u_k,
   and one double backward of (∇ΣΦ_i)·v + Σ_k c_{i(k)} Ψ_k log π_k gives N·B̂v. Memory stays linear
   in the parameter count (no Hessian matrix is ever formed).

@@ -1,4 +1,4 @@
-"""O-DICE: DICE with the orthogonal-gradient update (Mao, Xu, Zhang, Zhan; ICLR 2024; ALGORITHMS.md §4).
+"""O-DICE: DICE with the orthogonal-gradient update (Mao, Xu, Zhang, Zhan; ICLR 2024).
 
 A state-value function V is learnt from the DICE dual objective, then the policy is extracted by
 weighted behaviour cloning. With δ(s, s') = r + γ(1−d)·V(s') − V(s):

@@ -1,4 +1,5 @@
-"""ORPO — occupancy-measure regularised PPO against reward hacking (ALGORITHMS.md §5), and the
+"""ORPO — occupancy-measure regularised PPO against reward hacking (Laidlaw, Singhal, Dragan; ICLR
+2025, "Correlated Proxies: A New Definition and Improved Mitigation for Reward Hacking"), and the
 action-distribution regularised baseline `ppo-adreg`.
 
 Both optimise the env's (proxy) reward while staying close to a safe **base policy**: the env's
@@ -285,7 +286,7 @@ class PPOADReg(_BaseRegularized):
 # ---- orpo -------------------------------------------------------------------------------------
 @dataclass
 class ORPOConfig(RegularizedConfig):
-    reg_coef: float = 0.05  # λ (tomato: the base policy's per-step reward std, ALGORITHMS.md §5)
+    reg_coef: float = 0.05  # λ (tomato: the base policy's per-step reward std, the paper's unit)
     divergence: str = "sqrt_chi2"  # kl | chi2 | sqrt_chi2 | tv: of the occupancy measures
     state_only: bool = False  # discriminate states only, d(s)
     base_fraction: float = 0.5  # share of each iteration's env steps run by the base policy

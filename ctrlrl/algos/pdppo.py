@@ -1,4 +1,4 @@
-"""Post-Decision PPO with dual critics (Felizardo et al., IJCNN 2025; ALGORITHMS.md §2).
+"""Post-Decision PPO with dual critics (Felizardo et al., IJCNN 2025; arXiv 2504.05150).
 
 A transition splits into a deterministic decision step s^x = f(s, a) (the post-decision state) and
 a stochastic step s' = g(s^x, ξ). PDPPO keeps PPO's clipped actor and learns two critics, each with
@@ -15,7 +15,7 @@ records it (`post_rewards = −sum(setup_cost)`, discounted on its own and regre
 `post_return: shared` is the earlier form, where V^x also regresses R_t. `pre_reward: residual` is
 the authors' latest training loop (`agents/PDPPOAgent.py` stores `reward - post_reward`), where R_t
 is the return of r_t − r^x_t, the part of the reward the decision does not fix; the default
-`total` is the paper's R_t = Σ_k γ^(k−t) r_k of the env's reward (and ALGORITHMS.md's).
+`total` is the paper's R_t = Σ_k γ^(k−t) r_k of the env's reward.
 
 Both returns are λ-returns built the same way (core `compute_gae`): R_t with V, R^x_t with V^x, each
 reset where an episode ends. The default λ = 1 makes them the Monte-Carlo returns of the paper and
@@ -33,7 +33,7 @@ reward units, so `post_return: own` takes raw rewards (no `normalize_reward`). W
 earns nothing (FrozenLake) R^x is only V^x's bootstraps, V^x learns ≈ 0 and the max keeps the
 actor's advantage at or above about 0: the paper's formula taken as written.
 
-Choices where the paper is silent or its reference code has known bugs (ALGORITHMS.md §2):
+Choices where the paper is silent or its reference code has known bugs:
 - the whole actor trains (the reference's discrete-actor optimiser reached only the last layer);
   the rollout is rebuilt every update (the reference's buffer was never cleared, later kept as a
   sliding window of the last five rollouts); each critic's loss

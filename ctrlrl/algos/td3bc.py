@@ -1,4 +1,4 @@
-"""TD3+BC (Fujimoto & Gu, NeurIPS 2021) and behaviour cloning: the offline baselines (ALGORITHMS.md §8).
+"""TD3+BC (Fujimoto & Gu, NeurIPS 2021) and behaviour cloning: the offline baselines.
 
 TD3+BC is TD3's learner (twin critics, target smoothing, delayed actor) on a fixed dataset, whose
 actor also regresses onto the dataset's actions:
