@@ -1,5 +1,5 @@
 """Offline datasets: `load(spec)` turns a D4RL-format file, a D4RL task or a Minari dataset into one
-validated `Dataset` of transitions, checked against the env it will be evaluated in (ALGORITHMS.md §9).
+validated `Dataset` of transitions, checked against the env it will be evaluated in.
 """
 
 from __future__ import annotations

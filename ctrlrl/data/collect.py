@@ -1,4 +1,4 @@
-"""`ctrlrl collect`: D4RL-format datasets made with the suite's own SAC (ALGORITHMS.md §9).
+"""`ctrlrl collect`: D4RL-format datasets made with the suite's own SAC.
 
 Levels, after D4RL's recipe:
 - `random`: uniformly random actions;

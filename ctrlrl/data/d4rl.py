@@ -1,7 +1,8 @@
 """D4RL's HDF5 dataset format, read and written directly, and D4RL's reference scores.
 
 The `d4rl` package is not used: it needs the old `gym`, `mujoco-py` and MuJoCo 2.1 and downloads its
-files itself. ctrlrl reads the same files (ALGORITHMS.md §9) and never downloads at run time.
+files itself. ctrlrl reads the same files (Fu et al., "D4RL: Datasets for Deep Data-Driven
+Reinforcement Learning", arXiv 2020) and never downloads at run time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _NDIM = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "timeout
 _FLAGS = ("terminals", "timeouts")
 _FINITE = ("observations", "actions", "rewards", "next_observations")
 
-# D4RL's random / expert returns per locomotion env (ALGORITHMS.md §9)
+# D4RL's random / expert returns per locomotion env (REF_MIN_SCORE / REF_MAX_SCORE of d4rl/infos.py)
 REF_SCORES: dict[str, tuple[float, float]] = {
     "hopper": (-20.272305, 3234.3),
     "halfcheetah": (-280.178953, 12135.0),

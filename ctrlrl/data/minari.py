@@ -1,7 +1,7 @@
 """Minari datasets, read from the local Minari store only ($MINARI_DATASETS_PATH, default ~/.minari/datasets).
 
 Minari stores one group per episode with T+1 observations (the last is the true final observation),
-T actions, rewards, terminations and truncations (ALGORITHMS.md §9). ctrlrl never downloads at run time.
+T actions, rewards, terminations and truncations. ctrlrl never downloads at run time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Finite average-reward MDPs with exact models (ALGORITHMS.md §7): LOOP's and UCRL2's testbeds.
+"""Finite average-reward MDPs with exact models: LOOP's and UCRL2's testbeds.
 
 Every env here is a continuing task (never terminates, never truncates: register it without a
 time limit) over `n_states` states and `n_actions` actions, observed as a one-hot float32 vector
@@ -24,7 +24,7 @@ step is cheap and the RNG state is the env's own (checkpoints restore it exactly
   construction of a linear MDP: φ(s, a) ~ Dirichlet(α) ∈ Δ_d, μ_i ~ Dirichlet(α) ∈ Δ_S,
   P(·|s, a) = Σ_i φ_i(s, a) μ_i, r(s, a) = φ(s, a)·θ with θ ~ U(0, 1)^d; `features()` gives φ.
 - `ctrlrl/Inventory-v0`: single-item average-reward inventory control with the lot-sizing
-  dynamics (`LotSizingEnv.decision` of ALGORITHMS.md §2 on a 1-item, 1-machine instance: a setup
+  dynamics (`LotSizingEnv.decision` of ctrlrl/envs/lot_sizing.py on a 1-item, 1-machine instance: a setup
   costs `setup_cost` and loses `setup_loss` units when the machine switches from idle to the item,
   production `capacity` per period, inventory capped at `max_inv`), then demand
   d ~ Binomial(`demand_n`, `demand_p`), lost sales and holding costs as in lot-sizing. State =

@@ -1,4 +1,4 @@
-"""FrozenLake with its post-decision state (ALGORITHMS.md §2): PDPPO's small second benchmark.
+"""FrozenLake with its post-decision state: PDPPO's small second benchmark.
 
 gymnasium's slippery FrozenLake, observed as a one-hot vector of the cell (ctrlrl's policies take
 flat Box observations). The decision step is the intended move — the cell the chosen direction

@@ -1,4 +1,5 @@
-"""Multi-item, multi-machine lot-sizing with stochastic demand (ALGORITHMS.md §2).
+"""Multi-item, multi-machine lot-sizing with stochastic demand: PDPPO's benchmark
+(Felizardo et al., IJCNN 2025).
 
 Each period every machine m either idles (a_m = 0) or produces item a_m. A transition splits into
 a deterministic decision step, `post_decision(obs, action)` (setups, setup losses, production: the
@@ -16,7 +17,7 @@ and `horizon_end=` (below); `ctrlrl/LotSizingCappedTruncated-<n>x<M>-v0` is each
 earlier dynamics (`inventory_cap="before_demand"`, `horizon_end="truncated"`).
 
 As the authors' environment (`envs/simplePlant.py` of the reference code, `_post_decision` then
-`_satisfy_demand`) and ALGORITHMS.md §2 step 5, inventory is floored and capped only after demand
+`_satisfy_demand`), inventory is floored and capped only after demand
 (`inventory_cap="after_demand"`): the post-decision inventory I + production − setup loss is
 neither floored nor capped, demand is served from all of it, unmet demand (including a deficit a
 setup loss left) costs lost sales, and what remains is capped at `max_inv` before holding is

@@ -1,4 +1,4 @@
-"""A continuous-control reward-hacking task (ALGORITHMS.md §5): HalfCheetah paid for speed only.
+"""A continuous-control reward-hacking task for ORPO: HalfCheetah paid for speed only.
 
 `ctrlrl/HalfCheetahEnergy-v0` is gymnasium's HalfCheetah-v5 whose reward is a **proxy**: the forward
 velocity alone. The **true** objective also charges the energy spent, `TRUE_CTRL_COST` × ‖a‖² per step

@@ -1,4 +1,4 @@
-"""The tomato-watering gridworld (ALGORITHMS.md §5): ORPO's reward-hacking benchmark.
+"""The tomato-watering gridworld: ORPO's reward-hacking benchmark (Laidlaw et al., ICLR 2025).
 
 The agent walks a 10×10 grid of walls, floor and 9 tomatoes. Stepping on a tomato waters it; a
 watered tomato dries again as soon as the agent is more than 3 cells (Euclidean) away. The **true**
