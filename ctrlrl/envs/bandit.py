@@ -2,7 +2,8 @@
 
 One observation (the constant 1), one action a ∈ [-1, 1], reward 11 − (a − 0.5)², then the episode
 ends. The best action is 0.5 (reward 11); −0.5 earns 10. The offset keeps |Q| around 10, where
-TD3+BC's λ = α / mean|Q| is small, so its behaviour-cloning term dominates (tests/test_a2pr.py, tests/test_odice.py).
+TD3+BC's λ = α / mean|Q| is small, so its behaviour-cloning term dominates (used by
+tests/test_a2pr.py and tests/test_odice.py).
 """
 
 from __future__ import annotations
