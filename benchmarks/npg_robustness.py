@@ -1,4 +1,4 @@
-"""γ_0 robustness of the PG family (issue 10): final return vs initial step size, per method.
+"""γ_0 robustness of the PG family: final return vs initial step size, per method.
 
 Reads a sweep's run dirs, `<out>/<env>/<algo>__gamma0=<v>/seed<k>/` (`ctrlrl sweep --vary
 gamma0=...`), and takes each run's last `eval/mean_reward`; a run that failed (diverged: NaN/inf

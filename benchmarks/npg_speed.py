@@ -1,4 +1,4 @@
-"""Per-iteration cost of (N)-HARPG's Hessian-vector step vs a plain policy-gradient step (issue 10).
+"""Per-iteration cost of (N)-HARPG's Hessian-vector step vs a plain policy-gradient step.
 
 On one batch of whole trajectories collected by an untrained policy (the same batch for every
 estimator), one torch thread, CPU:

@@ -27,7 +27,7 @@ import torch
 import ctrlrl
 from ctrlrl.algos.npg import NPGConfig, surrogate_gradient
 
-# the authors' tuned γ_0 of the unnormalised methods (ALGORITHMS.md §6, the ICML poster)
+# the authors' tuned γ_0 of the unnormalised methods (Fatkhullin et al.'s ICML 2023 poster)
 AUTHORS_GAMMA0 = {"Walker2d-v5": {"pg": 0.02, "harpg": 0.002},
                   "Reacher-v5": {"pg": 0.02, "harpg": 0.002}}
 

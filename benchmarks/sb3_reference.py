@@ -7,7 +7,7 @@ translated below), one torch thread, then prints each seed's mean return over 10
 evaluation episodes and their mean. Everything not in `SETTINGS` is each library's default.
 The tests assert that ctrlrl, with the same settings and seeds, reaches at least that mean.
 An entry with a `baseline` checks another algorithm against that SB3 baseline (MDPO against PPO
-and SAC, ALGORITHMS.md §1).
+and SAC, its paper's baselines).
 """
 
 from __future__ import annotations
