@@ -67,14 +67,14 @@ ENV = {"ppo": "Pendulum-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1", "mdpo":
        "ppo-adreg": "ctrlrl/Tomato-v0"}
 STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128,
          "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100, "orpo": 512, "ppo-adreg": 256}
-# the PG family (issue 10): iterations are whole trajectories (≤ 50 steps here) until ≥ 100 steps
+# the PG family: iterations are whole trajectories (≤ 50 steps here) until ≥ 100 steps
 # (Pendulum: fixed-length trajectories, so every iteration takes the same steps and the budgets
 # below fall on iteration boundaries; tests/test_npg.py covers discrete envs)
 _NPG: dict[str, Any] = {**QUIET, "batch_steps": 100, "hess_batch_steps": 32, "horizon": 50,
                         "gamma0": 1e-5, "hidden_sizes": [16, 16], "log_every": 100}
 for _algo in ("pg", "npg-momentum", "npg-igt", "n-harpg", "harpg"):
     FAST[_algo], ENV[_algo], STEPS[_algo] = _NPG, "Pendulum-v1", 600
-# the average-reward learners (issue 9): RiverSwim, 50-step blocks (the linear LOOP is in test_loop.py)
+# the average-reward learners: RiverSwim, 50-step blocks (the linear LOOP is in test_loop.py)
 for _algo in ("loop", "ucrl2"):
     FAST[_algo] = {**QUIET, "block_steps": 50, "log_every": 50}
     ENV[_algo], STEPS[_algo] = "ctrlrl/RiverSwim-v0", 200

@@ -1,4 +1,4 @@
-"""A2PR (ALGORITHMS.md §3): the regulariser's weights and targets, the advantage masks, λ's
+"""A2PR (Liu et al., ICML 2024): the regulariser's weights and targets, the advantage masks, λ's
 normalisation, what `update()` feeds each loss (critic and value targets, the advantages, V before its
 step), the actor's gradient path through the VAE, the policy delay and Polyak averaging, the paper's
 per-dataset settings, and a bandit where improving on the data matters."""

@@ -237,7 +237,7 @@ def test_replay_buffer_wraps_around(chunks):
 
 
 def test_replay_buffer_seven_transitions_in_pairs():
-    """The issue's case: capacity 5, 7 transitions added two per step."""
+    """Wrap-around with a partial last block: capacity 5, 7 transitions added two per step."""
     buf = ReplayBuffer(5, 3, 2, torch.device("cpu"))
     for start, n in ((0, 2), (2, 2), (4, 2), (6, 1)):
         buf.add(*_transition_block(start, n))

@@ -1,4 +1,4 @@
-"""The offline data layer (ALGORITHMS.md §9): D4RL-format files, task names, scores and Minari."""
+"""The offline data layer: D4RL-format files, task names, scores and Minari."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ torch 2.13.0 CPU, one thread) with `python benchmarks/sb3_reference.py ALGO`:
 | mdpo-off (vs SB3 SAC) | Pendulum-v1 | 5,000 steps | -100.6, -178.9, -414.8 | -231.4 |
 
 The budgets are where SB3 has clearly learned yet each test runs in about a minute or less.
-MDPO is held to its paper's baselines (ALGORITHMS.md §1): on-policy against PPO, off-policy
+MDPO is held to its paper's baselines (Tomar et al., ICLR 2022): on-policy against PPO, off-policy
 against SAC, with the baseline's settings; on-policy MDPO's 10 full-batch steps per rollout need
 a longer budget than PPO's 160 minibatch steps, so the pair is compared at 51,200 steps. PPO uses
 learning_rate 1e-3 (at the paper's 3e-4 neither library is reliably at 1000 before ~28k steps).

@@ -1,4 +1,4 @@
-"""LOOP, UCRL2, random play and the average-reward envs (ALGORITHMS.md §7).
+"""LOOP, UCRL2, random play and the average-reward envs (ctrlrl/algos/loop.py).
 
 The learning checks share one 100k-step RiverSwim run per algorithm (seed 0, fixed: the numbers
 below are what these seeds give, with margins); each property also has a guard showing it can fail.

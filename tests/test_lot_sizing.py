@@ -1,4 +1,4 @@
-"""The lot-sizing environment (ALGORITHMS.md §2): dynamics, costs, seeding, instances, checkers."""
+"""The lot-sizing environment: dynamics, costs, seeding, instances, checkers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MDPO (ALGORITHMS.md §1): the properties that pin the update rule."""
+"""MDPO (Tomar et al., ICLR 2022): the properties that pin the update rule."""
 
 from __future__ import annotations
 

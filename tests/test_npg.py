@@ -1,4 +1,4 @@
-"""PG, normalised momentum PG, N-PG-IGT and (N)-HARPG (ALGORITHMS.md §6).
+"""PG, normalised momentum PG, N-PG-IGT and (N)-HARPG (Fatkhullin et al., ICML 2023).
 
 Exactness on deterministic quadratics (the update rules of `ctrlrl.algos.npg` driven with exact
 gradient and Hessian oracles), the Monte-Carlo estimators against the true objective of small

@@ -1,4 +1,4 @@
-"""O-DICE (ALGORITHMS.md §4): the f* conjugates, the three value rules, the orthogonal projection,
+"""O-DICE (Mao et al., ICLR 2024): the f* conjugates, the three value rules, the orthogonal projection,
 η's scaling, what `update()` feeds the value loss and applies to V's gradient, the policy's weights
 and loss, the target EMA, reward scaling, the imitation variant, and a bandit it must solve."""
 

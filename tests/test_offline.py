@@ -1,4 +1,4 @@
-"""The offline loop, TD3+BC and BC (ALGORITHMS.md §8–9) on data the tests generate."""
+"""The offline loop, TD3+BC and BC on data the tests generate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ORPO and ppo-adreg (ALGORITHMS.md §5): the discriminator's divergence estimates, the penalties,
+"""ORPO and ppo-adreg (Laidlaw et al., ICLR 2025): the discriminator's divergence estimates, the penalties,
 the action-distribution divergences, the tomato gridworld, base-policy handling and misuse."""
 
 from __future__ import annotations

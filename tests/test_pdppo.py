@@ -1,4 +1,4 @@
-"""PDPPO (ALGORITHMS.md §2): the properties that pin the update rule."""
+"""PDPPO (Felizardo et al., IJCNN 2025): the properties that pin the update rule."""
 
 from __future__ import annotations
 
