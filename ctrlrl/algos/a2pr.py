@@ -109,24 +109,24 @@ def paper_settings_key(name: str) -> str:
 
 @dataclass
 class A2PRConfig:
-    batch_size: int = 256
-    learning_rate: float = 3e-4  # actor, critics and value net
-    vae_learning_rate: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_delay: int = 2
-    target_policy_noise: float = 0.2
-    target_noise_clip: float = 0.5
+    batch_size: int = 256  # minibatch size
+    learning_rate: float = 3e-4  # Adam step size of the actor, the critics and the value net
+    vae_learning_rate: float = 1e-3  # Adam step size of the VAE
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the critic and actor targets
+    policy_delay: int = 2  # critic steps per actor (and target) update
+    target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
+    target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
     alpha: float = 2.5  # λ = α / mean|Q1(s, π(s))|: weight of the Q term against the regulariser
     vae_weight: float = 1.0  # w_vae, weight of the VAE's reconstruction of high-advantage actions
-    mask: float = 1.0  # scale of the regulariser's weights, which lie in {0, mask, 2·mask}
+    mask: float = 1.0  # scale of the regulariser's weights (see bc_weight)
     adv_threshold: float = 0.0  # ε_A: the VAE learns actions with A(s, a) > ε_A
     vae_target_grad: bool = True  # the BC term differentiates through ã = VAE(s, π(s)); false: ã constant
     bc_weight: str = "any"  # any: mask·1[A(s,ã) ≥ 0 or A(s,a) > 0] | count: mask·(sum of the two)
-    normalize_states: bool = True
-    actor_hidden_sizes: tuple[int, ...] = (256, 256, 256)
-    critic_hidden_sizes: tuple[int, ...] = (256, 256, 256, 256)  # twin Q and V
-    vae_hidden_sizes: tuple[int, ...] = (750, 750)
+    normalize_states: bool = True  # standardise states by the dataset's mean and std + 1e-3
+    actor_hidden_sizes: tuple[int, ...] = (256, 256, 256)  # hidden layer widths of the actor
+    critic_hidden_sizes: tuple[int, ...] = (256, 256, 256, 256)  # hidden layer widths of the twin Q and of V
+    vae_hidden_sizes: tuple[int, ...] = (750, 750)  # hidden layer widths of the VAE's encoder and decoder
     paper_settings: str = ""  # a PAPER_SETTINGS row (e.g. hopper-medium): sets α, w_vae, mask, γ
 
     def __post_init__(self) -> None:
@@ -187,6 +187,7 @@ class A2PR(OfflineAlgorithm, TD3):
     the value net, the advantage-masked VAE and the advantage-guided actor loss."""
 
     name = "a2pr"
+    summary = "A2PR: TD3+BC regularised towards a VAE's high-advantage actions (Liu et al. 2024)"
     Config = A2PRConfig
 
     def build(self) -> None:

@@ -60,6 +60,8 @@ class Algorithm:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    kind: ClassVar[str]  # on-policy | off-policy | offline | average-reward (`ctrlrl list`)
+    summary: ClassVar[str]  # what the algorithm is, in one line (`ctrlrl list`)
 
     def __init__(self, run: RunConfig, cfg: Any):
         self.run, self.cfg = run, cfg
@@ -398,6 +400,8 @@ class OnPolicyAlgorithm(Algorithm):
     usual pair) and implement `update(rollout)`.
     """
 
+    kind = "on-policy"
+
     policy: nn.Module
     value_fn: nn.Module
 
@@ -498,6 +502,8 @@ class OffPolicyAlgorithm(Algorithm):
     `learning_starts` steps act uniformly at random.
     """
 
+    kind = "off-policy"
+
     def build_replay(self) -> None:
         self.check_box_actions()
         self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
@@ -572,6 +578,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     without the dataset. The dataset is read when training starts (`learn`), not when a checkpoint
     is loaded to act, and it is not stored in checkpoints: a resumed run reads it again.
     """
+
+    kind = "offline"
 
     replay: OfflineBuffer | None
     actor: nn.Module  # observations (standardised) → actions in [-1, 1]

@@ -412,6 +412,8 @@ class ArrayState(nn.Module):
 class AverageRewardAlgorithm(Algorithm):
     """Shared machinery: exact model and J*, counts, regret, the step loop, checkpoint state."""
 
+    kind = "average-reward"
+
     SCALARS = ("regret", "switches", "optimistic_gain", "policy_gain", "optimism_hits", "plan_mark")
 
     def build(self) -> None:
@@ -570,6 +572,7 @@ class TabularCounts(AverageRewardAlgorithm):
 
 class LOOP(TabularCounts):
     name = "loop"
+    summary = "LOOP: optimistic average-reward learning, tabular or linear (He, Zhong, Yang 2024)"
     Config = LOOPConfig
 
     def setup(self) -> None:
@@ -661,6 +664,7 @@ class LOOP(TabularCounts):
 
 class UCRL2(TabularCounts):
     name = "ucrl2"
+    summary = "UCRL2: extended value iteration over L1 confidence sets (Jaksch et al. 2010)"
     Config = UCRL2Config
 
     def setup(self) -> None:
@@ -698,6 +702,7 @@ class RandomPolicy(AverageRewardAlgorithm):
     """Uniform-random play: the regret floor every learner must beat."""
 
     name = "random-policy"
+    summary = "uniform-random play: the regret floor every learner must beat"
     Config = RandomPolicyConfig
 
     def setup(self) -> None:

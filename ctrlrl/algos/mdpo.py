@@ -78,24 +78,24 @@ from ctrlrl.core.nets import FlatParams, adam
 class MDPOConfig:
     n_steps: int = 2048  # steps per env per rollout (one mirror-descent iteration)
     sgd_steps: int = 10  # m: full-batch policy steps per iteration
-    learning_rate: float = 3e-4  # policy and value net, constant
+    learning_rate: float = 3e-4  # Adam step size of the policy and the value net (constant unless anneal_lr)
     anneal_lr: bool = False  # True: linear decay to 0 over total_steps (policy and value)
     anneal_step_size: bool = True  # t_k = 1 − (k − offset)/K; off: t_k = 1 (a fixed KL weight of 1)
     step_size_offset: int = 1  # the reference's 1: t_0 = 1 + 1/K; 0: t_k = 1 − k/K
-    adam_eps: float = 1e-5  # policy Adam
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    normalize_advantage: bool = True  # over the full batch
-    max_grad_norm: float = 0.5  # policy gradient's global norm
-    vf_epochs: int = 5
-    vf_batch_size: int = 128
-    clip_range_vf: float | None = 0.2  # None: unclipped value loss
-    vf_max_grad_norm: float | None = None  # None: value gradients unclipped
-    vf_adam_eps: float = 1e-8
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    ortho_init: bool = True
-    log_std_init: float = 0.0
+    adam_eps: float = 1e-5  # policy Adam's ε
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE λ
+    normalize_advantage: bool = True  # standardise advantages over the full batch
+    max_grad_norm: float = 0.5  # clip the policy gradient's global norm to this
+    vf_epochs: int = 5  # value-net passes over each rollout
+    vf_batch_size: int = 128  # value-net minibatch size
+    clip_range_vf: float | None = 0.2  # clip V − V_old to ± this in the value loss; null: unclipped
+    vf_max_grad_norm: float | None = None  # clip the value gradients' global norm to this; null: unclipped
+    vf_adam_eps: float = 1e-8  # value Adam's ε
+    hidden_sizes: tuple[int, ...] = (64, 64)  # hidden layer widths of the policy and of the value net
+    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
+    ortho_init: bool = True  # orthogonal weight initialisation; off: PyTorch's default
+    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("n_steps", "sgd_steps", "learning_rate", "adam_eps",
@@ -125,6 +125,7 @@ def frozen_copy(params: torch.Tensor | tuple[torch.Tensor, ...]):
 
 class MDPO(OnPolicyAlgorithm):
     name = "mdpo"
+    summary = "Mirror Descent Policy Optimization, on-policy (Tomar et al. 2022)"
     Config = MDPOConfig
 
     def build(self) -> None:
@@ -210,9 +211,9 @@ def output_regulariser(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class MDPOOffConfig(SACConfig):
-    autotune: bool = False  # λ is fixed in MDPO
-    ent_coef: float = 0.2  # λ
-    bregman_coef: float = 1.0  # c = 1/t_k
+    autotune: bool = False  # learn α as SAC does; off (MDPO): λ = ent_coef stays fixed
+    ent_coef: float = 0.2  # λ, the entropy weight (the initial one under autotune)
+    bregman_coef: float = 1.0  # c = 1/t_k, weight of the KL to π_old
     actor_reg_coef: float = 1e-3  # η on mean(μ²) + mean((log σ)²); 0: no regulariser
     old_update_every: int = 1000  # m: gradient steps between hard copies π_old ← π_θ
     old_update_phase: int = 1  # copy after step n ≡ phase (mod m): 1 after steps 1, m+1, …; 0 after m, 2m, …
@@ -225,6 +226,7 @@ class MDPOOffConfig(SACConfig):
 
 class MDPOOff(SAC):
     name = "mdpo-off"
+    summary = "Mirror Descent Policy Optimization, off-policy: SAC's learner with a KL to π_old"
     Config = MDPOOffConfig
 
     def build(self) -> None:

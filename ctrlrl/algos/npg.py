@@ -248,18 +248,18 @@ def fit_linear_baseline(features: torch.Tensor, targets: torch.Tensor,
 class NPGConfig:
     batch_steps: int = 1000  # env steps per gradient batch (whole trajectories, ≥ this many)
     hess_batch_steps: int = 32  # (N)-HARPG's Hessian batch at θ̂ (whole trajectories, ≥ this many)
-    gamma0: float = 0.1  # γ_0, initial step size
+    gamma0: float = 0.1  # γ_0, initial step size (a step length for the normalised methods)
     eta0: float = 1.0  # η_0, initial momentum weight of the fresh estimate
     const_eta: bool = False  # η_t = η_0 for all t
-    first_direction: str = "gradient"  # d_0 = ĝ_0 (reference) | scaled: d_0 = η_0 ĝ_0 (d_{−1} = 0)
-    gamma: float = 0.99  # discount
+    first_direction: str = "gradient"  # gradient: d_0 = ĝ_0 (reference) | scaled: d_0 = η_0 ĝ_0 (d_{−1} = 0)
+    gamma: float = 0.99  # discount factor
     horizon: int = 0  # trajectory cap in steps; 0: the env's own time limit
-    baseline: str = "linear"  # linear | none
-    baseline_reg: float = 1e-5
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    ortho_init: bool = True
-    log_std_init: float = 0.0
+    baseline: str = "linear"  # linear (rllab's linear feature baseline) | none
+    baseline_reg: float = 1e-5  # ridge coefficient of the linear baseline's fit
+    hidden_sizes: tuple[int, ...] = (64, 64)  # hidden layer widths of the policy
+    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
+    ortho_init: bool = True  # orthogonal weight initialisation (last layer gain 0.01); off: PyTorch's default
+    log_std_init: float = 0.0  # initial state-independent log-std of the Gaussian policy (Box actions)
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("batch_steps", "hess_batch_steps", "gamma0", "eta0"),
@@ -294,7 +294,10 @@ class _LogProb(nn.Module):
 class PG(Algorithm):
     """Shared machinery of the five methods; `method` picks the update rule."""
 
+    kind = "on-policy"  # whole trajectories of the current policy per update
+
     name = "pg"
+    summary = "vanilla policy gradient: GPOMDP with a linear feature baseline"
     method = "pg"
     Config = NPGConfig
 
@@ -440,16 +443,20 @@ class PG(Algorithm):
 
 class NPGMomentum(PG):
     name = method = "npg-momentum"
+    summary = "normalised policy gradient with momentum (Fatkhullin et al. 2023)"
 
 
 class NPGIGT(PG):
     name = method = "npg-igt"
+    summary = "normalised policy gradient with implicit gradient transport (Fatkhullin et al.)"
 
 
 class NHARPG(PG):
     name = method = "n-harpg"
+    summary = "normalised Hessian-aided recursive policy gradient (Fatkhullin et al. 2023)"
 
 
 class HARPG(PG):
     name = method = "harpg"
+    summary = "Hessian-aided recursive policy gradient (Fatkhullin et al. 2023)"
 

@@ -131,24 +131,25 @@ def project_out(g_b: torch.Tensor, g_f: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ODICEConfig:
-    batch_size: int = 256
-    learning_rate: float = 2e-4  # value and policy (the reference's value_lr = policy_lr)
-    gamma: float = 0.99
-    tau: float = 0.005  # target V EMA rate
+    batch_size: int = 256  # minibatch size
+    learning_rate: float = 2e-4  # Adam step size of V and the policy (the reference's value_lr = policy_lr)
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # EMA rate of the target V
     lam: float = 0.6  # λ: weight of the f-divergence term against E[V(s)]
     eta: float = 1.0  # η: scale of the backward gradient (orthogonal rule)
-    rule: str = "orthogonal"  # semi | true | orthogonal
-    f: str = "chi2"  # chi2 (Pearson χ²) | kl (reverse KL)
-    weight: str = "relu"  # relu: clamp(relu(δ)) (reference code) | ratio: clamp(f*'(δ)) (theory)
-    max_weight: float = 100.0
-    weight_decay: float = 1e-4  # policy only; Adam's coupled L2, as the reference
-    scale_rewards: bool = True  # r · 1000 / (max − min episode return of the dataset)
-    normalize_states: bool = False
-    twin_v: bool = True
-    layer_norm: bool = True  # in V
+    rule: str = "orthogonal"  # value update: semi | true | orthogonal (O-DICE's)
+    f: str = "chi2"  # f-divergence: chi2 (Pearson χ²) | kl (reverse KL)
+    # policy weight: relu: clamp(relu(δ)) (reference code) | ratio: clamp(f*'(δ)) (theory)
+    weight: str = "relu"
+    max_weight: float = 100.0  # clamp of the policy's behaviour-cloning weight
+    weight_decay: float = 1e-4  # policy Adam's coupled L2 weight decay, as the reference
+    scale_rewards: bool = True  # scale rewards by 1000 / (max − min episode return of the dataset)
+    normalize_states: bool = False  # standardise states by the dataset's mean and std
+    twin_v: bool = True  # two V heads, each on its own residuals; the target is their minimum
+    layer_norm: bool = True  # LayerNorm in V's hidden layers
     tanh_mean: bool = False  # squash the policy mean with tanh (the sample is not squashed)
-    hidden_sizes: tuple[int, ...] = (256, 256)  # V
-    policy_hidden_sizes: tuple[int, ...] = (1024, 1024)
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of V
+    policy_hidden_sizes: tuple[int, ...] = (1024, 1024)  # hidden layer widths of the policy mean
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("batch_size", "learning_rate", "tau", "max_weight"),
@@ -183,6 +184,7 @@ class ValueEnsemble(QEnsemble):
 
 class ODICE(OfflineAlgorithm):
     name = "odice"
+    summary = "O-DICE: DICE value learning with the orthogonal-gradient update (Mao et al. 2024)"
     Config = ODICEConfig
 
     def build(self) -> None:
@@ -313,8 +315,10 @@ class ODICEILConfig(ODICEConfig):
     learning_rate: float = 1e-4
     lam: float = 0.4
     eta: float = 1.0
-    weight_decay: float = 1e-5  # hopper; walker2d 1e-3 (preset)
-    scale_rewards: bool = False  # ignored: the rewards are 0
+    # policy Adam's coupled L2 weight decay (hopper's; walker2d's 1e-3 is in the preset)
+    weight_decay: float = 1e-5
+    # scale rewards by 1000 / (max − min episode return); moot here: every reward is 0
+    scale_rewards: bool = False
     normalize_states: bool = True
     layer_norm: bool = False
     tanh_mean: bool = True
@@ -341,6 +345,7 @@ class ODICEIL(ODICE):
     """O-DICE for offline imitation: one expert trajectory, rewards unused (module docstring)."""
 
     name = "odice-il"
+    summary = "O-DICE for offline imitation from one expert trajectory, rewards unused"
     Config = ODICEILConfig
 
     def prepare_dataset(self, data: Dataset) -> Dataset:

@@ -184,8 +184,9 @@ def action_divergence(kind: str, policy: torch.nn.Module, p: Any, q: Any) -> tor
 # ---- shared by both algorithms ----------------------------------------------------------------
 @dataclass
 class RegularizedConfig(PPOConfig):
-    base_policy: str = "scripted"  # 'scripted' (the env's own) or a ctrlrl run dir / checkpoint
-    reg_coef: float = 0.0  # λ; negative pushes away from the base policy
+    # the safe policy: scripted (the env's own) | a ctrlrl run dir or checkpoint
+    base_policy: str = "scripted"
+    reg_coef: float = 0.0  # λ, weight of the divergence from the base policy; negative pushes away from it
     init_from_base: bool = False  # start from the base checkpoint's actor, critic and statistics
 
     def __post_init__(self) -> None:
@@ -261,6 +262,7 @@ class ADRegConfig(RegularizedConfig):
 
 class PPOADReg(_BaseRegularized):
     name = "ppo-adreg"
+    summary = "PPO regularised towards a safe policy's action distribution (ORPO's baseline)"
     Config = ADRegConfig
 
     def on_rollout_full(self, rollout: RolloutBuffer) -> None:
@@ -290,10 +292,10 @@ class ORPOConfig(RegularizedConfig):
     divergence: str = "sqrt_chi2"  # kl | chi2 | sqrt_chi2 | tv: of the occupancy measures
     state_only: bool = False  # discriminate states only, d(s)
     base_fraction: float = 0.5  # share of each iteration's env steps run by the base policy
-    disc_hidden_sizes: tuple[int, ...] = (256, 256)
-    disc_learning_rate: float = 1e-3
-    disc_epochs: int = 8
-    disc_batch_size: int = 256
+    disc_hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the discriminator
+    disc_learning_rate: float = 1e-3  # Adam step size of the discriminator
+    disc_epochs: int = 8  # discriminator passes over each iteration's samples
+    disc_batch_size: int = 256  # discriminator minibatch size
     penalty_clip: float = math.inf  # |λ·penalty| per step at most (inf: no clip, the reference's)
     base_steps_in_budget: bool = True  # base-policy env steps count in total_steps (the reference)
 
@@ -350,6 +352,7 @@ def om_penalty(kind: str, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torc
 
 class ORPO(_BaseRegularized):
     name = "orpo"
+    summary = "ORPO: PPO regularised towards a safe policy's occupancy measure, against reward hacking"
     Config = ORPOConfig
 
     def build(self) -> None:

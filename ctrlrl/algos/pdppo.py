@@ -76,28 +76,28 @@ PRE_REWARDS = ("total", "residual")
 class PDPPOConfig:
     n_steps: int = 4000  # steps per env per rollout (the paper updates every 4000 steps)
     batch_size: int = 0  # minibatch size; 0: the full rollout in one batch, as the paper
-    n_epochs: int = 60
-    actor_lr: float = 5.5e-4
-    critic_lr: float = 1e-3
+    n_epochs: int = 60  # passes over each rollout
+    actor_lr: float = 5.5e-4  # Adam step size of the actor
+    critic_lr: float = 1e-3  # Adam step size of each critic (V and V^x)
     anneal_lr: bool = False  # linear decay of all three learning rates to 0 over total_steps
-    adam_eps: float = 1e-8
-    gamma: float = 0.99
-    gae_lambda: float = 1.0  # 1: Monte-Carlo returns
-    clip_range: float = 0.2
+    adam_eps: float = 1e-8  # Adam's ε
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 1.0  # λ of both λ-returns (1: Monte-Carlo returns)
+    clip_range: float = 0.2  # ε of the clipped probability ratio, clip(r, 1 − ε, 1 + ε)
     ratio: str = "factor"  # factor | joint (MultiDiscrete policies; others are always joint)
     critics: str = "dual"  # dual: max of both advantages | pre: V(s) only | post: V^x(s^x) only
     post_return: str = "own"  # own: V^x fits R^x of the decisions' rewards r^x | shared: V^x fits R
     pre_reward: str = "total"  # total: R sums the env's r | residual: R sums r − r^x (the authors' code)
-    normalize_advantage: bool = True
+    normalize_advantage: bool = True  # standardise the actor's advantages per batch
     normalize_returns: bool = True  # critics fit returns standardised per rollout (as the paper's code)
-    ent_coef: float = 1e-3
-    max_grad_norm: float = 1.0  # per network
-    actor_hidden_sizes: tuple[int, ...] = (128, 128)
-    actor_activation: str = "relu"
-    critic_hidden_sizes: tuple[int, ...] = (128, 128)
-    critic_activation: str = "tanh"
-    ortho_init: bool = False  # PyTorch's default init, as the reference
-    log_std_init: float = 0.0  # Box action spaces
+    ent_coef: float = 1e-3  # weight of the entropy bonus
+    max_grad_norm: float = 1.0  # clip each network's gradient norm to this
+    actor_hidden_sizes: tuple[int, ...] = (128, 128)  # hidden layer widths of the actor
+    actor_activation: str = "relu"  # the actor's hidden activation: tanh | relu | elu | leaky_relu
+    critic_hidden_sizes: tuple[int, ...] = (128, 128)  # hidden layer widths of each critic
+    critic_activation: str = "tanh"  # the critics' hidden activation: tanh | relu | elu | leaky_relu
+    ortho_init: bool = False  # orthogonal weight initialisation; off: PyTorch's default, as the reference
+    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box action spaces)
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("n_steps", "n_epochs", "actor_lr", "critic_lr", "adam_eps"),
@@ -113,6 +113,7 @@ class PDPPOConfig:
 
 class PDPPO(OnPolicyAlgorithm):
     name = "pdppo"
+    summary = "Post-Decision PPO with dual critics, for envs with post-decision states (Felizardo et al.)"
     Config = PDPPOConfig
 
     def build(self) -> None:

@@ -40,24 +40,26 @@ from ctrlrl.core.nets import FlatParams, adam
 class PPOConfig:
     n_steps: int = 2048  # steps per env per rollout
     batch_size: int = 64  # minibatch size
-    n_epochs: int = 10
-    learning_rate: float = 3e-4
+    n_epochs: int = 10  # passes over each rollout
+    learning_rate: float = 3e-4  # Adam step size of the actor and the critic
     anneal_lr: bool = False  # linear decay to 0 over total_steps
-    adam_eps: float = 1e-5
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    clip_range_vf: float | None = None  # None: unclipped value loss
-    normalize_advantage: bool = True  # per minibatch
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None  # stop the update at a minibatch whose approx KL > 1.5·target_kl
-    kl_stop: str = "minibatch"  # "minibatch" (stable-baselines3's rule) or "epoch" (epoch-mean KL)
+    adam_eps: float = 1e-5  # Adam's ε
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE λ (1: Monte-Carlo returns, 0: one-step TD)
+    clip_range: float = 0.2  # ε of the clipped probability ratio, clip(r, 1 − ε, 1 + ε)
+    clip_range_vf: float | None = None  # clip V − V_old to ± this in the value loss; null: unclipped
+    normalize_advantage: bool = True  # standardise advantages per minibatch
+    ent_coef: float = 0.0  # weight of the entropy bonus
+    vf_coef: float = 0.5  # weight of the value loss
+    max_grad_norm: float = 0.5  # clip the gradients' global norm to this
+    # stop the update at a minibatch whose approx KL > 1.5·target_kl; null: never
+    target_kl: float | None = None
+    kl_stop: str = "minibatch"  # minibatch (stable-baselines3's rule) | epoch (the epoch's mean KL)
+    # hidden layer widths of the actor and of the critic (separate nets)
     hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    ortho_init: bool = True
-    log_std_init: float = 0.0
+    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
+    ortho_init: bool = True  # orthogonal weight initialisation (ppo2's); off: PyTorch's default
+    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("n_steps", "batch_size", "n_epochs", "learning_rate", "adam_eps"),
@@ -77,6 +79,7 @@ def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
 
 class PPO(OnPolicyAlgorithm):
     name = "ppo"
+    summary = "Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)"
     Config = PPOConfig
 
     def build(self) -> None:

@@ -35,19 +35,19 @@ from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, adam, so
 
 @dataclass
 class SACConfig:
-    buffer_size: int = 1_000_000
+    buffer_size: int = 1_000_000  # replay buffer capacity in transitions
     learning_starts: int = 10_000  # uniform-random steps before learning
-    batch_size: int = 256
-    gradient_steps: int = 1  # per vector step (n_envs transitions)
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
+    batch_size: int = 256  # minibatch size
+    gradient_steps: int = 1  # gradient steps per vector step (n_envs transitions)
+    learning_rate: float = 3e-4  # Adam step size of the actor, the critics and α
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target critics
     autotune: bool = True  # learn α; otherwise α = ent_coef
-    ent_coef: float = 1.0  # initial (autotune) or fixed α
-    target_entropy: float | None = None  # None: −dim(A)
-    alpha_update: str = "paper"  # "paper": α stepped last on fresh samples; "sb3": first, in log α
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    n_critics: int = 2
+    ent_coef: float = 1.0  # α: its initial value (autotune) or its fixed value
+    target_entropy: float | None = None  # entropy target H̄ of autotune; null: −dim(A)
+    alpha_update: str = "paper"  # paper: α stepped last on fresh samples | sb3: first, in log α
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of each critic
+    n_critics: int = 2  # Q heads; targets and the actor use their minimum
     save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
 
     def __post_init__(self) -> None:
@@ -61,6 +61,7 @@ class SACConfig:
 
 class SAC(OffPolicyAlgorithm):
     name = "sac"
+    summary = "Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018)"
     Config = SACConfig
 
     def build(self) -> None:

@@ -29,19 +29,19 @@ from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, s
 
 @dataclass
 class TD3Config:
-    buffer_size: int = 1_000_000
-    learning_starts: int = 25_000
-    batch_size: int = 256
-    gradient_steps: int = 1  # per vector step (n_envs transitions)
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_delay: int = 2
-    target_policy_noise: float = 0.2
-    target_noise_clip: float = 0.5
+    buffer_size: int = 1_000_000  # replay buffer capacity in transitions
+    learning_starts: int = 25_000  # uniform-random steps before learning
+    batch_size: int = 256  # minibatch size
+    gradient_steps: int = 1  # gradient steps per vector step (n_envs transitions)
+    learning_rate: float = 3e-4  # Adam step size of the actor and the critics
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target networks
+    policy_delay: int = 2  # critic steps per actor (and target) update
+    target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
+    target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
     exploration_noise: float = 0.1  # std of Gaussian action noise while training
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    save_replay: bool = True
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of each critic
+    save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("buffer_size", "batch_size", "gradient_steps", "learning_rate",
@@ -53,6 +53,7 @@ class TD3Config:
 
 class TD3(OffPolicyAlgorithm):
     name = "td3"
+    summary = "TD3: twin critics, target policy smoothing, delayed actor (Fujimoto et al. 2018)"
     Config = TD3Config
 
     def build(self) -> None:

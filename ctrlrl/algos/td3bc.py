@@ -31,16 +31,16 @@ from ctrlrl.core.nets import DeterministicPolicy, FlatParams, adam
 
 @dataclass
 class TD3BCConfig:
-    batch_size: int = 256
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_delay: int = 2
-    target_policy_noise: float = 0.2
-    target_noise_clip: float = 0.5
-    alpha: float = 2.5  # weight of the Q term against behaviour cloning
-    normalize_states: bool = True
-    hidden_sizes: tuple[int, ...] = (256, 256)
+    batch_size: int = 256  # minibatch size
+    learning_rate: float = 3e-4  # Adam step size of the actor and the critics
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target networks
+    policy_delay: int = 2  # critic steps per actor (and target) update
+    target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
+    target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
+    alpha: float = 2.5  # α in λ = α / mean|Q1(s, π(s))|: weight of the Q term against behaviour cloning
+    normalize_states: bool = True  # standardise states by the dataset's mean and std + 1e-3
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of each critic
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("batch_size", "learning_rate", "tau", "policy_delay"),
@@ -52,6 +52,7 @@ class TD3BC(OfflineAlgorithm, TD3):
     """TD3's networks and update (`TD3.build`, `TD3.update`) with the offline loop and this actor loss."""
 
     name = "td3bc"
+    summary = "TD3+BC: TD3 with a behaviour-cloning term in the actor loss (Fujimoto & Gu 2021)"
     Config = TD3BCConfig
 
     def actor_loss(self, b: Batch) -> torch.Tensor:
@@ -66,10 +67,10 @@ class TD3BC(OfflineAlgorithm, TD3):
 
 @dataclass
 class BCConfig:
-    batch_size: int = 256
-    learning_rate: float = 3e-4
-    normalize_states: bool = True
-    hidden_sizes: tuple[int, ...] = (256, 256)
+    batch_size: int = 256  # minibatch size
+    learning_rate: float = 3e-4  # Adam step size of the actor
+    normalize_states: bool = True  # standardise states by the dataset's mean and std + 1e-3
+    hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("batch_size", "learning_rate"), widths=("hidden_sizes",))
@@ -77,6 +78,7 @@ class BCConfig:
 
 class BC(OfflineAlgorithm):
     name = "bc"
+    summary = "behaviour cloning: the actor regresses onto the dataset's actions"
     Config = BCConfig
 
     def build(self) -> None:

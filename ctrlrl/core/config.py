@@ -3,12 +3,23 @@
 Resolution order, later wins: dataclass defaults → the algorithm's preset for the env
 (`algos/presets/<algo>.yaml`) → `--set key=value` overrides → explicit CLI flags. The result is
 written to `config.yaml` in the run directory and is what `--resume` checks against.
+
+Every config field says what it means in a comment: at the end of its line, or on the comment
+lines directly above it. `field_docs` reads those comments, so they are the one source of the
+settings' descriptions (`ctrlrl describe ALGO`); a subclass that redefines a field without a
+comment keeps its parent's.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -51,27 +62,28 @@ def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[s
 class RunConfig:
     """Everything about a run that is not an algorithm hyperparameter."""
 
+    # gymnasium env id, e.g. Hopper-v5 (`ctrlrl list` shows the ids that can be made here)
     env: str = "Hopper-v5"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds torch, numpy and the envs (on CPU the same seed repeats a run bit for bit)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     total_steps: int = 1_000_000  # environment steps, summed over parallel envs (offline: gradient steps)
-    dataset: str = ""  # offline algorithms: PATH.hdf5 | d4rl:<task> | minari:<id>
+    dataset: str = ""  # offline algorithms' data: PATH.hdf5 | d4rl:<task> | minari:<id>
     # D4RL-format files: keep the rows flagged timeouts (bootstrapped from next_observations)
     # instead of dropping them as D4RL's qlearning_dataset does
     keep_timeouts: bool = False
-    n_envs: int = 1
-    vec_mode: str = "sync"  # sync | async (subprocesses)
+    n_envs: int = 1  # envs stepped in parallel
+    vec_mode: str = "sync"  # sync (all envs in this process) | async (a subprocess per env)
     normalize_obs: bool = False  # running mean/std of observations, saved with checkpoints
     normalize_reward: bool = False  # scale rewards by the std of the discounted return
     clip_obs: float = 10.0  # clip normalised observations to ±clip_obs
     eval_every: int = 10_000  # env steps between evaluations; 0 disables
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # deterministic episodes per evaluation
     checkpoint_every: int = 100_000  # env steps between checkpoints (also written at the end)
     log_every: int = 2_048  # env steps between metric dumps (on-policy: every iteration)
     threads: int = 1  # torch CPU threads; 1 is fastest for small MLPs
     compile: bool = False  # torch.compile the update step
-    run_dir: str = ""  # empty: runs/<env>/<algo>/<seed>-<time>
-    tensorboard: bool = True
+    run_dir: str = ""  # output folder; empty: runs/<env>/<algo>/<seed>-<time>
+    tensorboard: bool = True  # write TensorBoard event files beside metrics.jsonl
     progress: bool = True  # console progress bar
 
     def __post_init__(self) -> None:
@@ -84,6 +96,44 @@ def config_fields(cfg_type: type) -> dict[str, Any]:
     """Field name → resolved type for a config dataclass."""
     hints = typing.get_type_hints(cfg_type)
     return {f.name: hints[f.name] for f in fields(cfg_type)}
+
+
+@functools.cache
+def field_docs(cfg_type: type) -> dict[str, str]:
+    """Field name → its one-line meaning, from the comments in the config classes' source
+    ("" for a field without one, or where the source cannot be read)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cfg_type.__mro__):  # base classes first: a subclass's comment wins
+        if dataclasses.is_dataclass(klass):
+            docs.update({k: v for k, v in _field_comments(klass).items() if v})
+    return {f.name: docs.get(f.name, "") for f in fields(cfg_type)}
+
+
+def _field_comments(klass: type) -> dict[str, str]:
+    """The comments of the fields annotated in `klass`'s own body: those on the lines directly
+    above a field, then the one at the end of its line."""
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source shipped (e.g. a frozen build)
+        return {}
+    comments, code_lines = {}, set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                              tokenize.ENDMARKER):
+            code_lines.add(tok.start[0])
+    (cls_node,) = ast.parse(source).body
+    out = {}
+    for node in cls_node.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above, line = [], node.lineno - 1
+            while line in comments and line not in code_lines:
+                above.insert(0, comments[line])
+                line -= 1
+            trailing = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            out[node.target.id] = " ".join(above + trailing[:1])
+    return out
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
