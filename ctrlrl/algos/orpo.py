@@ -40,7 +40,7 @@ closed-form KL (default) or χ² of the two action distributions (Gaussian χ² 
 base is more than √2 times narrower than the policy in some dimension; those states use the KL, as
 the reference does).
 
-Choices where the spec is silent:
+Choices where the paper and its reference code are silent:
 - The base rollouts run in their own envs, seeded run seed + 20000, and are checkpointed for exact
   resume; `train/base_steps` logs how many steps they took. A checkpoint base is read from its path
   again on resume: keep that file unchanged meanwhile.

@@ -29,7 +29,7 @@ The horizon's end is a termination (`horizon_end="terminal"`), as the reference'
 R_t = Σ_{k=t}^{T} γ^(k−t) r_k; `horizon_end="truncated"` reports it as a time-limit truncation
 (learners bootstrap through it), the earlier form.
 
-A choice the spec leaves open: reset draws each inventory uniformly from 0..`initial_inventory_max`
+A choice the paper leaves open: reset draws each inventory uniformly from 0..`initial_inventory_max`
 and each machine's setup uniformly from the items it can make, or idle.
 """
 
