@@ -313,7 +313,7 @@ class ORPOConfig(RegularizedConfig):
 
 def fit_discriminator(disc: torch.nn.Module, optimizer: torch.optim.Optimizer, current: torch.Tensor,
                       base: torch.Tensor, epochs: int, batch_size: int) -> torch.Tensor:
-    """Train d on `softplus(−d(current)) + softplus(d(base))` (§5.2); returns the mean loss.
+    """Train d on `softplus(−d(current)) + softplus(d(base))` (step 2 above); returns the mean loss.
 
     Each step pairs a minibatch of current samples with one of base samples (as many minibatches
     of each per epoch, so the two sets need not be the same size)."""
@@ -334,7 +334,7 @@ def fit_discriminator(disc: torch.nn.Module, optimizer: torch.optim.Optimizer, c
 
 
 def om_penalty(kind: str, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-sample occupancy-measure penalty from discriminator logits d ≈ log μ_π/μ_base (§5.3)."""
+    """Per-sample occupancy-measure penalty from discriminator logits d ≈ log μ_π/μ_base (step 3 above)."""
     chi2 = torch.expm1(d.clamp(max=30.0))
     stats = {"om_kl": d.mean(), "om_chi2": chi2.mean()}
     if kind == "kl":
