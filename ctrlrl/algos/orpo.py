@@ -288,7 +288,7 @@ class PPOADReg(_BaseRegularized):
 # ---- orpo -------------------------------------------------------------------------------------
 @dataclass
 class ORPOConfig(RegularizedConfig):
-    reg_coef: float = 0.05  # λ (tomato: the base policy's per-step reward std, the paper's unit)
+    reg_coef: float = 0.05  # λ; 0.05 is the tomato base policy's per-step reward std, the paper's unit
     divergence: str = "sqrt_chi2"  # kl | chi2 | sqrt_chi2 | tv: of the occupancy measures
     state_only: bool = False  # discriminate states only, d(s)
     base_fraction: float = 0.5  # share of each iteration's env steps run by the base policy
