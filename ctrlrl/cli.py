@@ -18,6 +18,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ctrlrl: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _AlgoHelp(argparse.Action):
+    """-h/--help after an algorithm's name asks for its settings, shown once every option is
+    parsed (so --env and --set resolve them); before a name, the command's own help."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=False,
+                         help="with ALGO: its settings (as `ctrlrl describe ALGO`); "
+                              "without: this help")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, "algo", None) is None:
+            parser.print_help()
+            parser.exit()
+        setattr(namespace, self.dest, True)
+
+
+# run settings that have their own option (the others are set with --set KEY=VALUE)
+RUN_FLAGS = ("seed", "device", "total_steps", "n_envs", "eval_every", "eval_episodes", "run_dir",
+             "compile", "dataset")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", help="gymnasium env id, e.g. Hopper-v5")
     p.add_argument("--seed", type=int)
@@ -41,12 +62,25 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ctrlrl", description="Train, evaluate and compare RL algorithms.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="algorithms and registered environments")
+    sub.add_parser("list", help="algorithms with their kind, and the env ids that can be made here")
 
-    train = sub.add_parser("train", help="train an algorithm")
+    train = sub.add_parser(
+        "train", help="train an algorithm", add_help=False,
+        description="Train ALGO on an env. `ctrlrl train ALGO --help` (or `ctrlrl describe ALGO`) "
+                    "lists ALGO's settings with their types, defaults and meanings; "
+                    "`ctrlrl list` lists the algorithms and env ids.")
     train.add_argument("algo")
+    train.add_argument("-h", "--help", action=_AlgoHelp)
     _add_run_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+
+    describe = sub.add_parser(
+        "describe", help="an algorithm's settings: type, default, meaning; its preset envs",
+        description="List ALGO's settings and the run settings, with types, defaults and "
+                    "meanings, and the envs ALGO has presets for. With --env (and --set, "
+                    "options), the values that env gets.")
+    describe.add_argument("algo")
+    _add_run_flags(describe)
 
     ev = sub.add_parser("eval", help="evaluate a run dir or checkpoint, or an env's heuristic")
     ev.add_argument("path", metavar="RUN_DIR|CHECKPOINT", nargs="?")
@@ -125,36 +159,58 @@ def _add_grid_flags(p: argparse.ArgumentParser) -> None:
 def _cmd_list(_: argparse.Namespace) -> None:
     import gymnasium as gym
 
-    import ctrlrl.envs  # noqa: F401
-    from ctrlrl.api import list_algos
+    from ctrlrl.api import algo_class, list_algos
+    from ctrlrl.core.envs import env_unavailable
 
-    print("algorithms: " + ", ".join(list_algos()))
-    print("environments:")
-    for env_id in sorted(gym.registry):
+    print("algorithms (`ctrlrl train ALGO --help` lists one's settings):")
+    width = max(map(len, list_algos()))
+    for name in list_algos():
+        cls = algo_class(name)
+        print(f"  {name:<{width}}  {cls.kind:<14}  {cls.summary}")
+    ids = sorted(gym.registry, key=lambda i: (not i.startswith("ctrlrl/"), i))  # ours first
+    usable = [env_id for env_id in ids if env_unavailable(env_id) is None]
+    print(f"environments that can be made here ({len(ids) - len(usable)} registered ids that "
+          "cannot, such as the mujoco-py -v2/-v3 ones, are left out):")
+    for env_id in usable:
         print(f"  {env_id}")
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from ctrlrl import api
+def _train_options(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """(env, run flags, --set overrides) of `train` and `describe`; the env defaults to the
+    dataset's."""
     from ctrlrl.core.config import parse_set
 
-    flags: dict[str, Any] = {k: getattr(args, k) for k in
-                             ("seed", "device", "total_steps", "n_envs", "eval_every",
-                              "eval_episodes", "run_dir", "compile", "dataset")
-                             if getattr(args, k) is not None}
+    flags = {k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None}
     overrides = parse_set(args.set)
     if args.base_policy:  # a path made absolute, so a resumed run finds it from any folder
         overrides["base_policy"] = (args.base_policy if args.base_policy == "scripted"
                                     else str(Path(args.base_policy).resolve()))
+    env = args.env
+    if env is None and args.dataset and not getattr(args, "resume", None):
+        from ctrlrl.data import dataset_env
+
+        env = dataset_env(args.dataset)
+    return env, flags, overrides
+
+
+def _cmd_describe(args: argparse.Namespace) -> None:
+    if getattr(args, "resume", None):
+        raise UserError(f"--help describes an algorithm's settings, not a run; {args.resume}'s "
+                        "settings are in its config.yaml")
+    print(describe_algo(args.algo, *_train_options(args)))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ctrlrl import api
+
+    if args.help:
+        _cmd_describe(args)
+        return
+    env, flags, overrides = _train_options(args)
     if args.resume:
         algo = api.resume(args.resume, args.algo, args.env, overrides, **flags)
         print(f"resuming {algo.name} on {algo.run.env} at step {algo.step} in {algo.run_dir}")
     else:
-        env = args.env
-        if env is None and args.dataset:
-            from ctrlrl.data import dataset_env
-
-            env = dataset_env(args.dataset)
         if env is None:
             api.algo_class(args.algo)
             raise UserError("--env is required, e.g. --env Hopper-v5 (`ctrlrl list` shows ids)")
@@ -168,6 +224,103 @@ def _cmd_train(args: argparse.Namespace) -> None:
         algo.close()
     print(f"done: {algo.step} steps; checkpoint {algo.checkpoint_path}")
     print(f"watch: tensorboard --logdir {algo.run_dir}")
+
+
+def describe_algo(name: str, env: str | None = None, flags: dict[str, Any] | None = None,
+                  overrides: dict[str, Any] | None = None) -> str:
+    """ALGO's settings, then the run settings, each as name, type, value and meaning (the config's
+    own field comments), then the envs ALGO has presets for. With `env`, the values that env gets
+    (defaults → preset → overrides → flags); without, those of an env with no entry of its own."""
+    import shutil
+    import textwrap
+
+    from ctrlrl import api
+    from ctrlrl.core.config import RunConfig, apply_overrides, load_preset
+
+    cls = api.algo_class(name)
+    flags, overrides = flags or {}, overrides or {}
+    if env is None:
+        # the preset entries that apply to every env (`default`, a bare `*`): what an id matches
+        # that no entry names
+        everywhere = load_preset(api.PRESET_DIR / f"{name}.yaml", "")
+        run, cfg = apply_overrides(RunConfig(), cls.Config(), everywhere, f"preset {name}.yaml")
+        run, cfg = apply_overrides(run, cfg, overrides, "--set")
+        run, cfg = apply_overrides(run, cfg, flags, "option")
+        source = ("values for any env without a preset entry of its own: the defaults"
+                  + (f", then preset {name}.yaml's default entry" if everywhere else "")
+                  + (", then the options given" if flags or overrides else ""))
+    else:
+        _, run, cfg = api.resolve(name, env, overrides, **flags)
+        source = (f"values for {env}: the defaults, then its entries in preset {name}.yaml, "
+                  "then the options given")
+    width = shutil.get_terminal_size((100, 24)).columns
+    options = ", ".join("--" + k.replace("_", "-") for k in RUN_FLAGS)
+    presets = ", ".join(api.preset_envs(name)) or "no env (the defaults apply everywhere)"
+
+    def prose(text: str) -> list[str]:
+        return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+    return "\n".join([
+        *prose(f"{name} ({cls.kind}): {cls.summary}"),
+        f"usage: ctrlrl train {name} --env ENV_ID [--set KEY=VALUE ...] [options]", "",
+        *prose(f"{name} settings, set with --set KEY=VALUE ({source}; [default X] where a "
+               "value differs from its default X):"),
+        *_settings_table(cfg, width), "",
+        *prose(f"run settings, set with --set KEY=VALUE or the options {options}:"),
+        *_settings_table(run, width), "",
+        *prose(f"presets: per-env values in ctrlrl/algos/presets/{name}.yaml for {presets} "
+               f"(`ctrlrl describe {name} --env ENV_ID` shows the values an env gets)")])
+
+
+def _settings_table(cfg: Any, width: int) -> list[str]:
+    """One row per field: name, type, value (as --set takes it), meaning wrapped to `width`;
+    a value other than the field's default names the default."""
+    import dataclasses
+    import textwrap
+
+    from ctrlrl.core.config import config_fields, field_docs
+
+    types, docs = config_fields(type(cfg)), field_docs(type(cfg))
+    defaults = type(cfg)()
+    rows = []
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        meaning = docs[f.name] + ("" if value == default else f" [default {_as_yaml(default)}]")
+        rows.append((f.name, _type_name(types[f.name]), _as_yaml(value), meaning))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    indent = 2 + sum(widths) + 6
+    out = []
+    for *cells, meaning in rows:
+        head = "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  "
+        wrapped = textwrap.wrap(meaning, max(width - indent, 40), break_on_hyphens=False) or [""]
+        out += [head + wrapped[0], *(" " * indent + more for more in wrapped[1:])]
+    return out
+
+
+def _type_name(typ: Any) -> str:
+    """`int`, `float | null`, `[int, ...]`: a field's type as a --set value is written."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (tuple, list):
+        return f"[{_type_name(args[0])}, ...]"
+    return getattr(typ, "__name__", str(typ))
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as `--set KEY=VALUE` takes it: true, null, [256,256], 0.0003."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(map(_as_yaml, value)) + "]"
+    if value == "":
+        return '""'
+    return str(value)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -256,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ctrlrl.algos.base import TrainingInterrupted
 
-    commands = {"list": _cmd_list, "train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot,
-                "collect": _cmd_collect, "sweep": _cmd_sweep, "bench": _cmd_sweep,
+    commands = {"list": _cmd_list, "train": _cmd_train, "describe": _cmd_describe, "eval": _cmd_eval,
+                "plot": _cmd_plot, "collect": _cmd_collect, "sweep": _cmd_sweep, "bench": _cmd_sweep,
                 "report": _cmd_report}
     try:
         commands[args.command](args)

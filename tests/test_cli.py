@@ -143,9 +143,8 @@ def test_resume_of_a_non_run(tmp_path, capsys):
 def test_list_prints_algorithms(tmp_path):
     proc = run_cli("list", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    first = proc.stdout.splitlines()[0]
     for name in ("ppo", "sac", "td3"):
-        assert re.search(rf"\b{name}\b", first), first
+        assert re.search(rf"^  {name} ", proc.stdout, re.M), proc.stdout
     assert "Pendulum-v1" in proc.stdout
     assert "Hopper-v5" in proc.stdout
 

@@ -365,7 +365,7 @@ class RandomPolicyConfig:
 
 @dataclass
 class UCRL2Config(RandomPolicyConfig):
-    delta: float = 0.05  # confidence level in the log term
+    delta: float = 0.05  # δ, confidence level of the sets' log term
     max_plan_iters: int = 5000  # value-iteration sweeps per plan at most
 
     def __post_init__(self) -> None:
@@ -377,7 +377,7 @@ class UCRL2Config(RandomPolicyConfig):
 class LOOPConfig(UCRL2Config):
     instantiation: str = "tabular"  # tabular (model-based, EVI) | linear (ridge + elliptical bonus)
     confidence: str = "joint"  # tabular set: joint (Σ N·Δ² ≤ β, the paper's) | per_pair (Hoeffding)
-    beta_scale: float = 1.0  # c: radius √β of the confidence set scales with c (module docstring)
+    beta_scale: float = 1.0  # c: scales the radius √β of the confidence set (the theory's absolute constant)
     max_plan_rounds: int = 20  # ascent rounds of the joint set's planner at most
     ridge: float = 1.0  # λ of the linear instantiation's Λ = λI + Σφφᵀ
     span_bound: float = 0.0  # H: truncate V to span ≤ H (linear); 0: no truncation
