@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from ctrlrl.api import algo_class, list_algos
-from ctrlrl.cli import main
+from ctrlrl.cli import describe_algo, main
 from ctrlrl.core.config import RunConfig, field_docs
 
 KINDS = {"on-policy", "off-policy", "offline", "average-reward"}
@@ -59,11 +59,14 @@ def test_field_docs_read_trailing_and_preceding_comments_and_inherit_them():
 
 
 @pytest.mark.parametrize("algo", list_algos())
-def test_every_setting_of_every_algorithm_has_a_meaning(algo):
+def test_every_setting_of_every_algorithm_has_a_meaning_and_is_described(algo):
     cls = algo_class(algo)
+    described = describe_algo(algo)
     for config in (cls.Config, RunConfig):
         missing = [name for name, doc in field_docs(config).items() if not doc]
         assert not missing, f"{config.__name__}: document {missing} with a comment on the field"
+        for name in field_docs(config):
+            assert re.search(rf"^  {name} ", described, re.M), f"{name} not in `describe {algo}`"
     assert cls.kind in KINDS
     assert "summary" in vars(cls) and cls.summary, f"{algo} needs its own one-line summary"
 
