@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("-o", "--output", default="curves.png")
     plot.add_argument("--metric", default=None,
-                      help="default: eval/mean_reward when logged, else rollout/ep_rew_mean")
+                      help="one metric for all runs (default: each algorithm's own, one panel per "
+                           "metric: regret, true reward, normalised score, evaluation return, else "
+                           "training return)")
 
     collect = sub.add_parser("collect", help="generate a D4RL-format offline dataset with SAC")
     collect.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5")
@@ -127,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", required=True,
                         help="output stem: writes STEM.md, STEM.png, STEM.json")
     report.add_argument("--metric", default=None,
-                        help="default: eval/normalized_score when logged, else eval/mean_reward")
+                        help="one metric for all runs (default: each algorithm's own: regret, true "
+                             "reward, normalised score, else evaluation return)")
     report.add_argument("--welch", metavar="A,B", help="add Welch's t-test of label A vs label B")
     report.add_argument("--aggregate", action="store_true",
                         help="add a row and panel per algorithm over all envs (normalised scores only)")
@@ -218,12 +221,44 @@ def _cmd_train(args: argparse.Namespace) -> None:
         algo.setup_run_dir()
         print(f"training {algo.name} on {algo.run.env} (seed {algo.run.seed}, "
               f"{algo.device}) in {algo.run_dir}")
+    note = algo.budget_note()
+    if note:
+        print(f"note: {note}")
+    start = algo.step
     try:
         algo.learn()
     finally:
         algo.close()
     print(f"done: {algo.step} steps; checkpoint {algo.checkpoint_path}")
+    print(_outcome(algo, trained=algo.step > start))
     print(f"watch: tensorboard --logdir {algo.run_dir}")
+
+
+def _outcome(algo: Any, trained: bool) -> str:
+    """A finished run's verdict: its final evaluation (or why there is none) and its headline."""
+    last = algo.last_evaluation
+    if last is not None and last.step == algo.step:
+        verdict = (f"final evaluation at step {last.step}: return {_mean_std(last.returns)} over "
+                   f"{len(last.returns)} deterministic episodes")
+    elif not trained:
+        verdict = (f"nothing to train: the run is at step {algo.step} of total_steps="
+                   f"{algo.run.total_steps}; pass a larger --total-steps to continue it")
+    else:
+        verdict = f"no final evaluation: {algo.no_evaluation_reason()}"
+    return _with_headline(verdict, algo.headline(last))
+
+
+def _mean_std(returns: Any) -> str:
+    return f"{returns.mean():.2f} ± {returns.std():.2f}"
+
+
+def _with_headline(text: str, headline: dict[str, float]) -> str:
+    """`text; label value, label value` (the numbers an algorithm says its learning shows in)."""
+    from ctrlrl.core.logger import format_value
+
+    if not headline:
+        return text
+    return text + "; " + ", ".join(f"{label} {format_value(v)}" for label, v in headline.items())
 
 
 def describe_algo(name: str, env: str | None = None, flags: dict[str, Any] | None = None,
@@ -330,17 +365,26 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if args.env is None or args.path is not None:
             raise UserError("--policy heuristic takes --env ENV_ID and no run dir, e.g. "
                             "ctrlrl eval --policy heuristic --env ctrlrl/LotSizing-20x10-v0")
+        if args.device is not None:
+            raise UserError("--device applies to a trained policy; a scripted heuristic runs on "
+                            "the CPU: drop --device")
         returns = api.evaluate_heuristic(args.env, args.episodes, args.seed or 0)
         print(f"heuristic on {args.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
               f"over {len(returns)} episodes (seeds {args.seed or 0}…)")
         return
     if args.path is None:
         raise UserError("eval needs a RUN_DIR or checkpoint (or --policy heuristic --env ENV_ID)")
+    if args.env is not None:
+        raise UserError("--env applies to --policy heuristic; a trained run is evaluated on the "
+                        "env it was trained on: drop --env")
     algo = api.load(args.path, device=args.device, replay=False)
-    returns = algo.evaluate(args.episodes, args.seed)
-    print(f"{algo.name} on {algo.run.env}: mean return {returns.mean():.2f} ± {returns.std():.2f} "
-          f"over {len(returns)} deterministic episodes")
-    algo.close()
+    try:
+        evaluation = algo.run_evaluation(args.episodes, args.seed)
+    finally:
+        algo.close()
+    returns = evaluation.returns
+    print(_with_headline(f"{algo.name} on {algo.run.env}: mean return {_mean_std(returns)} over "
+                         f"{len(returns)} deterministic episodes", algo.headline(evaluation)))
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
@@ -350,7 +394,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     name = f"{args.env.replace('/', '_')}-{args.level}.hdf5"
     output = args.output or data_dir() / "generated" / name
     meta = collect(args.env, args.level, output, args.size, args.seed, args.train_steps,
-                   args.expert_steps, args.expert_return, progress=sys.stderr.isatty())
+                   args.expert_steps, args.expert_return)
     print(f"wrote {output}: {meta['transitions']} transitions, {meta['episodes']} episodes, "
           f"mean episode return {meta['episode_return_mean']:.1f}")
 
@@ -422,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         how = (f"`ctrlrl train {args.algo} --resume {exc.checkpoint.parent.parent}`"
                if args.command == "train" else "the same command again")  # collect resumes its SAC run
         print(f"ctrlrl: {exc}; continue with {how}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum  # the shell's code for a signal: 130 Ctrl-C, 143 SIGTERM
     except KeyboardInterrupt:
         _ignore_further_interrupts()
         print("ctrlrl: aborted", file=sys.stderr)

@@ -182,7 +182,7 @@ def test_report_numbers_hand_computed(tmp_path):
     for seed, final in enumerate(finals):
         write_run(tmp_path / f"a{seed}", "Pendulum-v1", "ppo", seed, {100: 0.0, 200: 20.0, 300: final})
     groups = report.read_groups([str(tmp_path / "a*")])
-    row = report.build_report(groups, "eval/mean_reward")["rows"][0]
+    row = report.build_report(groups, report.choose_metrics(groups, "eval/mean_reward"))["rows"][0]
     assert row["seeds"] == 4 and row["final_mean"] == 4.0 and row["best_mean"] == 20.0
     assert row["iqm_final"] == 2.5  # mean of 2 and 3
     assert row["auc_mean"] == pytest.approx(np.mean([(10 + 10 + f / 2) / 2 for f in finals]))

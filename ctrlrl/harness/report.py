@@ -1,10 +1,12 @@
 """Result tables and learning curves, regenerated from runs' own logs (`ctrlrl report`, `ctrlrl plot`).
 
-Runs are grouped by env (one table block, one plot panel) and label (the algorithm, or a sweep's
-`algo[key=value]` variant); the seeds of a group are the sample. Per group: the final and the best
-evaluation (mean over seeds with a 95% percentile-bootstrap CI), the IQM of the final values, the
-area under the evaluation curve, seeds, env steps, wall time and fps; optionally Welch's t-test
-between two named labels. Offline runs report `eval/normalized_score` when they log it.
+Runs are grouped by env (one table block) and label (the algorithm, or a sweep's `algo[key=value]`
+variant); the seeds of a group are the sample. Each group is shown in its natural metric (see
+`NATURAL_METRICS`): regret for the average-reward learners, the true reward on reward-hacking envs,
+the normalised score offline, else the evaluation return. Per group: the final and the best value
+(mean over seeds with a 95% percentile-bootstrap CI), the IQM of the final values, the area under
+the curve, seeds, steps, wall time and fps; optionally Welch's t-test between two named labels.
+Plots put each (env, metric, step unit) in its own panel.
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ import yaml
 from ctrlrl.core.errors import UserError
 from ctrlrl.harness import stats
 
-REPORT_METRICS = ("eval/normalized_score", "eval/mean_reward")
-PLOT_METRICS = (*REPORT_METRICS, "rollout/ep_rew_mean")
+# Each group's natural metric, the first its runs log: cumulative regret for the average-reward
+# learners (LOOP, UCRL2, random-policy), the true reward where a reward-hacking env reports it, the
+# normalised score of offline runs, else the evaluation return, else the training return.
+NATURAL_METRICS = ("train/regret", "eval/true_reward", "rollout/true_ep_rew_mean",
+                   "eval/normalized_score", "eval/mean_reward", "rollout/ep_rew_mean")
+# a result table reports evaluations (and regret), never the returns of exploring training episodes
+REPORT_METRICS = tuple(m for m in NATURAL_METRICS if not m.startswith("rollout/"))
+LOWER_IS_BETTER = {"train/regret"}
 # settings that may differ between the seeds of one group (they do not change what is computed)
 _FREE_KEYS = {"seed", "run_dir", "total_steps", "device", "progress", "tensorboard", "vec_mode",
               "checkpoint_every", "log_every", "eval_every", "eval_episodes"}
@@ -46,6 +54,11 @@ class Run:
     @property
     def steps(self) -> int:
         return max((max(p) for p in self.metrics.values() if p), default=0)
+
+    @property
+    def step_unit(self) -> str:
+        """What the run's steps count: offline runs step through gradient updates."""
+        return "gradient steps" if self.config.get("run.dataset") else "env steps"
 
     @property
     def wall_time(self) -> float:
@@ -129,20 +142,32 @@ def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     return {env: dict(labels) for env, labels in sorted(groups.items())}
 
 
-def pick_metric(groups: dict[str, dict[str, list[Run]]], metric: str | None,
-                candidates: tuple[str, ...] = REPORT_METRICS) -> str:
-    """The metric every run logs: `metric` if given, else the first candidate some run logs.
-    A run lacking it is an error that names the run and the fix."""
-    runs = [r for labels in groups.values() for rs in labels.values() for r in rs]
-    chosen = metric or next((m for m in candidates if any(r.metrics.get(m) for r in runs)), None)
-    if chosen is None:
-        raise UserError(f"no run logs any of {', '.join(candidates)} (were they trained with "
-                        "--eval-every 0?); pass --metric with a logged name, e.g. rollout/ep_rew_mean")
-    for run in runs:
-        if not run.metrics.get(chosen):
-            logged = ", ".join(sorted(k for k in run.metrics if "/" in k)[:8])
-            raise UserError(f"{run.path} logs no {chosen!r} (it logs {logged or 'nothing yet'}); "
-                            "pass --metric with a name every run logs, or leave that run out")
+def natural_metric(runs: list[Run], candidates: tuple[str, ...] = NATURAL_METRICS) -> str:
+    """The metric the seeds of one group are shown in: the first candidate they log, passing over
+    one logged at a single step (a final evaluation) for a later one every run logs as a curve."""
+    logged = [m for m in candidates if any(r.metrics.get(m) for r in runs)]
+    if not logged:
+        run = runs[0]
+        has = ", ".join(sorted(k for k in run.metrics if "/" in k)[:8])
+        raise UserError(f"{run.path} logs none of {', '.join(candidates)} (it logs {has or 'nothing yet'}"
+                        "; trained with --eval-every 0?); pass --metric with a logged name, e.g. "
+                        "rollout/ep_rew_mean")
+    curves = [m for m in logged if all(len(r.metrics.get(m, ())) > 1 for r in runs)]
+    return curves[0] if curves else logged[0]
+
+
+def choose_metrics(groups: dict[str, dict[str, list[Run]]], metric: str | None = None,
+                   candidates: tuple[str, ...] = NATURAL_METRICS) -> dict[tuple[str, str], str]:
+    """(env, label) → the metric its runs are shown in: `metric` for all if given, else each
+    group's natural one. Runs lacking their group's metric are an error that names them all."""
+    chosen = {(env, label): metric or natural_metric(runs, candidates)
+              for env, labels in groups.items() for label, runs in labels.items()}
+    missing = [f"{r.path} ({chosen[env, label]})" for env, labels in groups.items()
+               for label, runs in labels.items() for r in runs if not r.metrics.get(chosen[env, label])]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise UserError(f"{len(missing)} run(s) do not log the metric they are shown in: {shown}; "
+                        "pass --metric with a name every run logs, or leave those runs out")
     return chosen
 
 
@@ -151,7 +176,7 @@ def summarize(runs: list[Run], metric: str) -> dict[str, Any]:
     """The statistics of one (env, label) group; each run's final/best/AUC first, then across seeds."""
     curves = [r.curve(metric) for r in runs]
     final = np.array([v[-1] for _, v in curves])
-    best = np.array([v.max() for _, v in curves])
+    best = np.array([v.min() if metric in LOWER_IS_BETTER else v.max() for _, v in curves])
     auc = np.array([stats.area_under_curve(s, v) for s, v in curves])
     steps = np.array([r.steps for r in runs])
     wall = np.array([r.wall_time for r in runs])
@@ -185,35 +210,40 @@ def read_groups(patterns: list[str]) -> dict[str, dict[str, list[Run]]]:
     return group_runs([load_run(p) for p in find_runs(patterns)])
 
 
-def aggregate(groups: dict[str, dict[str, list[Run]]], metric: str) -> dict[str, list[Run]]:
-    """label → its runs on every env, for one pooled row: only meaningful for a normalised score
-    (returns of different envs live on different scales) and labels run on every env."""
-    if len(groups) > 1 and "normalized" not in metric:
-        raise UserError(f"--aggregate mixes runs of different envs ({', '.join(groups)}) into one "
-                        f"panel, but {metric!r} is not normalised across envs; aggregate "
-                        "eval/normalized_score (offline runs) or drop --aggregate")
-    labels = set.intersection(*(set(labels) for labels in groups.values()))
+def pool_envs(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str]
+              ) -> tuple[dict[str, dict[str, list[Run]]], dict[tuple[str, str], str]]:
+    """`groups` and `chosen` with one more env, "all N envs": per label, its runs on every env
+    pooled. Only meaningful for a normalised score (returns of different envs live on different
+    scales) and labels run on every env."""
+    labels = sorted(set.intersection(*(set(labels) for labels in groups.values())))
     if not labels:
         raise UserError("--aggregate: no label has runs on every env; select runs that do")
-    return {label: [r for env in groups.values() for r in env[label]] for label in sorted(labels)}
+    not_normalised = sorted({chosen[env, label] for env in groups for label in labels} -
+                            {"eval/normalized_score"})
+    if len(groups) > 1 and not_normalised:
+        raise UserError(f"--aggregate mixes runs of different envs ({', '.join(groups)}) into one "
+                        f"panel, but {', '.join(not_normalised)} is not normalised across envs; "
+                        "aggregate eval/normalized_score (offline runs) or drop --aggregate")
+    pooled = f"all {len(groups)} envs"
+    runs = {label: [r for env in groups.values() for r in env[label]] for label in labels}
+    first_env = next(iter(groups))
+    return ({**groups, pooled: runs},
+            {**chosen, **{(pooled, label): chosen[first_env, label] for label in labels}})
 
 
-def build_report(groups: dict[str, dict[str, list[Run]]], metric: str,
-                 welch: tuple[str, str] | None = None, pooled: bool = False) -> dict[str, Any]:
-    """Everything the table shows, as plain data (also written as <output>.json).
-
-    `pooled` adds one row per label over all envs' runs (see `aggregate`).
-    """
+def build_report(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str],
+                 welch: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Everything the table shows, as plain data (also written as <output>.json): one row per
+    (env, label) in its metric `chosen[env, label]` (see `choose_metrics`)."""
     rows = []
     for env, labels in groups.items():
         for label, runs in sorted(labels.items()):
-            rows.append({"env": env, "label": label, **summarize(runs, metric),
+            metric = chosen[env, label]
+            rows.append({"env": env, "label": label, "metric": metric, **summarize(runs, metric),
                          "runs": [str(r.path) for r in runs]})
-    if pooled:
-        for label, runs in aggregate(groups, metric).items():
-            rows.append({"env": f"all {len(groups)} envs", "label": label,
-                         **summarize(runs, metric), "runs": [str(r.path) for r in runs]})
-    report: dict[str, Any] = {"metric": metric, "rows": rows}
+    metrics = {r["metric"] for r in rows}
+    # one metric for the whole table, or None where rows differ (each row names its own)
+    report: dict[str, Any] = {"metric": metrics.pop() if len(metrics) == 1 else None, "rows": rows}
     if welch:
         a, b = welch
         present = {r["label"] for r in rows}
@@ -224,7 +254,8 @@ def build_report(groups: dict[str, dict[str, list[Run]]], metric: str,
         for env in {r["env"] for r in rows}:
             ra = next((r for r in rows if r["env"] == env and r["label"] == a), None)
             rb = next((r for r in rows if r["env"] == env and r["label"] == b), None)
-            if ra is None or rb is None or min(ra["seeds"], rb["seeds"]) < 2:
+            if (ra is None or rb is None or min(ra["seeds"], rb["seeds"]) < 2
+                    or ra["metric"] != rb["metric"]):
                 continue
             ra["welch"] = {k: dict(zip(("t", "p"), stats.welch(ra[k], rb[k]), strict=True))
                            for k in ("final", "best")}
@@ -237,21 +268,22 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
     lines = [f"# {title}", ""]
     if command:
         lines += [f"Regenerate: `{command}` ({date.today().isoformat()}).", ""]
-    lines += [f"Metric `{metric}`. Final = last evaluation, best = highest evaluation of each run; "
-              "mean over seeds with a 95% percentile-bootstrap CI "
+    shown = f"Metric `{metric}`" if metric else "Metric: each algorithm's natural one (column Metric)"
+    lines += [f"{shown}. Final = last value, best = best value of each run (the highest; the lowest "
+              "for regret); mean over seeds with a 95% percentile-bootstrap CI "
               f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}); IQM = interquartile mean of the "
-              "final values; AUC = the evaluation curve's mean level (trapezoid / steps); wall time "
+              "final values; AUC = the curve's mean level (trapezoid / steps); wall time "
               "per run, fps = steps / wall time (training and evaluation); steps are env steps, "
               "or gradient steps for offline algorithms.", ""]
-    head = ["Env", "Algorithm", "Seeds", "Steps", "Final", "Best", "IQM final", "AUC",
-            "Wall time / run", "fps"]
+    head = ["Env", "Algorithm", *([] if metric else ["Metric"]), "Seeds", "Steps", "Final", "Best",
+            "IQM final", "AUC", "Wall time / run", "fps"]
     if welch:
         head.append(f"Welch {welch['a']} vs {welch['b']} (final; best)")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         steps = f"{r['steps_min']}" if r["steps_min"] == r["steps_max"] else \
             f"{r['steps_min']}–{r['steps_max']}"
-        cells = [r["env"], r["label"], str(r["seeds"]), steps,
+        cells = [r["env"], r["label"], *([] if metric else [f"`{r['metric']}`"]), str(r["seeds"]), steps,
                  f"{_fmt(r['final_mean'])} [{_fmt(r['final_ci'][0])}, {_fmt(r['final_ci'][1])}]",
                  f"{_fmt(r['best_mean'])} [{_fmt(r['best_ci'][0])}, {_fmt(r['best_ci'][1])}]",
                  _fmt(r["iqm_final"]), _fmt(r["auc_mean"]), _fmt_time(r["wall_time_mean"]),
@@ -283,11 +315,11 @@ def write_report(patterns: list[str], output: str, metric: str | None = None,
     if out.suffix in (".md", ".png", ".json"):
         out = out.with_suffix("")
     groups = read_groups(patterns)
-    metric = pick_metric(groups, metric)
-    report = build_report(groups, metric, welch, pooled)
+    chosen = choose_metrics(groups, metric, REPORT_METRICS)
     if pooled:
-        groups = {**groups, f"all {len(groups)} envs": aggregate(groups, metric)}
-    png = plot_groups(groups, metric, out.with_suffix(".png"))
+        groups, chosen = pool_envs(groups, chosen)
+    report = build_report(groups, chosen, welch)
+    png = plot_groups(groups, chosen, out.with_suffix(".png"))
     md = out.with_suffix(".md")
     md.write_text(markdown(report, title or out.name, png.name, command, notes))
     js = out.with_suffix(".json")
@@ -297,13 +329,32 @@ def write_report(patterns: list[str], output: str, metric: str | None = None,
 
 # ---- curves -------------------------------------------------------------------------------------
 def plot_runs(run_dirs: list[str], output: str, metric: str | None = None) -> Path:
-    """`ctrlrl plot`: curves of any runs, falling back to training returns without evaluations."""
+    """`ctrlrl plot`: curves of any runs, each group in its natural metric (or `metric`)."""
     groups = read_groups(run_dirs)
-    return plot_groups(groups, pick_metric(groups, metric, PLOT_METRICS), Path(output))
+    return plot_groups(groups, choose_metrics(groups, metric), Path(output))
 
 
-def plot_groups(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path) -> Path:
-    """One panel per env, one line per label: mean across seeds with a 95% bootstrap CI band.
+def plot_groups(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str],
+                out: Path) -> Path:
+    """`draw_curves` written to `out` (its suffix names the format)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(groups, chosen)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    except (OSError, ValueError) as exc:  # an unwritable folder; a format matplotlib cannot write
+        raise UserError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}; choose another "
+                        "output file, e.g. -o curves.png") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def draw_curves(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str]) -> Any:
+    """A matplotlib figure with one panel per (env, metric, step unit) and one line per label: the
+    mean across seeds with a 95% bootstrap CI band; a label with a single point is a marker with
+    its value written beside it.
 
     Seeds are interpolated onto a common step grid, up to the shortest run of the group.
     """
@@ -313,28 +364,36 @@ def plot_groups(groups: dict[str, dict[str, list[Run]]], metric: str, out: Path)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, (env, labels) in zip(axes[0], groups.items(), strict=True):
+    panels: dict[tuple[str, str, str], dict[str, list[Run]]] = defaultdict(dict)
+    for env, labels in groups.items():
+        for label, runs in labels.items():  # the seeds of a group share their config: one unit
+            panels[env, chosen[env, label], runs[0].step_unit][label] = runs
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((env, metric, unit), labels) in zip(axes.flat, panels.items(), strict=False):
         for label, runs in sorted(labels.items()):
             curves = [r.curve(metric) for r in runs]
             start, end = min(s[0] for s, _ in curves), min(s[-1] for s, _ in curves)
             grid = np.linspace(start, end, 200 if end > start else 1)
             ys = np.stack([np.interp(grid, s, v) for s, v in curves])
             low, high = stats.bootstrap_ci(ys, n_resamples=2000)
-            name = f"{label} (n={len(runs)})"
-            if len(grid) == 1:  # one evaluation: a point with its interval
-                ax.errorbar(grid, ys.mean(0), yerr=[ys.mean(0) - low, high - ys.mean(0)], fmt="o",
-                            capsize=3, label=name)
+            mean = ys.mean(0)
+            if len(grid) == 1:  # nothing to draw a line through: a marker, its interval, its value
+                bar = ax.errorbar(grid, mean, yerr=[mean - low, high - mean], fmt="o", capsize=3,
+                                  label=f"{label} (n={len(runs)}, one point)")
+                ax.annotate(f"{_fmt(mean[0])}", (grid[0], mean[0]), xytext=(6, 4),
+                            textcoords="offset points", fontsize="small",
+                            color=bar.lines[0].get_color())
                 continue
-            line, = ax.plot(grid, ys.mean(0), label=name)
+            line, = ax.plot(grid, mean, label=f"{label} (n={len(runs)})")
             ax.fill_between(grid, low, high, alpha=0.25, color=line.get_color())
-        ax.set_title(env)
-        ax.set_xlabel("steps")  # env steps; gradient steps for offline runs
+        ax.set_title(f"{env}: {metric}", fontsize="medium")
+        ax.set_xlabel(unit)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 50k, 1M: long numbers overlap
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric.split("/")[-1] + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
         ax.legend(fontsize="small")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
