@@ -130,3 +130,9 @@ def test_list_gives_kinds_and_only_env_ids_that_can_be_made(capsys):
     env_ids = set(re.findall(r"^  (\S+)$", out, re.M))
     assert {"Hopper-v5", "Pendulum-v1", "ctrlrl/LotSizing-v0", "ctrlrl/RiverSwim-v0"} <= env_ids
     assert not {"Hopper-v2", "Hopper-v3", "Walker2d-v3"} & env_ids
+
+
+def test_a_mistyped_setting_is_refused_with_the_closest_name(capsys):
+    assert main(["describe", "ppo", "--set", "learning_rat=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean learning_rate?" in err, err

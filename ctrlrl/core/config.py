@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import fnmatch
 import functools
 import inspect
@@ -206,8 +207,11 @@ def apply_overrides(
         elif key in run_types:
             run_changes[key] = _coerce(value, run_types[key], key)
         else:
-            valid = ", ".join(sorted(algo_types) + sorted(run_types))
-            raise UserError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+            valid = sorted(algo_types) + sorted(run_types)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"{source}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)} "
+                            "(`ctrlrl describe ALGO` explains each)")
     return dataclasses.replace(run, **run_changes), dataclasses.replace(algo_cfg, **algo_changes)
 
 
