@@ -30,6 +30,13 @@ def algo_class(name: str) -> type[Algorithm]:
     return REGISTRY[name]
 
 
+def preset_envs(algo: str) -> list[str]:
+    """The env ids (and `*` patterns) that `algo`'s preset file tunes, in file order."""
+    path = PRESET_DIR / f"{algo}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return [k for k in data or {} if k != "default" and not k.startswith("_")]
+
+
 def resolve(algo: str, env: str, overrides: dict[str, Any] | None = None,
             **run_flags: Any) -> tuple[type[Algorithm], RunConfig, Any]:
     """Defaults → preset for `env` → `overrides` (--set) → explicit run flags."""
