@@ -291,13 +291,15 @@ def describe_algo(name: str, env: str | None = None, flags: dict[str, Any] | Non
     width = shutil.get_terminal_size((100, 24)).columns
     options = ", ".join("--" + k.replace("_", "-") for k in RUN_FLAGS)
     presets = ", ".join(api.preset_envs(name)) or "no env (the defaults apply everywhere)"
+    data = ("--dataset PATH.hdf5|d4rl:<task>|minari:<id> [--env ENV_ID]" if cls.kind == "offline"
+            else "--env ENV_ID")
 
     def prose(text: str) -> list[str]:
         return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
 
     return "\n".join([
         *prose(f"{name} ({cls.kind}): {cls.summary}"),
-        f"usage: ctrlrl train {name} --env ENV_ID [--set KEY=VALUE ...] [options]", "",
+        f"usage: ctrlrl train {name} {data} [--set KEY=VALUE ...] [options]", "",
         *prose(f"{name} settings, set with --set KEY=VALUE ({source}; [default X] where a "
                "value differs from its default X):"),
         *_settings_table(cfg, width), "",
