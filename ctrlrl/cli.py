@@ -264,30 +264,29 @@ def _with_headline(text: str, headline: dict[str, float]) -> str:
 def describe_algo(name: str, env: str | None = None, flags: dict[str, Any] | None = None,
                   overrides: dict[str, Any] | None = None) -> str:
     """ALGO's settings, then the run settings, each as name, type, value and meaning (the config's
-    own field comments), then the envs ALGO has presets for. With `env`, the values that env gets
-    (defaults → preset → overrides → flags); without, those of an env with no entry of its own."""
+    own field comments), then the envs ALGO has presets for. The values are resolved in
+    `api.resolve`'s order (defaults → preset entries → overrides → flags) for `env`, or without
+    one for an env no preset entry names, but not checked against an env: help describes even a
+    run that would be refused (e.g. an offline algorithm without its dataset)."""
     import shutil
     import textwrap
 
     from ctrlrl import api
     from ctrlrl.core.config import RunConfig, apply_overrides, load_preset
+    from ctrlrl.core.envs import check_env_id
 
     cls = api.algo_class(name)
-    flags, overrides = flags or {}, overrides or {}
-    if env is None:
-        # the preset entries that apply to every env (`default`, a bare `*`): what an id matches
-        # that no entry names
-        everywhere = load_preset(api.PRESET_DIR / f"{name}.yaml", "")
-        run, cfg = apply_overrides(RunConfig(), cls.Config(), everywhere, f"preset {name}.yaml")
-        run, cfg = apply_overrides(run, cfg, overrides, "--set")
-        run, cfg = apply_overrides(run, cfg, flags, "option")
-        source = ("values for any env without a preset entry of its own: the defaults"
-                  + (f", then preset {name}.yaml's default entry" if everywhere else "")
-                  + (", then the options given" if flags or overrides else ""))
-    else:
-        _, run, cfg = api.resolve(name, env, overrides, **flags)
-        source = (f"values for {env}: the defaults, then its entries in preset {name}.yaml, "
-                  "then the options given")
+    if env is not None:
+        check_env_id(env)
+    # env "" matches only the entries that apply to every env (`default`, a bare `*`)
+    preset = load_preset(api.PRESET_DIR / f"{name}.yaml", env or "")
+    run, cfg = RunConfig(**({"env": env} if env else {})), cls.Config()
+    for origin, changes in ((f"preset {name}.yaml", preset), ("--set", overrides or {}),
+                            ("option", flags or {})):
+        run, cfg = apply_overrides(run, cfg, changes, origin)
+    source = (f"values for {env}" if env else "values for an env without a preset entry")
+    source += (": the defaults" + (f", then preset {name}.yaml" if preset else "")
+               + (", then the options given" if flags or overrides else ""))
     width = shutil.get_terminal_size((100, 24)).columns
     options = ", ".join("--" + k.replace("_", "-") for k in RUN_FLAGS)
     presets = ", ".join(api.preset_envs(name)) or "no env (the defaults apply everywhere)"
