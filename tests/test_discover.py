@@ -105,6 +105,8 @@ def test_describe_is_train_help_and_resolves_an_envs_values(capsys):
     assert re.search(r"^  batch_size +int +32 +.*\[default 64\]$", described, re.M)
     assert re.search(r"^  seed +int +7 +.*\[default 0\]$", described, re.M)
     assert _out(["describe", "sac"], capsys) == _out(["train", "sac", "-h"], capsys)
+    # an offline algorithm's values for an env show without its dataset (a run would need one)
+    assert "values for Hopper-v5" in _out(["describe", "odice", "--env", "Hopper-v5"], capsys)
 
 
 def test_train_help_without_an_algorithm_says_how_to_see_one(capsys):
