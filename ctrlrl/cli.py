@@ -366,7 +366,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if args.env is None or args.path is not None:
             raise UserError("--policy heuristic takes --env ENV_ID and no run dir, e.g. "
                             "ctrlrl eval --policy heuristic --env ctrlrl/LotSizing-20x10-v0")
-        if False:
+        if args.device is not None:
             raise UserError("--device applies to a trained policy; a scripted heuristic runs on "
                             "the CPU: drop --device")
         returns = api.evaluate_heuristic(args.env, args.episodes, args.seed or 0)
