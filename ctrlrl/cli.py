@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ALGO on an env. `ctrlrl train ALGO --help` (or `ctrlrl describe ALGO`) "
                     "lists ALGO's settings with their types, defaults and meanings; "
                     "`ctrlrl list` lists the algorithms and env ids.")
-    train.add_argument("algo")
+    train.add_argument("algo", help="an algorithm name (`ctrlrl list` shows them)")
     train.add_argument("-h", "--help", action=_AlgoHelp)
     _add_run_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List ALGO's settings and the run settings, with types, defaults and "
                     "meanings, and the envs ALGO has presets for. With --env (and --set, "
                     "options), the values that env gets.")
-    describe.add_argument("algo")
+    describe.add_argument("algo", help="an algorithm name (`ctrlrl list` shows them)")
     _add_run_flags(describe)
 
     ev = sub.add_parser("eval", help="evaluate a run dir or checkpoint, or an env's heuristic")
