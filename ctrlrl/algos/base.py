@@ -37,7 +37,7 @@ from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import Step, VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.evaluation import evaluate_episodes, normalized_score
+from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
 from ctrlrl.core.logger import Logger
 from ctrlrl.core.nets import MLP, Standardizer, make_policy, orthogonal_init
 
@@ -84,6 +84,7 @@ class Algorithm:
         self.true_returns: deque[float] = deque(maxlen=100)  # when the env reports a true reward
         self.run_dir: Path | None = None
         self._eval_env: VecEnv | None = None
+        self.last_evaluation: Evaluation | None = None  # the latest one `learn` logged
         self.metrics: dict[str, torch.Tensor | float] = {}  # latest train/* values
         self.build()
 
@@ -176,13 +177,16 @@ class Algorithm:
         return self.run_dir / "checkpoints" / CHECKPOINT_NAME
 
     def learn(self, total_steps: int | None = None) -> Algorithm:
-        """Train until `total_steps` env steps (default: the run config's)."""
+        """Train until `total_steps` env steps (default: the run config's), in whole iterations
+        (`budget_note` says where that ends past the budget), then evaluate the final policy
+        unless the last periodic evaluation fell on the final step or `no_evaluation_reason`
+        says why not. Evaluations never change training: they run on RNG state of their own."""
         if total_steps is not None:
             self.run = dataclasses.replace(self.run, total_steps=total_steps)
         if self.run_dir is None:
             self.setup_run_dir()
         run = self.run
-        logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress)
+        logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress, self.step)
         start_step, start_time = self.step, time.perf_counter()
         self._session = (start_time, self.wall_time)
         try:
@@ -199,6 +203,10 @@ class Algorithm:
                 self.save(self.checkpoint_path)
                 if interrupted():
                     raise TrainingInterrupted(self.checkpoint_path)
+                last = self.last_evaluation
+                if self.step > start_step and (last is None or last.step != self.step) \
+                        and self.no_evaluation_reason() is None:
+                    self._evaluate(logger)
         finally:
             self.wall_time = self.elapsed()
             self._session = None
@@ -231,7 +239,7 @@ class Algorithm:
                                 f"the last checkpoint is {self.checkpoint_path}; lower the "
                                 "learning_rate or check the env's rewards for NaN/inf")
             logger.record(f"train/{key}", value)
-        logger.dump(self.step)
+        logger.dump(self.step, self.headline(self.last_evaluation))
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> np.ndarray:
         """Returns of deterministic episodes on a separate, unnormalised env."""
@@ -258,13 +266,56 @@ class Algorithm:
             self._eval_env = VecEnv(self.run.env, n)
         return self._eval_env
 
+    def run_evaluation(self, episodes: int | None = None, seed: int | None = None) -> Evaluation:
+        """`evaluate_episodes` at the current step, with the run's reference scores; on RNG state of
+        its own, so that evaluating (a policy that samples, e.g. random-policy) changes no later
+        training draw."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            returns, true_returns = self.evaluate_episodes(episodes, seed)
+        return Evaluation(self.step, returns, true_returns, self.reference_scores())
+
+    def reference_scores(self) -> tuple[float, float] | None:
+        """(min, max) returns that normalise an evaluation's score; None: no normalised score."""
+        return None
+
+    def no_evaluation_reason(self) -> str | None:
+        """Why `learn` ends without a final evaluation, in a few words; None: it evaluates."""
+        if self.run.eval_every == 0:
+            return "evaluation is disabled (eval_every=0)"
+        return None
+
+    def headline(self, evaluation: Evaluation | None) -> dict[str, float]:
+        """The numbers that say whether the run learns where the training return does not, by
+        label: here an evaluation's true return (reward-hacking envs) and normalised score
+        (offline runs). The progress bar, `ctrlrl train`'s last line and `ctrlrl eval` show them."""
+        if evaluation is None:
+            return {}
+        scalars = evaluation.scalars()
+        return {label: scalars[key] for key, label in (("eval/true_reward", "eval true return"),
+                                                      ("eval/normalized_score", "eval normalized score"))
+                if key in scalars}
+
+    def budget_note(self) -> str | None:
+        """One line saying where `learn` will stop past `total_steps` and why (iterations are
+        whole); None where it stops at `total_steps` exactly."""
+        return None
+
+    def whole_iterations_note(self, per_iteration: int, what: str) -> str | None:
+        """`budget_note` for iterations of `per_iteration` env steps each, made of `what`."""
+        left = self.run.total_steps - self.step
+        if left <= 0 or left % per_iteration == 0:
+            return None
+        end = self.step + -(-left // per_iteration) * per_iteration
+        return (f"this run ends at step {end}, past total_steps={self.run.total_steps}: {self.name} "
+                f"trains in whole iterations of {what} = {per_iteration} steps")
+
     def _evaluate(self, logger: Logger) -> None:
-        returns, true_returns = self.evaluate_episodes()
-        logger.record("eval/mean_reward", returns.mean())
-        logger.record("eval/std_reward", returns.std())
-        if not np.isnan(true_returns).any():
-            logger.record("eval/true_reward", true_returns.mean())
-        logger.dump(self.step)  # now: evaluations may come more often than log dumps
+        self.last_evaluation = self.run_evaluation()
+        for key, value in self.last_evaluation.scalars().items():
+            logger.record(key, value)
+        # now: evaluations may come more often than log dumps
+        logger.dump(self.step, self.headline(self.last_evaluation))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -424,6 +475,10 @@ class OnPolicyAlgorithm(Algorithm):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_fn(obs).squeeze(-1)
 
+    def budget_note(self) -> str | None:
+        n_steps, n_envs = self.cfg.n_steps, self.run.n_envs
+        return self.whole_iterations_note(n_steps * n_envs, f"n_steps × n_envs = {n_steps} × {n_envs}")
+
     def rollout_schedule(self) -> tuple[int, float]:
         """(index k of the rollout just collected, fraction of `total_steps` left when it began):
         what annealed learning rates and MDPO's t_k depend on."""
@@ -532,6 +587,10 @@ class OffPolicyAlgorithm(Algorithm):
 
     def update(self) -> None:
         raise NotImplementedError
+
+    def budget_note(self) -> str | None:
+        n = self.run.n_envs
+        return self.whole_iterations_note(n, f"one step in each of n_envs={n} envs")
 
     def train_iteration(self) -> None:
         n = self.run.n_envs
@@ -642,10 +701,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def extra_state(self) -> dict[str, Any]:
         return {}  # the dataset is read again on resume
 
-    def _evaluate(self, logger: Logger) -> None:
-        returns = self.evaluate()
-        logger.record("eval/mean_reward", returns.mean())
-        logger.record("eval/std_reward", returns.std())
-        if self.ref_scores is not None:
-            logger.record("eval/normalized_score", normalized_score(returns, *self.ref_scores).mean())
-        logger.dump(self.step)
+    def reference_scores(self) -> tuple[float, float] | None:
+        """The dataset's; before the dataset is read (a checkpoint loaded to act), D4RL's for the
+        env (a Minari dataset's own are known once it is read)."""
+        if self.replay is not None:
+            return self.ref_scores
+        from ctrlrl.data import reference_scores
+
+        return reference_scores(self.run.env)
+
+    def budget_note(self) -> str | None:
+        return None  # one gradient step per iteration

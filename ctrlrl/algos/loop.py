@@ -122,6 +122,7 @@ from torch import nn
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.evaluation import Evaluation
 
 INSTANTIATIONS = ("tabular", "linear")
 CONFIDENCE_SETS = ("joint", "per_pair")
@@ -546,6 +547,16 @@ class AverageRewardAlgorithm(Algorithm):
             total += step.raw_reward
             obs = step.obs
         return total, np.full(n, np.nan)
+
+    def headline(self, evaluation: Evaluation | None) -> dict[str, float]:
+        """The regret so far and the current policy's exact gain beside the optimal gain J*: what
+        says whether the learner learns (the task has no episode return). From the latest training
+        metrics, which checkpoints keep."""
+        metrics = self.metrics
+        if "regret" not in metrics:
+            return {}
+        return {"regret": float(metrics["regret"]), "gain": float(metrics["policy_gain"]),
+                "optimal gain": float(metrics["optimal_gain"])}
 
 
 class TabularCounts(AverageRewardAlgorithm):

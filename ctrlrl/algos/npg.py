@@ -328,6 +328,12 @@ class PG(Algorithm):
         self.d = torch.zeros_like(theta)
         self.baseline_w = torch.zeros(2 * self.obs_dim + 4, dtype=torch.float64)
 
+    def budget_note(self) -> str | None:
+        if self.step >= self.run.total_steps:
+            return None
+        return (f"this run ends at the first iteration to reach total_steps={self.run.total_steps}, "
+                f"possibly past it: {self.name} iterations sample whole trajectories")
+
     def state_modules(self):
         return {"policy": self.policy}
 

@@ -413,6 +413,14 @@ class ORPO(_BaseRegularized):
         if self.cfg.base_steps_in_budget:  # after the update: rollout_schedule sees the learner's
             self.step += self.base_steps * self.run.n_envs
 
+    def budget_note(self) -> str | None:
+        if not self.cfg.base_steps_in_budget:
+            return super().budget_note()
+        n_steps, base, n_envs = self.cfg.n_steps, self.base_steps, self.run.n_envs
+        return self.whole_iterations_note(
+            (n_steps + base) * n_envs,
+            f"(n_steps + base-policy steps) × n_envs = ({n_steps} + {base}) × {n_envs}")
+
     def rollout_schedule(self) -> tuple[int, float]:
         """As PPO's, with an iteration spending the base's steps of the budget too (when it does)."""
         learner = self.cfg.n_steps * self.run.n_envs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,3 +41,26 @@ def evaluate_episodes(act: Callable[[np.ndarray], np.ndarray], env: VecEnv,
 def normalized_score(ret: float | np.ndarray, ref_min: float, ref_max: float) -> Any:
     """D4RL's normalised score: 100 · (return − min) / (max − min)."""
     return 100.0 * (np.asarray(ret) - ref_min) / (ref_max - ref_min)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a policy at a training step: each episode's return, its true return (NaN
+    where the env reports none) and the (min, max) reference returns of the normalised score (None:
+    the run has no reference)."""
+
+    step: int
+    returns: np.ndarray
+    true_returns: np.ndarray
+    ref_scores: tuple[float, float] | None = None
+
+    def scalars(self) -> dict[str, float]:
+        """The `eval/*` scalars it is logged as."""
+        out = {"eval/mean_reward": float(self.returns.mean()),
+               "eval/std_reward": float(self.returns.std())}
+        if not np.isnan(self.true_returns).any():
+            out["eval/true_reward"] = float(self.true_returns.mean())
+        if self.ref_scores is not None:
+            out["eval/normalized_score"] = float(
+                normalized_score(self.returns, *self.ref_scores).mean())
+        return out

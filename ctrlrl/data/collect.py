@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.logger import Progress, format_value
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
@@ -31,27 +32,29 @@ LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_steps: int,
                 progress: bool):
     """A SAC run trained to `target` evaluation return (checked every 5000 steps) or to
-    `max_steps`, whichever comes first; resumed or reused from the data dir."""
+    `max_steps`, whichever comes first; resumed or reused from the data dir. `progress`: one bar
+    (or a line every 10 s) over the whole training, with each check's evaluation return."""
     from ctrlrl import api
     from ctrlrl.data import data_dir
 
     run_dir = data_dir() / "policies" / f"{env_id}-sac-seed{seed}-{level}"
     if (run_dir / "checkpoints" / "latest.pt").exists():
-        algo = api.resume(run_dir)
+        algo = api.resume(run_dir, progress=False)
         if (run_dir / "reached.txt").exists():
             return algo, float((run_dir / "reached.txt").read_text())
-    else:
+    else:  # each chunk's own bar would restart at every chunk: one bar here instead
         algo = api.make("sac", env_id, seed=seed, total_steps=max_steps, eval_every=0,
-                        progress=progress, run_dir=str(run_dir))
+                        progress=False, run_dir=str(run_dir))
     chunk = 5000
     mean_return = -np.inf
-    while algo.step < max_steps:
-        algo.learn(min(algo.step + chunk, max_steps))
-        mean_return = float(algo.evaluate().mean())
-        print(f"  sac {env_id} seed {seed}: step {algo.step}, eval return {mean_return:.1f}"
-              + (f" (target {target:.1f})" if target is not None else ""), flush=True)
-        if target is not None and mean_return >= target:
-            break
+    goal = {} if target is None else {"target": format_value(target)}
+    with Progress(max_steps, f"sac {level}", start=algo.step, show=progress) as bar:
+        while algo.step < max_steps:
+            algo.learn(min(algo.step + chunk, max_steps))
+            mean_return = float(algo.evaluate().mean())
+            bar.update(algo.step, {"eval": format_value(mean_return), **goal})
+            if target is not None and mean_return >= target:
+                break
     if target is not None and mean_return < target:
         raise UserError(f"SAC on {env_id} reached {mean_return:.1f} < {target:.1f} in "
                         f"{max_steps} steps; raise --train-steps or lower --expert-return")
@@ -59,8 +62,9 @@ def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_st
     return algo, mean_return
 
 
-def _rollout(env_id: str, size: int, seed: int, act) -> dict[str, np.ndarray]:
-    """`size` transitions of one env stepped in order (episodes back to back), D4RL keys."""
+def _rollout(env_id: str, size: int, seed: int, act, progress: Progress) -> dict[str, np.ndarray]:
+    """`size` transitions of one env stepped in order (episodes back to back), D4RL keys;
+    `progress` is told every 1000 transitions."""
     import gymnasium as gym
 
     env = gym.make(env_id)
@@ -83,6 +87,8 @@ def _rollout(env_id: str, size: int, seed: int, act) -> dict[str, np.ndarray]:
         if terminated or truncated:
             episode += 1
             obs, _ = env.reset(seed=seed + episode)
+        if (i + 1) % 1000 == 0 or i + 1 == size:
+            progress.update(i + 1, {"episodes": str(episode)})
     keys["timeouts"][-1] |= not keys["terminals"][-1]  # the cut-off last episode ends here
     env.close()
     return keys
@@ -131,9 +137,13 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
                             "(medium = a policy at a third of R)")
         return _policy_run(env_id, seed, "medium", expert / 3, train_steps, progress)
 
+    def record(name: str, rollout_seed: int, act) -> dict[str, np.ndarray]:
+        with Progress(size, f"record {name}", "transitions", show=progress) as bar:
+            return _rollout(env_id, size, rollout_seed, act, bar)
+
     def from_policy(algo, reached: float, name: str) -> dict[str, np.ndarray]:
         torch.manual_seed(seed)
-        keys = _rollout(env_id, size, seed + 1_000_000, _policy_act(algo))
+        keys = record(name, seed + 1_000_000, _policy_act(algo))
         meta.update({f"{name}_policy": str(algo.run_dir), f"{name}_policy_steps": algo.step,
                      f"{name}_policy_eval_return": reached})
         return keys
@@ -143,8 +153,7 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         import gymnasium as gym
 
         space = gym.make(env_id).action_space
-        data = _rollout(env_id, size, seed,
-                        lambda _: rng.uniform(space.low, space.high).astype(np.float32))
+        data = record("random", seed, lambda _: rng.uniform(space.low, space.high).astype(np.float32))
     elif level == "medium":
         data = from_policy(*medium_run(), "medium")
     elif level == "medium-replay":
