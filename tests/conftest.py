@@ -100,11 +100,13 @@ def fast() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(autouse=True)
 def _restore_torch_state():
-    """Algorithms set global torch state (threads, RNG); keep tests independent of each other."""
+    """Algorithms set global torch state (threads, RNG, flushing denormals to zero, which also
+    stops hypothesis from drawing floats); keep tests independent of each other."""
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     yield
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
+    torch.set_flush_denormal(False)
 
 
 def make_algo(algo: str, run_dir: Path, seed: int = 0, total_steps: int | None = None,
