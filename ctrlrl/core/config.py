@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime
 import difflib
 import fnmatch
 import functools
 import inspect
 import io
+import math
 import textwrap
 import tokenize
 import types
@@ -31,6 +33,8 @@ import torch
 import yaml
 
 from ctrlrl.core.errors import UserError
+
+_INT64 = 2**63
 
 
 def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
@@ -144,14 +148,15 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         args = typing.get_args(typ)
         if value is None and type(None) in args:
             return None
+        problems = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except UserError:
-                pass
-        raise UserError(f"setting {key}={value!r}: expected {typ}")
+            except UserError as exc:
+                problems.append(str(exc))
+        raise UserError(problems[0] + (" (or null)" if type(None) in args else ""))
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"setting {key}={value!r}: expected a list like [256,256]")
@@ -169,28 +174,58 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         except ValueError:
             raise UserError(f"setting {key}={value!r}: expected a number") from None
     if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not NaN, inf
+        if isinstance(value, bool) or not whole:
             raise UserError(f"setting {key}={value!r}: expected an integer")
+        # torch, numpy and gymnasium take seeds, sizes and step counts as 64-bit integers
+        if not -_INT64 <= value < _INT64:
+            raise UserError(f"setting {key}={value!r}: expected an integer within ±9.2e18 (64 bits)")
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"setting {key}={value!r}: expected a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float64's range
+            raise UserError(f"setting {key}={value!r}: expected a number within ±1.8e308") from None
+        if math.isnan(number):
+            raise UserError(f"setting {key}={value!r}: expected a number, not NaN")
+        return number
     if typ is str:
+        # a YAML scalar is text as written; YAML reads `2024-05-01` as a date and `1.5` as a number
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, datetime.date)):
+            raise UserError(f"setting {key}={value!r}: expected text; quote it, e.g. {key}='...'")
         return str(value)
     return value
 
 
+# what yaml.safe_load raises on text it cannot read: YAMLError, ValueError for an impossible date
+# (2001-13-45) or an integer of over 4300 digits, RecursionError for absurdly deep nesting
+YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """What a YAML_FAILURES exception says, in one line: the problem and its line and column."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem or exc.context} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """Parse `key=value` strings; values are YAML (`3e-4`, `true`, `[64,64]`)."""
+    """Parse `key=value` strings; values are YAML (`3e-4`, `true`, `[64,64]`), or the text itself
+    when it is not YAML (`[1,`)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=3e-4")
         try:
             out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except YAML_FAILURES:
             out[key.strip()] = raw
     return out
 
@@ -222,12 +257,19 @@ def load_preset(path: Path, env_id: str) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"preset {path} is not valid YAML ({exc}); fix the file") from None
-    names = ["default", *(k for k in data if "*" in k and fnmatch.fnmatchcase(env_id, k)), env_id]
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"preset {path} cannot be read ({exc}); fix or restore the file") from None
+    except YAML_FAILURES as exc:
+        raise UserError(f"preset {path} is not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"preset {path} holds a {type(data).__name__}; it must be a mapping of "
+                        "env id: {key: value}, e.g. `Hopper-v5: {learning_rate: 3.0e-4}`")
+    patterns = [k for k in data if isinstance(k, str) and "*" in k and fnmatch.fnmatchcase(env_id, k)]
     merged: dict[str, Any] = {}
-    for name in names:
+    for name in ["default", *patterns, env_id]:
         entry = data.get(name, {})
         if not isinstance(entry, dict):
             raise UserError(f"preset {path}: entry {name!r} must be a mapping of key: value")
@@ -262,9 +304,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cfg_type: type, data: dict[str, Any], source: str) -> Any:
-    """Rebuild a config dataclass from `to_dict` output, checking keys and types."""
+    """Rebuild a config dataclass from `to_dict` output, checking keys, types and ranges; every
+    problem names `source` (the file it came from)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: holds a {type(data).__name__}, not a mapping of setting: value; "
+                        "restore the file")
     known = config_fields(cfg_type)
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(map(str, set(data) - set(known)))
     if unknown:
         raise UserError(f"{source}: unknown keys {unknown} for {cfg_type.__name__}")
-    return cfg_type(**{k: _coerce(v, known[k], k) for k, v in data.items()})
+    try:
+        return cfg_type(**{k: _coerce(v, known[k], k) for k, v in data.items()})
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None

@@ -91,7 +91,7 @@ def load(spec: str, env_id: str | None = None, keep_timeouts: bool = False) -> D
         if len(obs) == 0:
             raise UserError(f"dataset {path}: no transitions (rows flagged timeouts and the last row "
                             "are dropped, as D4RL's qlearning_dataset does); add more steps")
-        env = _named_env(data) or default_env
+        env = _named_env(data, path) or default_env
         dataset = Dataset(obs, act, rew, next_obs, term, episode_returns(data), env, spec)
     return _match_env(dataset, env_id)
 
@@ -106,7 +106,7 @@ def dataset_env(spec: str) -> str | None:
 
         return minari_env(spec.removeprefix("minari:"))
     path, default_env = _file_of(spec)
-    return _named_env(read_d4rl(path, keys=("metadata/env_id",))) or default_env
+    return _named_env(read_d4rl(path, keys=("metadata/env_id",)), path) or default_env
 
 
 def _file_of(spec: str) -> tuple[Path, str | None]:
@@ -121,12 +121,17 @@ def _file_of(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def _named_env(data: dict[str, Any]) -> str | None:
+def _named_env(data: dict[str, Any], path: Path) -> str | None:
     """metadata/env_id of a read file (ctrlrl's generated files write it), None when absent."""
     named = data.get("metadata/env_id")
+    if named is None:
+        return None
     if isinstance(named, bytes):
-        named = named.decode()
-    return None if named is None else str(named)
+        named = named.decode("utf-8", errors="replace")
+    if not isinstance(named, str):
+        raise UserError(f"dataset {path}: 'metadata/env_id' holds {np.asarray(named).dtype} data, not an "
+                        "env id; store the gymnasium id as a string (e.g. 'Hopper-v5') or delete the key")
+    return named
 
 
 def _match_env(dataset: Dataset, env_id: str | None) -> Dataset:

@@ -81,6 +81,11 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# what h5py raises on a file that is not HDF5 or is damaged (the HDF5 library's error classes map to
+# these), and invalid UTF-8 in a string dataset (a ValueError)
+H5_FAILURES = (OSError, KeyError, RuntimeError, ValueError, TypeError, NotImplementedError)
+
+
 def _read_value(obj: Any) -> Any:
     """One HDF5 dataset as numpy: arrays and scalars keep their dtype; variable-length strings become
     `str` (scalars) or unicode arrays, so that what `write_d4rl` stored comes back equal."""
@@ -113,9 +118,9 @@ def read_d4rl(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dic
     try:
         with h5py.File(path, "r") as f:
             f.visititems(visit)
-    except OSError as exc:
-        raise UserError(f"dataset {path}: cannot read it as HDF5 ({_one_line(exc)}); "
-                        "give a D4RL-format .hdf5 file") from None
+    except H5_FAILURES as exc:
+        raise UserError(f"dataset {path}: cannot read it as HDF5, it is damaged or another format "
+                        f"({_one_line(exc)}); give a D4RL-format .hdf5 file") from None
     return out
 
 
@@ -163,23 +168,34 @@ def write_d4rl(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------- validation and transitions
 
 
-def first_nonfinite_row(arr: np.ndarray) -> int | None:
-    """Index of the first row holding NaN or ±inf (None when all finite); integer arrays are finite."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def first_bad_row(arr: np.ndarray) -> tuple[int, str] | None:
+    """The first row float32 cannot hold, and what it holds: NaN or inf, or a finite value beyond
+    float32's range (loading as float32 would make it inf). None when every row fits; integer
+    arrays always do."""
     if arr.dtype.kind not in "fc":
         return None
-    bad = ~np.isfinite(arr)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(arr) <= FLOAT32_MAX)  # NaN compares False
     if bad.ndim > 1:
         bad = bad.reshape(len(bad), -1).any(axis=1)
     rows = np.flatnonzero(bad)
-    return int(rows[0]) if rows.size else None
+    if not rows.size:
+        return None
+    row = int(rows[0])
+    finite = np.isfinite(arr[row]).all()
+    return row, "a value beyond float32's range (±3.4e38)" if finite else "NaN or inf"
 
 
 def validate_d4rl(data: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Check what `transitions` and `episode_returns` rely on; the first problem raises a `UserError`.
 
     Checked: required keys present, numeric dtypes, number of dimensions, one row per transition in
-    every key, matching observation widths, 0/1 flags, and no NaN/inf in observations, actions,
-    rewards or next_observations.
+    every key, at least one observation and action column, matching observation widths, 0/1 flags,
+    and no NaN/inf (nor values float32 cannot hold) in observations, actions, rewards or
+    next_observations.
     """
     where = f"dataset {path}"
     missing = [k for k in REQUIRED if k not in data]
@@ -204,6 +220,10 @@ def validate_d4rl(data: Mapping[str, Any], path: str | os.PathLike) -> None:
         if len(arr) != n:
             raise UserError(f"{where}: key {key!r} has {len(arr)} rows but 'observations' has {n}; "
                             "every key needs one row per step")
+    for key in ("observations", "actions"):
+        if arrays[key].shape[1] == 0:
+            raise UserError(f"{where}: key {key!r} has shape {arrays[key].shape}, no columns; "
+                            "it must be (N, dim) with dim >= 1")
     width = arrays["observations"].shape[1]
     if "next_observations" in arrays and arrays["next_observations"].shape[1] != width:
         raise UserError(f"{where}: 'next_observations' has {arrays['next_observations'].shape[1]} columns "
@@ -217,9 +237,9 @@ def validate_d4rl(data: Mapping[str, Any], path: str | os.PathLike) -> None:
                                 "flags must be 0 or 1")
     for key in _FINITE:
         if key in arrays:
-            row = first_nonfinite_row(arrays[key])
-            if row is not None:
-                raise UserError(f"{where}: key {key!r} has NaN or inf at index {row}; "
+            bad = first_bad_row(arrays[key])
+            if bad is not None:
+                raise UserError(f"{where}: key {key!r} has {bad[1]} at index {bad[0]}; "
                                 "clean the data or drop those rows")
 
 

@@ -6,8 +6,10 @@ T actions, rewards, terminations and truncations. ctrlrl never downloads at run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,23 @@ import numpy as np
 
 from ctrlrl.core.errors import UserError
 from ctrlrl.data import Dataset
-from ctrlrl.data.d4rl import _one_line, first_nonfinite_row
+from ctrlrl.data.d4rl import _one_line, first_bad_row
+
+EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+
+
+@contextlib.contextmanager
+def _minari_reads(dataset_id: str) -> Iterator[None]:
+    """Any exception minari raises while reading a local dataset ends in one UserError: on a damaged
+    dataset it raises JSON, HDF5, key, type and assertion errors alike."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"minari:{dataset_id}: minari cannot read it, it is damaged or from another "
+                        f"minari version ({_one_line(exc)}); download it again with "
+                        f"`minari download {dataset_id}`") from None
 
 
 def _open(dataset_id: str) -> Any:
@@ -26,30 +44,73 @@ def _open(dataset_id: str) -> Any:
         raise UserError("minari is not installed, which minari: datasets need; "
                         "pip install 'ctrlrl[offline]'") from None
     store = os.environ.get("MINARI_DATASETS_PATH")
-    local: list[str] = []
-    if Path(store or "~/.minari/datasets").expanduser().is_dir():  # minari would create a missing store
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # minari warns about every misconfigured folder in the store
-            local = list(minari.list_local_datasets())
-    source = f"minari:{dataset_id}"
-    if dataset_id not in local:
+    root = Path(store or "~/.minari/datasets").expanduser()
+    if not dataset_id or not (root / dataset_id / "data").is_dir():  # minari's layout: <store>/<id>/data
         where = (f"MINARI_DATASETS_PATH={store}" if store
                  else "MINARI_DATASETS_PATH unset, so ~/.minari/datasets")
-        near = [d for d in local if d.startswith(dataset_id.rsplit("-v", 1)[0])][:5]
+        near = [d for d in _local_ids(minari, root) if d.startswith(dataset_id.rsplit("-v", 1)[0])][:5]
         have = f" (local: {', '.join(near)})" if near else ""
-        raise UserError(f"{source}: not among the local Minari datasets ({where}){have}; download it with "
-                        f"`minari download {dataset_id}` (needs network; ctrlrl never downloads at run time)")
-    try:
+        raise UserError(f"minari:{dataset_id}: not among the local Minari datasets ({where}){have}; "
+                        f"download it with `minari download {dataset_id}` (needs network; ctrlrl never "
+                        "downloads at run time)")
+    with _minari_reads(dataset_id):
         return minari.load_dataset(dataset_id)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{source}: minari cannot read it ({_one_line(exc)}); "
-                        f"download it again with `minari download {dataset_id}`") from None
+
+
+def _local_ids(minari: Any, root: Path) -> list[str]:
+    """The ids minari lists in the store at `root`, to suggest near names; none when it cannot list."""
+    if not root.is_dir():  # minari would create a missing store
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # minari warns about every misconfigured folder in the store
+        try:
+            return list(minari.list_local_datasets())
+        except Exception:  # a folder minari cannot parse: the suggestion is only a hint
+            return []
 
 
 def minari_env(dataset_id: str) -> str | None:
     """The gymnasium id in a local Minari dataset's env spec, None when it has none."""
-    spec = _open(dataset_id).env_spec
-    return None if spec is None else spec.id
+    ds = _open(dataset_id)
+    with _minari_reads(dataset_id):
+        spec = ds.env_spec
+        return None if spec is None else spec.id
+
+
+def _episodes(ds: Any, dataset_id: str) -> Iterator[Any]:
+    """ds's episodes, minari's reading of each one guarded by `_minari_reads`."""
+    with _minari_reads(dataset_id):
+        episodes = iter(ds.iterate_episodes())
+    while True:
+        with _minari_reads(dataset_id):
+            episode = next(episodes, None)
+        if episode is None:
+            return
+        yield episode
+
+
+def _episode_arrays(episode: Any, index: int, obs_shape: tuple[int, ...], act_shape: tuple[int, ...],
+                    dataset_id: str) -> dict[str, np.ndarray]:
+    """An episode's arrays, checked: numbers, T+1 observations and T of everything else, 0/1 flags."""
+    fix = f"download it again with `minari download {dataset_id}`"
+    arrays = {key: getattr(episode, key) for key in EPISODE_KEYS}
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            what = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise UserError(f"minari:{dataset_id}: episode {index}'s {key} hold {what}, not numbers; {fix}")
+    steps = len(arrays["rewards"]) if arrays["rewards"].ndim == 1 else -1
+    want = {"observations": (steps + 1, *obs_shape), "actions": (steps, *act_shape), "rewards": (steps,),
+            "terminations": (steps,), "truncations": (steps,)}
+    if steps < 0 or any(arrays[key].shape != shape for key, shape in want.items()):
+        have = ", ".join(f"{key} {arr.shape}" for key, arr in arrays.items())
+        raise UserError(f"minari:{dataset_id}: episode {index} has {have}; an episode of T steps needs "
+                        f"observations (T+1, {', '.join(map(str, obs_shape))}), actions "
+                        f"(T, {', '.join(map(str, act_shape))}) and T of each other; {fix}")
+    for key in ("terminations", "truncations"):
+        if ((arrays[key] != 0) & (arrays[key] != 1)).any():
+            raise UserError(f"minari:{dataset_id}: episode {index}'s {key} hold values other than 0 "
+                            f"and 1; {fix}")
+    return arrays
 
 
 def load_minari(dataset_id: str) -> Dataset:
@@ -61,44 +122,45 @@ def load_minari(dataset_id: str) -> Dataset:
     source = f"minari:{dataset_id}"
     import gymnasium as gym
 
-    for space, what in ((ds.observation_space, "observation"), (ds.action_space, "action")):
+    with _minari_reads(dataset_id):
+        spaces = ds.observation_space, ds.action_space
+        env_spec, metadata = ds.env_spec, ds.storage.metadata
+    for space, what in zip(spaces, ("observation", "action"), strict=True):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise UserError(f"{source}: its {what} space is {space}; ctrlrl reads flat Box observations and "
                             "actions only (Dict, image and discrete spaces are not supported)")
 
     obs, next_obs, act, rew, term, returns = [], [], [], [], [], []
-    for i, ep in enumerate(ds.iterate_episodes()):
-        o, a, r = np.asarray(ep.observations), np.asarray(ep.actions), np.asarray(ep.rewards)
-        t, tr = np.asarray(ep.terminations, dtype=bool), np.asarray(ep.truncations, dtype=bool)
-        n = len(r)
-        if len(o) != n + 1 or len(a) != n or len(t) != n or len(tr) != n:
-            raise UserError(f"{source}: episode {i} has {len(o)} observations, {len(a)} actions, "
-                            f"{n} rewards, {len(t)} terminations; Minari episodes need T+1 observations "
-                            f"and T of each other; download it again with `minari download {dataset_id}`")
-        if n == 0:
+    for i, episode in enumerate(_episodes(ds, dataset_id)):
+        ep = _episode_arrays(episode, i, spaces[0].shape, spaces[1].shape, dataset_id)
+        if len(ep["rewards"]) == 0:
             continue
-        obs.append(o[:-1])
-        next_obs.append(o[1:])
-        act.append(a.reshape(n, -1))
-        rew.append(r)
-        term.append(t)
-        if t[-1] or tr[-1]:
-            returns.append(float(np.sum(r, dtype=np.float64)))
+        obs.append(ep["observations"][:-1])
+        next_obs.append(ep["observations"][1:])
+        act.append(ep["actions"])
+        rew.append(ep["rewards"])
+        term.append(ep["terminations"] != 0)
+        if ep["terminations"][-1] or ep["truncations"][-1]:
+            returns.append(float(np.sum(ep["rewards"], dtype=np.float64)))
     if not obs:
         raise UserError(f"{source}: the dataset holds no steps; use another dataset")
 
     arrays = {"observations": np.concatenate(obs), "actions": np.concatenate(act),
               "rewards": np.concatenate(rew), "next_observations": np.concatenate(next_obs)}
     for key, arr in arrays.items():
-        row = first_nonfinite_row(arr)
-        if row is not None:
-            raise UserError(f"{source}: {key} has NaN or inf at transition {row}; "
+        bad = first_bad_row(arr)
+        if bad is not None:
+            raise UserError(f"{source}: {key} has {bad[1]} at transition {bad[0]}; "
                             "clean the data or use another dataset")
     f32 = {k: v.astype(np.float32, copy=False) for k, v in arrays.items()}
-    env_id = None if ds.env_spec is None else ds.env_spec.id
+    returns_arr = np.asarray(returns, dtype=np.float64)
+    if not np.isfinite(returns_arr).all():
+        raise UserError(f"{source}: an episode's return overflows float64; clean the data or use "
+                        "another dataset")
+    env_id = None if env_spec is None else env_spec.id
     return Dataset(f32["observations"], f32["actions"], f32["rewards"], f32["next_observations"],
-                   np.concatenate(term).astype(np.float32), np.asarray(returns, dtype=np.float64), env_id,
-                   source, reference_scores(ds.storage.metadata, source))
+                   np.concatenate(term).astype(np.float32), returns_arr, env_id,
+                   source, reference_scores(metadata, source))
 
 
 def reference_scores(metadata: Any, source: str) -> tuple[float, float] | None:
@@ -108,9 +170,13 @@ def reference_scores(metadata: Any, source: str) -> tuple[float, float] | None:
     low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     if low is None or high is None:
         return None
-    low, high = float(np.asarray(low)), float(np.asarray(high))
+    try:
+        low, high = float(np.asarray(low)), float(np.asarray(high))
+    except (TypeError, ValueError):
+        low, high = np.nan, np.nan  # not numbers: refused below like any unusable pair
     if not (np.isfinite(low) and np.isfinite(high) and high != low):
-        raise UserError(f"{source}: its reference scores ref_min_score={low}, ref_max_score={high} "
-                        "cannot normalise returns (they must be finite and differ); download it "
-                        "again or report the dataset to its authors")
+        raise UserError(f"{source}: its reference scores ref_min_score={metadata.get('ref_min_score')!r}, "
+                        f"ref_max_score={metadata.get('ref_max_score')!r} cannot normalise returns (they "
+                        "must be finite numbers that differ); download it again or report the dataset "
+                        "to its authors")
     return low, high
