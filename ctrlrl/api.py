@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import yaml
 
 from ctrlrl.algos import REGISTRY
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.core.config import RunConfig, apply_overrides, from_dict, load_preset, to_dict
-from ctrlrl.core.envs import check_env_id
+from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "algos" / "presets"
@@ -39,15 +42,51 @@ def preset_envs(algo: str) -> list[str]:
 
 def resolve(algo: str, env: str, overrides: dict[str, Any] | None = None,
             **run_flags: Any) -> tuple[type[Algorithm], RunConfig, Any]:
-    """Defaults → preset for `env` → `overrides` (--set) → explicit run flags."""
+    """Defaults → preset for `env` → `overrides` (--set) → explicit run flags, then checked
+    against the algorithm (`check_fit`) before anything is built."""
     cls = algo_class(algo)
     check_env_id(env)
+    overrides = overrides or {}
+    check_settings_exist(cls, {**overrides, **run_flags})
     run, cfg = RunConfig(env=env), cls.Config()
     preset = load_preset(PRESET_DIR / f"{algo}.yaml", env)
     run, cfg = apply_overrides(run, cfg, preset, f"preset {algo}.yaml [{env}]")
-    run, cfg = apply_overrides(run, cfg, overrides or {}, "--set")
+    run, cfg = apply_overrides(run, cfg, overrides, "--set")
     run, cfg = apply_overrides(run, cfg, run_flags, "option")
+    if "eval_every" not in {**preset, **overrides, **run_flags} and not cls.evaluates_continuing \
+            and is_continuing(env):  # the default interval, where no evaluation can happen
+        run = dataclasses.replace(run, eval_every=0)
+    check_fit(cls, run, cfg)
     return cls, run, cfg
+
+
+def check_settings_exist(cls: type[Algorithm], settings: dict[str, Any]) -> None:
+    """Refuse a setting of other algorithms (e.g. --base-policy for ppo), naming whose it is."""
+    own = {f.name for f in dataclasses.fields(RunConfig)} | {
+        f.name for f in dataclasses.fields(cls.Config)}
+    for key in settings.keys() - own:
+        owners = [name for name, other in sorted(REGISTRY.items())
+                  if key in {f.name for f in dataclasses.fields(other.Config)}]
+        if owners:
+            raise UserError(f"{key} is a setting of {', '.join(owners)}, not of {cls.name}; drop "
+                            f"it (`ctrlrl train {cls.name} --help` lists {cls.name}'s settings)")
+
+
+def check_fit(cls: type[Algorithm], run: RunConfig, cfg: Any) -> None:
+    """Refuse, in one line, a run whose env or settings the algorithm cannot use
+    (`Algorithm.incompatibility`), naming the envs its presets tune where this env is not one."""
+    check_env_id(run.env)
+    probe = gym.make(run.env)
+    try:
+        problem = cls.incompatibility(probe, run, cfg)
+    finally:
+        probe.close()
+    if problem is None:
+        return
+    tuned = preset_envs(cls.name)
+    if tuned and not any(fnmatch.fnmatchcase(run.env, pattern) for pattern in tuned):
+        problem += f" (envs with {cls.name} presets: {', '.join(tuned)})"
+    raise UserError(problem)
 
 
 def make(algo: str, env: str = "Hopper-v5", overrides: dict[str, Any] | None = None,
@@ -103,7 +142,7 @@ def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
     return diffs
 
 
-def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
+def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = None,
            overrides: dict[str, Any] | None = None, **run_flags: Any) -> Algorithm:
     """Continue the run in `run_dir` from its last checkpoint.
 
@@ -111,6 +150,9 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     runtime setting (`RUNTIME_KEYS`, e.g. a larger total_steps) is an error, not a silent change.
     """
     run_dir = Path(run_dir)
+    if run_flags.get("run_dir") and Path(run_flags["run_dir"]).resolve() != run_dir.resolve():
+        raise UserError(f"--resume {run_dir} continues in that folder; drop --run-dir "
+                        f"{run_flags['run_dir']}")
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise UserError(f"--resume {run_dir}: no config.yaml there; pass the run dir that "
@@ -121,6 +163,7 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     if env is not None and env != saved["run"]["env"]:
         raise UserError(f"--resume {run_dir}: that run is on {saved['run']['env']!r}, not {env!r}")
     cls = algo_class(saved["algo"])
+    check_settings_exist(cls, {**(overrides or {}), **run_flags})
     saved_run = from_dict(RunConfig, saved["run"], f"{config_file} run")
     saved_cfg = from_dict(cls.Config, saved["config"], f"{config_file} config")
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
@@ -128,7 +171,12 @@ def resume(run_dir: str | Path, algo: str | None = None, env: str | None = None,
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")
+    check_fit(cls, run, cfg)
     algo_obj = cls(run, cfg)
     algo_obj.load_state(Algorithm.read_checkpoint(run_dir))
+    if "total_steps" in run_flags and run.total_steps <= algo_obj.step:
+        algo_obj.close()
+        raise UserError(f"--resume {run_dir}: the run is already at step {algo_obj.step}; pass "
+                        f"--total-steps above that to train further")
     algo_obj.setup_run_dir(run_dir, resuming=True)
     return algo_obj

@@ -62,6 +62,40 @@ class Algorithm:
     Config: ClassVar[type]
     kind: ClassVar[str]  # on-policy | off-policy | offline | average-reward (`ctrlrl list`)
     summary: ClassVar[str]  # what the algorithm is, in one line (`ctrlrl list`)
+    # what the algorithm can use; `incompatibility` refuses a run that asks for anything else
+    action_spaces: ClassVar[tuple[type[gym.Space], ...]] = (
+        gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete)
+    vectorised: ClassVar[bool] = True  # learns from n_envs > 1 envs stepped together
+    compiles: ClassVar[bool] = False  # has an update step that `compile` hands to torch.compile
+    evaluates_continuing: ClassVar[bool] = False  # evaluates tasks whose episodes never end
+
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
+        """Why this algorithm cannot train on `env` (made, never stepped) with these settings, as
+        one line naming what would fit; None if it can. `ctrlrl.api` asks before anything is
+        built. The base checks what the class attributes declare; an algorithm with further
+        needs overrides this and asks `super()` first."""
+        name, env_id, offline = cls.name, run.env, cls.kind == "offline"
+        obs_space, act_space = env.observation_space, env.action_space
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+            return (f"{env_id} observes {obs_space}; ctrlrl's networks take flat Box observations "
+                    "(wrap the env, e.g. gymnasium's FlattenObservation)")
+        if not isinstance(act_space, cls.action_spaces):
+            kinds = " or ".join(space.__name__ for space in cls.action_spaces)
+            return f"{name} needs {kinds} actions, and {env_id} acts in {act_space}"
+        if run.dataset and not offline:
+            return (f"{name} learns online from its env, so a dataset has no use; drop --dataset "
+                    "or pick an offline algorithm (`ctrlrl list` shows each one's kind)")
+        if run.keep_timeouts and not offline:
+            return f"keep_timeouts applies to offline datasets, and {name} learns online; drop it"
+        if run.n_envs > 1 and not cls.vectorised:
+            return f"{name} learns from one env; drop --n-envs {run.n_envs} (n_envs=1)"
+        if run.compile and not cls.compiles:
+            return f"{name} has no update step for torch.compile; drop --compile"
+        if run.eval_every and not cls.evaluates_continuing and is_continuing(env_id):
+            return (f"{env_id} is a continuing task: its episodes never end, so {name} has no "
+                    "episode return to evaluate; pass --eval-every 0")
+        return None
 
     def __init__(self, run: RunConfig, cfg: Any):
         self.run, self.cfg = run, cfg
@@ -558,22 +592,30 @@ class OffPolicyAlgorithm(Algorithm):
     """
 
     kind = "off-policy"
+    action_spaces = (gym.spaces.Box,)
+
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
+        """Bounded Box actions (policies act in [-1, 1]) and no running normalisation."""
+        problem = super().incompatibility(env, run, cfg)
+        if problem:
+            return problem
+        space = env.action_space
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            return (f"{cls.name} needs a bounded Box action space (its policy acts in [-1, 1]), "
+                    f"and {run.env} acts in {space}")
+        if run.normalize_obs or run.normalize_reward:
+            # stored transitions would mix the statistics of the moment each was collected
+            return f"{cls.name} does not support normalize_obs/normalize_reward; drop those settings"
+        return None
 
     def build_replay(self) -> None:
-        self.check_box_actions()
+        self.set_action_box()
         self.replay = ReplayBuffer(self.cfg.buffer_size, self.obs_dim, self.act_dim, self.device)
 
-    def check_box_actions(self) -> None:
-        """A bounded Box action space (policies act in [-1, 1]) and no running normalisation."""
+    def set_action_box(self) -> None:
+        """The action size, and the box that `to_env_action` rescales [-1, 1] to."""
         space = self.env.action_space
-        if not isinstance(space, gym.spaces.Box) or not np.all(np.isfinite(space.low)) \
-                or not np.all(np.isfinite(space.high)):
-            raise UserError(f"{self.name} needs a bounded continuous (Box) action space; "
-                            f"{self.run.env} has {space}")
-        if self.run.normalize_obs or self.run.normalize_reward:
-            # stored transitions would mix the statistics of the moment each was collected
-            raise UserError(f"{self.name} does not support normalize_obs/normalize_reward; "
-                            "drop those settings")
         self.act_dim = int(np.prod(space.shape))
         self._act_low, self._act_high = space.low, space.high
 
@@ -639,15 +681,20 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     """
 
     kind = "offline"
+    vectorised = False
 
     replay: OfflineBuffer | None
     actor: nn.Module  # observations (standardised) → actions in [-1, 1]
 
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
+        if not run.dataset:
+            return (f"{cls.name} learns offline: pass --dataset PATH.hdf5 | d4rl:<task> | "
+                    "minari:<id> (or --set dataset=…)")
+        return super().incompatibility(env, run, cfg)
+
     def build_replay(self) -> None:
-        if not self.run.dataset:
-            raise UserError(f"{self.name} learns offline: pass --dataset PATH.hdf5 | "
-                            "d4rl:<task> | minari:<id> (or --set dataset=…)")
-        self.check_box_actions()
+        self.set_action_box()
         self.obs_stats = Standardizer(self.obs_dim).to(self.device)
         self.replay = None
 

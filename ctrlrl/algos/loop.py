@@ -120,7 +120,8 @@ import torch
 from torch import nn
 
 from ctrlrl.algos.base import Algorithm
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import RunConfig, check_ranges
+from ctrlrl.core.envs import is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation
 
@@ -417,27 +418,39 @@ class AverageRewardAlgorithm(Algorithm):
 
     SCALARS = ("regret", "switches", "optimistic_gain", "policy_gain", "optimism_hits", "plan_mark")
 
+    action_spaces = (gym.spaces.Discrete,)
+    vectorised = False
+    evaluates_continuing = True  # over a fixed horizon (`eval_horizon`)
+
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
+        """A continuing finite MDP that exposes its exact model, observed as one-hot states, and
+        one stream of raw rewards computed on the CPU."""
+        if not callable(getattr(env.unwrapped, "model", None)) or not is_continuing(run.env):
+            return (f"{cls.name} needs a continuing finite MDP that exposes its exact model "
+                    f"(env.unwrapped.model() → P[S, A, S'], R[S, A]), and {run.env} is not one: "
+                    "use ctrlrl/RiverSwim-v0, ctrlrl/RandomMDP-v0, ctrlrl/LinearMDP-v0 or "
+                    "ctrlrl/Inventory-v0")
+        problem = super().incompatibility(env, run, cfg)
+        if problem:
+            return problem
+        n_states = env.unwrapped.model()[0].shape[0]
+        if env.observation_space.shape != (n_states,):
+            return (f"{cls.name} reads one-hot states of {run.env}'s {n_states}-state model, and "
+                    f"it observes {env.observation_space}")
+        if run.normalize_obs or run.normalize_reward:
+            return (f"{cls.name} learns from raw rewards and one-hot states; drop "
+                    "normalize_obs/normalize_reward")
+        if run.device.startswith("cuda"):
+            return f"{cls.name} computes with numpy on the CPU; drop --device {run.device}"
+        return None
+
     def build(self) -> None:
-        run = self.run
-        if run.n_envs != 1 or run.normalize_obs or run.normalize_reward:
-            raise UserError(f"{self.name} learns from one stream of raw rewards: use n_envs=1 and "
-                            "no normalize_obs/normalize_reward")
-        probe = gym.make(run.env)
+        probe = gym.make(self.run.env)
         env = probe.unwrapped
-        try:
-            P, R = env.model()
-            features = env.features() if hasattr(env, "features") else None
-        except AttributeError:
-            raise UserError(f"{self.name} needs a finite MDP that exposes its model "
-                            f"(env.unwrapped.model() → P[S, A, S'], R[S, A]); {run.env} does not: "
-                            "use ctrlrl/RiverSwim-v0, ctrlrl/RandomMDP-v0, ctrlrl/LinearMDP-v0 or "
-                            "ctrlrl/Inventory-v0") from None
-        finally:
-            probe.close()
-        if not isinstance(self.env.action_space, gym.spaces.Discrete) or \
-                self.env.observation_space.shape != (P.shape[0],):
-            raise UserError(f"{run.env}: {self.name} needs Discrete actions and one-hot state "
-                            "observations matching the model")
+        P, R = env.model()
+        features = env.features() if hasattr(env, "features") else None
+        probe.close()
         self.P_true, self.R_true = P, R
         self.n_states, self.n_actions = P.shape[0], P.shape[1]
         self.optimal_gain, _, self.optimal_policy = relative_value_iteration(P, R)

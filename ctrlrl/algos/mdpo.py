@@ -127,6 +127,7 @@ class MDPO(OnPolicyAlgorithm):
     name = "mdpo"
     summary = "Mirror Descent Policy Optimization, on-policy (Tomar et al. 2022)"
     Config = MDPOConfig
+    compiles = True
 
     def build(self) -> None:
         cfg = self.cfg

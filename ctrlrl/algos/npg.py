@@ -91,7 +91,7 @@ import torch
 from torch import nn
 
 from ctrlrl.algos.base import Algorithm
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, make_policy
@@ -301,14 +301,17 @@ class PG(Algorithm):
     method = "pg"
     Config = NPGConfig
 
+    vectorised = False  # whole trajectories, one after another
+
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: NPGConfig) -> str | None:
+        if not cfg.horizon and is_continuing(run.env):
+            return (f"{run.env} is a continuing task (its episodes never end); {cls.name} "
+                    "samples whole trajectories: set a cap, e.g. --set horizon=1000")
+        return super().incompatibility(env, run, cfg)
+
     def build(self) -> None:
         cfg, run = self.cfg, self.run
-        if run.n_envs != 1:
-            raise UserError(f"{self.name} samples whole trajectories one after another: use "
-                            f"n_envs=1 (got {run.n_envs})")
-        if not cfg.horizon and is_continuing(run.env):
-            raise UserError(f"{run.env} is a continuing task (its episodes never end); {self.name} "
-                            "samples whole trajectories: set a cap, e.g. --set horizon=1000")
         if cfg.horizon:  # the env truncates its own episodes at the cap
             self.env.close()
             self.env = VecEnv(run.env, 1, run.vec_mode, run.normalize_obs, run.normalize_reward,

@@ -186,6 +186,7 @@ class ODICE(OfflineAlgorithm):
     name = "odice"
     summary = "O-DICE: DICE value learning with the orthogonal-gradient update (Mao et al. 2024)"
     Config = ODICEConfig
+    compiles = True
 
     def build(self) -> None:
         cfg = self.cfg

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.algos.ppo import PPO, PPOConfig
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import MLP, GaussianPolicy, adam
@@ -98,11 +98,8 @@ class ScriptedBase(BasePolicy):
 
     def __init__(self, env: VecEnv, rng: np.random.Generator, device: torch.device):
         probe = gym.make(env.env_id)
-        self.probs = getattr(probe.unwrapped, "base_action_probs", None)
+        self.probs = probe.unwrapped.base_action_probs
         probe.close()
-        if self.probs is None:
-            raise UserError(f"{env.env_id} has no scripted base policy (`base_action_probs`); "
-                            "pass --base-policy PATH with a ctrlrl checkpoint of a safe policy")
         self.rng, self.device = rng, device
 
     def dist(self, raw_obs: np.ndarray) -> torch.Tensor:
@@ -122,9 +119,6 @@ class CheckpointBase(BasePolicy):
     def __init__(self, path: str, env: VecEnv, device: torch.device):
         from ctrlrl.algos import REGISTRY
 
-        if not Path(path).exists():
-            raise UserError(f"base policy {path} does not exist; pass --base-policy with a ctrlrl "
-                            "run dir or checkpoint .pt file (or 'scripted' for the env's own)")
         ckpt = Algorithm.read_checkpoint(path)
         if ckpt["algo"] not in REGISTRY:
             raise UserError(f"base policy {path} is a {ckpt['algo']!r} run, an algorithm this ctrlrl "
@@ -197,6 +191,19 @@ class RegularizedConfig(PPOConfig):
 
 class _BaseRegularized(PPO):
     """PPO with a base policy, and each rollout's raw observations kept to query it."""
+
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: RegularizedConfig) -> str | None:
+        """A base policy: the env's scripted one, or a checkpoint that exists."""
+        if cfg.base_policy == "scripted":
+            if not callable(getattr(env.unwrapped, "base_action_probs", None)):
+                return (f"{run.env} has no scripted base policy (`base_action_probs`); pass "
+                        "--base-policy PATH with a ctrlrl checkpoint of a safe policy, or use an "
+                        "env with one (ctrlrl/Tomato-v0)")
+        elif not Path(cfg.base_policy).exists():
+            return (f"base policy {cfg.base_policy} does not exist; pass --base-policy with a "
+                    "ctrlrl run dir or checkpoint .pt file (or 'scripted' for the env's own)")
+        return super().incompatibility(env, run, cfg)
 
     def build(self) -> None:
         super().build()
@@ -354,15 +361,13 @@ class ORPO(_BaseRegularized):
     name = "orpo"
     summary = "ORPO: PPO regularised towards a safe policy's occupancy measure, against reward hacking"
     Config = ORPOConfig
+    action_spaces = (gym.spaces.Box, gym.spaces.Discrete)  # what the discriminator takes
 
     def build(self) -> None:
         super().build()
         cfg, run = self.cfg, self.run
         space = self.env.action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)
-        if not (self.discrete or isinstance(space, gym.spaces.Box)):
-            raise UserError(f"orpo's discriminator takes Discrete or Box actions; {run.env} acts in "
-                            f"{space}")
         act_dim = 0 if cfg.state_only else (int(space.n) if self.discrete else int(np.prod(space.shape)))
         self.disc = MLP(self.obs_dim + act_dim, cfg.disc_hidden_sizes, 1, "leaky_relu").to(self.device)
         self.disc_optimizer = adam(self.disc.parameters(), cfg.disc_learning_rate)

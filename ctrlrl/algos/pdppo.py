@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from ctrlrl.algos.base import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
 
@@ -111,6 +111,11 @@ class PDPPOConfig:
                                 f"{', '.join(allowed)}")
 
 
+def uses_post_rewards(cfg: PDPPOConfig) -> bool:
+    """Whether a configuration learns from the decision's own reward r^x."""
+    return cfg.post_return == "own" or cfg.pre_reward == "residual"
+
+
 class PDPPO(OnPolicyAlgorithm):
     name = "pdppo"
     summary = "Post-Decision PPO with dual critics, for envs with post-decision states (Felizardo et al.)"
@@ -120,11 +125,7 @@ class PDPPO(OnPolicyAlgorithm):
         cfg, env, device = self.cfg, self.env, self.device
         self.decision_env = gym.make(env.env_id).unwrapped
         self.own_post_return = cfg.post_return == "own"
-        self.uses_post_rewards = self.own_post_return or cfg.pre_reward == "residual"
-        problem = self.unsupported_env(env.env_id)
-        if problem:
-            self.decision_env.close()
-            raise UserError(problem)
+        self.uses_post_rewards = uses_post_rewards(cfg)
         post = self.post_decision(env.raw_obs, env.action_space.sample()[None].repeat(env.n_envs, 0))
         self.post_dim = post.shape[-1]
 
@@ -154,23 +155,25 @@ class PDPPO(OnPolicyAlgorithm):
         self.return_stats = torch.tensor([0.0, 1.0], device=device)
         self.post_return_stats = torch.tensor([0.0, 1.0], device=device)
 
-    def unsupported_env(self, env_id: str) -> str | None:
-        """Why this env and run cannot train PDPPO as configured (one line), or None."""
-        if not callable(getattr(self.decision_env, "post_decision", None)):
+    @classmethod
+    def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: PDPPOConfig) -> str | None:
+        """The env's decision step (`post_decision`, and `post_decision_reward` where the
+        configuration uses the decision's own reward), besides the base checks."""
+        decision_env, env_id = env.unwrapped, run.env
+        if not callable(getattr(decision_env, "post_decision", None)):
             return (f"pdppo needs the post-decision state, and {env_id} has no "
                     "`post_decision(obs, action)`; use ctrlrl/LotSizing-<n>x<M>-v0 or "
                     "ctrlrl/FrozenLakePD-v0, or give your env that pure, batched method")
-        if not self.uses_post_rewards:
-            return None
-        if not callable(getattr(self.decision_env, "post_decision_reward", None)):
-            return (f"pdppo's post-decision return needs the decision's own reward, and {env_id} "
-                    "has no `post_decision_reward(obs, action)`; give your env that pure, batched "
-                    "method or set post_return=shared (and pre_reward=total)")
-        if self.run.normalize_reward:
-            return ("pdppo with post_return=own or pre_reward=residual uses the env's raw decision "
-                    "rewards r^x; drop normalize_reward (PDPPO standardises each critic's targets "
-                    "itself) or set post_return=shared (and pre_reward=total)")
-        return None
+        if uses_post_rewards(cfg):
+            if not callable(getattr(decision_env, "post_decision_reward", None)):
+                return (f"pdppo's post-decision return needs the decision's own reward, and "
+                        f"{env_id} has no `post_decision_reward(obs, action)`; give your env that "
+                        "pure, batched method or set post_return=shared (and pre_reward=total)")
+            if run.normalize_reward:
+                return ("pdppo with post_return=own or pre_reward=residual uses the env's raw "
+                        "decision rewards r^x; drop normalize_reward (PDPPO standardises each "
+                        "critic's targets itself) or set post_return=shared (and pre_reward=total)")
+        return super().incompatibility(env, run, cfg)
 
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn,

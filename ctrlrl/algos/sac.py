@@ -63,6 +63,7 @@ class SAC(OffPolicyAlgorithm):
     name = "sac"
     summary = "Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018)"
     Config = SACConfig
+    compiles = True
 
     def build(self) -> None:
         cfg = self.cfg

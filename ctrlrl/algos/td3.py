@@ -55,6 +55,7 @@ class TD3(OffPolicyAlgorithm):
     name = "td3"
     summary = "TD3: twin critics, target policy smoothing, delayed actor (Fujimoto et al. 2018)"
     Config = TD3Config
+    compiles = True
 
     def build(self) -> None:
         self.build_replay()

@@ -1,0 +1,176 @@
+"""Algorithm/env mismatches and options that cannot take effect are refused before a run starts:
+one line naming what does not fit and what would, no run dir, never another exception."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import ENV, FAST, OFFLINE_DATA, QUIET, assert_one_line_error
+
+import ctrlrl
+from ctrlrl import api
+from ctrlrl.algos.base import Algorithm
+from ctrlrl.cli import main
+from ctrlrl.core.envs import env_unavailable
+from ctrlrl.core.errors import UserError
+
+MATRIX_ENVS = ("CartPole-v1", "Pendulum-v1", "ctrlrl/RiverSwim-v0", "ctrlrl/LotSizing-15x5-v0",
+               "ctrlrl/Tomato-v0", "Hopper-v2", "Hopper-v5")
+
+
+def tiny(algo: str) -> dict[str, Any]:
+    """Quiet, small settings for `algo`; offline algorithms get the test dataset."""
+    out = {**QUIET, **FAST.get(algo, {})}
+    if api.algo_class(algo).kind == "offline":
+        out["dataset"] = str(OFFLINE_DATA)
+    return out
+
+
+def fitting_env(algo: str) -> str:
+    kind = api.algo_class(algo).kind
+    return ENV.get(algo) or {"average-reward": "ctrlrl/RiverSwim-v0", "offline": "Hopper-v5"}[kind]
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Building any algorithm fails the test: refusals must come before."""
+    def built(self, *args):
+        raise AssertionError(f"{type(self).__name__} was built before the refusal")
+    monkeypatch.setattr(Algorithm, "__init__", built)
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """The one stderr line of a `ctrlrl` command refused with exit status 2."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "ctrlrl: error:")
+    return err
+
+
+@pytest.mark.parametrize("algo", api.list_algos())
+def test_every_env_starts_a_run_or_is_refused_in_one_line(algo, tmp_path):
+    started = []
+    for env in MATRIX_ENVS:
+        run_dir = tmp_path / env.replace("/", "_")
+        model = None
+        try:  # as `ctrlrl train` does: build, make the run dir (an offline run reads its data)
+            model = api.make(algo, env, tiny(algo), total_steps=1, run_dir=str(run_dir))
+            model.setup_run_dir()
+        except UserError as exc:
+            assert_one_line_error(str(exc))
+            assert not run_dir.exists(), f"{algo} on {env}: refused, yet a run dir was made"
+            if model is not None:
+                model.close()
+            continue
+        try:
+            model.learn()
+        finally:
+            model.close()
+        assert (run_dir / "checkpoints" / "latest.pt").is_file()
+        started.append(env)
+    assert started, f"{algo} started on none of {MATRIX_ENVS}"
+    assert "Hopper-v2" not in started
+
+
+@pytest.mark.parametrize(("algo", "env", "needles"), [
+    ("loop", "Hopper-v5", ("exact model", "ctrlrl/RiverSwim-v0")),
+    ("ucrl2", "CartPole-v1", ("exact model", "ctrlrl/RiverSwim-v0")),
+    ("ppo", "Hopper-v2", ("mujoco-py", "use Hopper-v5")),
+    ("sac", "CartPole-v1", ("needs Box actions", "Discrete(2)", "sac presets: Hopper-v5")),
+    ("pdppo", "Pendulum-v1", ("post_decision", "ctrlrl/LotSizing")),
+    ("orpo", "CartPole-v1", ("base_action_probs", "--base-policy")),
+    ("td3bc", "Hopper-v5", ("learns offline", "--dataset")),
+])
+def test_mismatch_names_what_fits(algo, env, needles, capsys, tmp_path, nothing_built):
+    err = cli_error(capsys, "train", algo, "--env", env, "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(err, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_env_unavailable_names_the_retired_mujoco_py_ids():
+    assert "mujoco-py" in env_unavailable("Hopper-v3")
+    assert env_unavailable("Hopper-v5") is None
+    assert env_unavailable("ctrlrl/RiverSwim-v0") is None
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (("ppo", "--env", "CartPole-v1", "--dataset", "data.hdf5"), ("online", "drop --dataset")),
+    (("ppo", "--env", "CartPole-v1", "--set", "keep_timeouts=true"), ("keep_timeouts", "drop")),
+    (("ppo", "--env", "CartPole-v1", "--base-policy", "scripted"),
+     ("base_policy is a setting of orpo, ppo-adreg", "not of ppo")),
+    (("pg", "--env", "CartPole-v1", "--n-envs", "2"), ("pg learns from one env", "--n-envs 2")),
+    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--n-envs", "4"), ("drop --n-envs 4",)),
+    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--compile"), ("torch.compile", "drop --compile")),
+    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--device", "cuda"), ("numpy", "--device cuda")),
+    (("bc", "--env", "Hopper-v5", "--dataset", str(OFFLINE_DATA), "--n-envs", "2"),
+     ("--n-envs 2",)),
+    (("ppo", "--env", "ctrlrl/RiverSwim-v0", "--eval-every", "100"),
+     ("continuing task", "--eval-every 0")),
+    (("pg", "--env", "ctrlrl/RiverSwim-v0", "--set", "horizon=20", "--eval-every", "100"),
+     ("continuing task", "--eval-every 0")),
+    (("sac", "--env", "Pendulum-v1", "--set", "normalize_obs=true"), ("normalize_obs", "drop")),
+    (("orpo", "--env", "ctrlrl/Tomato-v0", "--base-policy", "no/such/run"),
+     ("no/such/run does not exist",)),
+    (("pdppo", "--env", "ctrlrl/LotSizing-15x5-v0", "--set", "normalize_reward=true"),
+     ("normalize_reward", "post_return=shared")),
+])
+def test_an_option_that_cannot_take_effect_is_refused(argv, needles, capsys, tmp_path,
+                                                     nothing_built):
+    err = cli_error(capsys, "train", *argv, "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(err, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_continuing_task_without_eval_every_trains_without_evaluating(tmp_path):
+    """The default evaluation interval applies where an algorithm can evaluate; given
+    explicitly, it is refused above."""
+    _, run, _ = api.resolve("ppo", "ctrlrl/RiverSwim-v0")
+    assert run.eval_every == 0
+    _, run, _ = api.resolve("loop", "ctrlrl/RiverSwim-v0", eval_every=100)  # a fixed horizon
+    assert run.eval_every == 100
+    _, run, _ = api.resolve("ppo", "CartPole-v1")
+    assert run.eval_every > 0
+
+
+@pytest.mark.parametrize("algo", api.list_algos())
+def test_compiles_declares_what_torch_compile_is_given(algo, monkeypatch):
+    """`compiles` (which decides whether --compile is refused) matches what `build` compiles."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: compiled.append(fn) or fn)
+    cls, run, cfg = api.resolve(algo, fitting_env(algo), tiny(algo))
+    cls(dataclasses.replace(run, compile=True), cfg).close()
+    assert bool(compiled) == cls.compiles
+
+
+def test_resume_refuses_options_it_would_ignore(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    ctrlrl.make("ppo", "CartPole-v1", tiny("ppo"), total_steps=64, run_dir=str(run_dir)).learn()
+    resume = ("train", "ppo", "--resume", str(run_dir))
+    assert_one_line_error(cli_error(capsys, *resume, "--run-dir", str(tmp_path / "other")),
+                          "drop --run-dir")
+    assert not (tmp_path / "other").exists()
+    assert_one_line_error(cli_error(capsys, *resume, "--total-steps", "64"),
+                          "already at step 64", "--total-steps")
+    assert_one_line_error(cli_error(capsys, *resume, "--dataset", "data.hdf5"), "dataset")
+    assert_one_line_error(cli_error(capsys, *resume, "--base-policy", "scripted"),
+                          "base_policy is a setting of orpo")
+
+
+def test_eval_refuses_options_it_would_ignore(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    ctrlrl.make("ppo", "CartPole-v1", tiny("ppo"), total_steps=64, run_dir=str(run_dir)).learn()
+    assert_one_line_error(cli_error(capsys, "eval", str(run_dir), "--env", "Pendulum-v1"),
+                          "drop --env")
+    assert_one_line_error(cli_error(capsys, "eval", "--policy", "heuristic", "--env",
+                                    "ctrlrl/LotSizing-15x5-v0", "--device", "cpu"),
+                          "drop --device")
+
+
+def test_refusals_leave_no_run_dir_in_the_working_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli_error(capsys, "train", "loop", "--env", "Hopper-v5")
+    assert not Path("runs").exists()
