@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def resolve(algo: str, env: str, overrides: dict[str, Any] | None = None,
     if "eval_every" not in {**preset, **overrides, **run_flags} and not cls.evaluates_continuing \
             and is_continuing(env):  # the default interval, where no evaluation can happen
         run = dataclasses.replace(run, eval_every=0)
-    check_fit(cls, run, cfg)
+    check_fit(cls, run, cfg, overrides.keys() | run_flags.keys())
     return cls, run, cfg
 
 
@@ -72,21 +73,27 @@ def check_settings_exist(cls: type[Algorithm], settings: dict[str, Any]) -> None
                             f"it (`ctrlrl train {cls.name} --help` lists {cls.name}'s settings)")
 
 
-def check_fit(cls: type[Algorithm], run: RunConfig, cfg: Any) -> None:
+def check_fit(cls: type[Algorithm], run: RunConfig, cfg: Any, given: Set[str] = frozenset()
+              ) -> None:
     """Refuse, in one line, a run whose env or settings the algorithm cannot use
-    (`Algorithm.incompatibility`), naming the envs its presets tune where this env is not one."""
+    (`Algorithm.incompatibility`), naming the envs its presets tune where this env is not one;
+    then a setting in `given` (those set explicitly) that the run would not use."""
     check_env_id(run.env)
     probe = gym.make(run.env)
     try:
         problem = cls.incompatibility(probe, run, cfg)
+        unused = cls.unused_settings(probe, run, cfg)
     finally:
         probe.close()
-    if problem is None:
-        return
-    tuned = preset_envs(cls.name)
-    if tuned and not any(fnmatch.fnmatchcase(run.env, pattern) for pattern in tuned):
-        problem += f" (envs with {cls.name} presets: {', '.join(tuned)})"
-    raise UserError(problem)
+    if problem is not None:
+        tuned = preset_envs(cls.name)
+        if tuned and not any(fnmatch.fnmatchcase(run.env, pattern) for pattern in tuned):
+            problem += f" (envs with {cls.name} presets: {', '.join(tuned)})"
+        raise UserError(problem)
+    idle = [f"{key} ({unused[key]})" for key in sorted(given & unused.keys())]
+    if idle:
+        raise UserError(f"this {cls.name} run on {run.env} would not use {'; '.join(idle)}: "
+                        f"drop {'it' if len(idle) == 1 else 'them'}")
 
 
 def make(algo: str, env: str = "Hopper-v5", overrides: dict[str, Any] | None = None,
@@ -171,7 +178,7 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")
-    check_fit(cls, run, cfg)
+    check_fit(cls, run, cfg, (overrides or {}).keys() | run_flags.keys())
     algo_obj = cls(run, cfg)
     algo_obj.load_state(Algorithm.read_checkpoint(run_dir))
     if "total_steps" in run_flags and run.total_steps <= algo_obj.step:

@@ -70,8 +70,8 @@ STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdpp
 # the PG family: iterations are whole trajectories (≤ 50 steps here) until ≥ 100 steps
 # (Pendulum: fixed-length trajectories, so every iteration takes the same steps and the budgets
 # below fall on iteration boundaries; tests/test_npg.py covers discrete envs)
-_NPG: dict[str, Any] = {**QUIET, "batch_steps": 100, "hess_batch_steps": 32, "horizon": 50,
-                        "gamma0": 1e-5, "hidden_sizes": [16, 16], "log_every": 100}
+_NPG: dict[str, Any] = {**QUIET, "batch_steps": 100, "horizon": 50, "gamma0": 1e-5,
+                        "hidden_sizes": [16, 16], "log_every": 100}
 for _algo in ("pg", "npg-momentum", "npg-igt", "n-harpg", "harpg"):
     FAST[_algo], ENV[_algo], STEPS[_algo] = _NPG, "Pendulum-v1", 600
 # the average-reward learners: RiverSwim, 50-step blocks (the linear LOOP is in test_loop.py)

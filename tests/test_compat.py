@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import pytest
 import torch
 from conftest import ENV, FAST, OFFLINE_DATA, QUIET, assert_one_line_error
@@ -174,3 +175,45 @@ def test_refusals_leave_no_run_dir_in_the_working_folder(monkeypatch, tmp_path, 
     monkeypatch.chdir(tmp_path)
     cli_error(capsys, "train", "loop", "--env", "Hopper-v5")
     assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize(("algo", "env", "settings", "needle"), [
+    ("ppo", "CartPole-v1", {"log_std_init": -1.0}, "log_std_init (it starts a Gaussian"),
+    ("ppo", "CartPole-v1", {"clip_obs": 5.0}, "clip_obs (it clips normalised observations"),
+    ("loop", "ctrlrl/RiverSwim-v0", {"ridge": 2.0}, "ridge (it belongs to instantiation=linear"),
+    ("loop", "ctrlrl/RiverSwim-v0", {"instantiation": "linear", "confidence": "per_pair"},
+     "confidence (it belongs to the tabular"),
+    ("loop", "ctrlrl/RiverSwim-v0", {"confidence": "per_pair", "max_plan_rounds": 3},
+     "max_plan_rounds"),
+    ("pg", "CartPole-v1", {"eta0": 0.5, "hess_batch_steps": 8}, "eta0 (pg has no momentum"),
+    ("npg-momentum", "CartPole-v1", {"hess_batch_steps": 8}, "hess_batch_steps (only (n-)harpg"),
+    ("pg", "CartPole-v1", {"baseline": "none", "baseline_reg": 0.1}, "baseline_reg"),
+    ("td3bc", "Hopper-v5", {"dataset": str(OFFLINE_DATA), "vec_mode": "async"}, "vec_mode"),
+])
+def test_a_setting_the_run_would_not_use_is_refused(algo, env, settings, needle, nothing_built):
+    with pytest.raises(UserError) as err:
+        api.resolve(algo, env, settings)
+    assert_one_line_error(str(err.value), needle, "drop")
+
+
+@pytest.mark.parametrize(("algo", "env", "settings"), [
+    ("ppo", "Pendulum-v1", {"log_std_init": -1.0}),
+    ("ppo", "Pendulum-v1", {"normalize_obs": True, "clip_obs": 5.0}),
+    ("loop", "ctrlrl/RiverSwim-v0", {"instantiation": "linear", "ridge": 2.0}),
+    ("loop", "ctrlrl/RiverSwim-v0", {"max_plan_rounds": 3}),
+    ("npg-momentum", "CartPole-v1", {"eta0": 0.5}),
+    ("harpg", "CartPole-v1", {"hess_batch_steps": 8, "baseline_reg": 0.1}),
+    ("n-harpg", "CartPole-v1", {"hess_batch_steps": 8}),
+    ("ppo", "CartPole-v1", {}),  # an unused default (log_std_init, clip_obs) is no one's choice
+])
+def test_the_same_setting_where_it_is_used_is_accepted(algo, env, settings):
+    api.resolve(algo, env, settings)
+
+
+@pytest.mark.parametrize("algo", api.list_algos())
+def test_unused_settings_are_settings(algo):
+    cls, run, cfg = api.resolve(algo, fitting_env(algo), tiny(algo))
+    probe = gymnasium.make(run.env)
+    names = {f.name for f in dataclasses.fields(run)} | {f.name for f in dataclasses.fields(cfg)}
+    assert cls.unused_settings(probe, run, cfg).keys() <= names
+    probe.close()

@@ -97,6 +97,19 @@ class Algorithm:
                     "episode return to evaluate; pass --eval-every 0")
         return None
 
+    @classmethod
+    def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: Any) -> dict[str, str]:
+        """Settings this run would not use, each with the reason. `ctrlrl.api` refuses those given
+        explicitly (a default that goes unused is no one's choice); an override adds its own to
+        `super()`'s."""
+        unused = {}
+        if not run.normalize_obs:
+            unused["clip_obs"] = "it clips normalised observations, and normalize_obs is off"
+        if hasattr(cfg, "log_std_init") and not isinstance(env.action_space, gym.spaces.Box):
+            unused["log_std_init"] = (f"it starts a Gaussian policy's std, and {run.env} acts "
+                                      f"in {env.action_space}")
+        return unused
+
     def __init__(self, run: RunConfig, cfg: Any):
         self.run, self.cfg = run, cfg
         self.device = resolve_device(run.device)
@@ -692,6 +705,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             return (f"{cls.name} learns offline: pass --dataset PATH.hdf5 | d4rl:<task> | "
                     "minari:<id> (or --set dataset=…)")
         return super().incompatibility(env, run, cfg)
+
+    @classmethod
+    def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: Any) -> dict[str, str]:
+        return {**super().unused_settings(env, run, cfg),
+                "vec_mode": "an offline run steps no env to learn; it evaluates in-process"}
 
     def build_replay(self) -> None:
         self.set_action_box()

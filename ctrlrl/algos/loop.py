@@ -599,6 +599,18 @@ class LOOP(TabularCounts):
     summary = "LOOP: optimistic average-reward learning, tabular or linear (He, Zhong, Yang 2024)"
     Config = LOOPConfig
 
+    @classmethod
+    def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: LOOPConfig) -> dict[str, str]:
+        unused = super().unused_settings(env, run, cfg)
+        if cfg.instantiation == "tabular":
+            unused |= dict.fromkeys(("ridge", "span_bound"), "it belongs to instantiation=linear")
+            if cfg.confidence == "per_pair":
+                unused["max_plan_rounds"] = "it bounds the joint set's planner (confidence=joint)"
+        else:
+            unused |= dict.fromkeys(("confidence", "max_plan_rounds"),
+                                    "it belongs to the tabular instantiation")
+        return unused
+
     def setup(self) -> None:
         super().setup()
         cfg = self.cfg

@@ -310,6 +310,18 @@ class PG(Algorithm):
                     "samples whole trajectories: set a cap, e.g. --set horizon=1000")
         return super().incompatibility(env, run, cfg)
 
+    @classmethod
+    def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: NPGConfig) -> dict[str, str]:
+        unused = super().unused_settings(env, run, cfg)
+        if cls.method == "pg":
+            unused |= dict.fromkeys(("eta0", "const_eta", "first_direction"),
+                                    "pg has no momentum (η = 1)")
+        if cls.method not in ("harpg", "n-harpg"):
+            unused["hess_batch_steps"] = f"only (n-)harpg take a Hessian batch, not {cls.name}"
+        if cfg.baseline == "none":
+            unused["baseline_reg"] = "it regularises the linear baseline, and baseline=none"
+        return unused
+
     def build(self) -> None:
         cfg, run = self.cfg, self.run
         if cfg.horizon:  # the env truncates its own episodes at the cap
