@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import sys
 from collections.abc import Set
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import gymnasium as gym
 import yaml
 
 from ctrlrl.algos import REGISTRY
-from ctrlrl.algos.base import Algorithm
-from ctrlrl.core.config import RunConfig, apply_overrides, from_dict, load_preset, to_dict
+from ctrlrl.algos.base import CHECKPOINT_NAME, Algorithm, is_run_dir
+from ctrlrl.core.config import RunConfig, apply_overrides, load_preset, to_dict
 from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
 
@@ -139,14 +140,35 @@ def evaluate_heuristic(env: str, episodes: int = 10, seed: int = 0):
 
 
 def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
-    """Differences that matter between a saved `config.yaml` dict and a resolved config:
-    everything but runtime settings (`RUNTIME_KEYS`), as "key: run has X, this command has Y"."""
+    """Differences that matter between a run's saved config ({"run": ..., "config": ...}, as in
+    its checkpoint) and a resolved config: everything but runtime settings (`RUNTIME_KEYS`), as
+    "key: run has X, this command has Y"."""
     diffs = []
     for section, now in (("run", to_dict(run)), ("config", to_dict(cfg))):
         diffs += [f"{key}: run has {old!r}, this command has {now.get(key)!r}"
                   for key, old in saved[section].items()
                   if old != now.get(key) and key not in RUNTIME_KEYS]
     return diffs
+
+
+def _note_edited_config(config_file: Path, saved: dict[str, Any]) -> None:
+    """Say so when a run's config.yaml no longer matches its checkpoint (edited by hand): resuming
+    uses the checkpoint's config and writes config.yaml from it again."""
+    if not config_file.is_file():
+        return
+    try:
+        text = yaml.safe_load(config_file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        text = None
+    edited = [key for section in ("run", "config")
+              for key, value in saved[section].items()
+              if key not in RUNTIME_KEYS and not (
+                  isinstance(text, dict) and isinstance(text.get(section), dict)
+                  and text[section].get(key) == value)]
+    if edited:
+        print(f"ctrlrl: note: {config_file} differs from the checkpoint's config "
+              f"({', '.join(edited)}); resuming with the checkpoint's, which is written there again",
+              file=sys.stderr)
 
 
 def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = None,
@@ -160,27 +182,35 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
     if run_flags.get("run_dir") and Path(run_flags["run_dir"]).resolve() != run_dir.resolve():
         raise UserError(f"--resume {run_dir} continues in that folder; drop --run-dir "
                         f"{run_flags['run_dir']}")
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"--resume {run_dir}: no config.yaml there; pass the run dir that "
-                        "`ctrlrl train` printed")
-    saved = yaml.safe_load(config_file.read_text())
-    if algo is not None and algo != saved["algo"]:
-        raise UserError(f"--resume {run_dir}: that run is {saved['algo']!r}, not {algo!r}")
-    if env is not None and env != saved["run"]["env"]:
-        raise UserError(f"--resume {run_dir}: that run is on {saved['run']['env']!r}, not {env!r}")
-    cls = algo_class(saved["algo"])
+    if not (run_dir / "checkpoints" / CHECKPOINT_NAME).is_file():
+        raise UserError(f"--resume {run_dir}: no checkpoints/{CHECKPOINT_NAME} there; " + (
+            f"the run stopped before its first checkpoint, start it again with --run-dir {run_dir}"
+            if is_run_dir(run_dir) else
+            "pass the run dir that `ctrlrl train` printed (it holds config.yaml and checkpoints/)"))
+    # the checkpoint's own config is what its weights were trained with; config.yaml is a copy
+    # for people and tools to read, and may have been edited since
+    ckpt = Algorithm.read_checkpoint(run_dir)
+    if algo is not None and algo != ckpt["algo"]:
+        raise UserError(f"--resume {run_dir}: that run is {ckpt['algo']!r}, not {algo!r}")
+    cls = algo_class(ckpt["algo"])
+    saved_run, saved_cfg = cls.checkpoint_config(ckpt)
+    if env is not None and env != saved_run.env:
+        raise UserError(f"--resume {run_dir}: that run is on {saved_run.env!r}, not {env!r}")
     check_settings_exist(cls, {**(overrides or {}), **run_flags})
-    saved_run = from_dict(RunConfig, saved["run"], f"{config_file} run")
-    saved_cfg = from_dict(cls.Config, saved["config"], f"{config_file} config")
+    saved = {"run": to_dict(saved_run), "config": to_dict(saved_cfg)}
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
     diffs = config_diffs(saved, run, cfg)
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")
+    _note_edited_config(run_dir / "config.yaml", saved)
     check_fit(cls, run, cfg, (overrides or {}).keys() | run_flags.keys())
     algo_obj = cls(run, cfg)
-    algo_obj.load_state(Algorithm.read_checkpoint(run_dir))
+    try:
+        algo_obj.load_state(ckpt)
+    except UserError:
+        algo_obj.close()
+        raise
     if "total_steps" in run_flags and run.total_steps <= algo_obj.step:
         algo_obj.close()
         raise UserError(f"--resume {run_dir}: the run is already at step {algo_obj.step}; pass "

@@ -1,4 +1,5 @@
-"""Ctrl-C: the run stops after the current iteration with a checkpoint, and resumes from it."""
+"""Ctrl-C and SIGTERM: the run stops after the current iteration with a checkpoint, and resumes
+from it."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _wait_for_metrics(proc: subprocess.Popen, run_dir: Path, timeout: float = 90
     pytest.fail("no metrics row within the timeout")
 
 
-def _interrupt_and_check(proc: subprocess.Popen, run_dir: Path, send) -> int:
+def _interrupt_and_check(proc: subprocess.Popen, run_dir: Path, send, code: int = 130) -> int:
+    """`code`: the exit status, 128 + the signal's number (130 Ctrl-C, 143 SIGTERM)."""
     send()
     try:
         out, err = proc.communicate(timeout=60)
@@ -51,7 +53,7 @@ def _interrupt_and_check(proc: subprocess.Popen, run_dir: Path, send) -> int:
         proc.kill()
         out, err = proc.communicate()
         pytest.fail(f"training did not stop after SIGINT:\n{out}\n{err}")
-    assert proc.returncode == 130, f"exit {proc.returncode}\n{out}\n{err}"
+    assert proc.returncode == code, f"exit {proc.returncode}\n{out}\n{err}"
     assert "Traceback" not in err, err
     assert "--resume" in err  # tells the user how to continue
     ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
@@ -91,6 +93,68 @@ def test_terminal_ctrl_c_with_async_envs(tmp_path):
     step = _interrupt_and_check(proc, run_dir,
                                 lambda: os.killpg(os.getpgid(proc.pid), signal.SIGINT))
     _resume_and_check(run_dir, step)
+
+
+def test_sigterm_to_the_process_group_with_async_envs(tmp_path):
+    """Slurm, systemd and `kill -- -PGID` send SIGTERM to every process of the job: the env
+    workers keep serving while the main process finishes its iteration and checkpoints."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "--set", "vec_mode=async", "--n-envs", "2", new_session=True)
+    _wait_for_metrics(proc, run_dir)
+    step = _interrupt_and_check(proc, run_dir,
+                                lambda: os.killpg(os.getpgid(proc.pid), signal.SIGTERM), code=143)
+    _resume_and_check(run_dir, step)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc): what a cgroup-wide stop reaches."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def test_sigterm_on_a_sweep_keeps_its_runs_checkpoints(tmp_path):
+    """Slurm and systemd signal every process of the job once: the sweep's process group (what
+    `kill -- -PGID` reaches), its run processes (groups of their own) and their env workers."""
+    out = tmp_path / "out"
+    sets = ["n_steps=256", "batch_size=64", "n_epochs=2", "hidden_sizes=[32,32]", "log_every=256",
+            "checkpoint_every=256", "tensorboard=false", "eval_every=0", "vec_mode=async",
+            "n_envs=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctrlrl.cli", "sweep", "--algos", "ppo", "--envs", "Pendulum-v1",
+         "--total-steps", "10000000", "--workers", "1", "--out", str(out),
+         *(a for s in sets for a in ("--set", s))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        start_new_session=True)
+    ckpt_path = out / "Pendulum-v1" / "ppo" / "seed0" / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 90
+    while not ckpt_path.is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no checkpoint: {proc.communicate()}")
+        time.sleep(0.05)
+    first = load_checkpoint(ckpt_path)["step"]
+    started = time.monotonic()
+    for pid in _process_tree(proc.pid):
+        os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err, err
+    assert "stopped; checkpoint saved" in err and "run the same command again" in err
+    stopped = load_checkpoint(ckpt_path)["step"]
+    assert stopped >= first and stopped % 512 == 0  # saved when the run stopped, between iterations
+    assert time.monotonic() - started < 30  # no process waited for a kill that never came
 
 
 def test_second_ctrl_c_aborts_and_keeps_last_checkpoint(tmp_path):

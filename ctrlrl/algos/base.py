@@ -33,12 +33,12 @@ from ctrlrl.core.buffers import (
     RolloutBuffer,
     explained_variance,
 )
-from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
+from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, misfit, save_checkpoint
 from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import Step, VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
-from ctrlrl.core.logger import Logger
+from ctrlrl.core.logger import Logger, truncate_metrics
 from ctrlrl.core.nets import MLP, Standardizer, make_policy, orthogonal_init
 
 if TYPE_CHECKING:
@@ -48,11 +48,12 @@ CHECKPOINT_NAME = "latest.pt"
 
 
 class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C once the final checkpoint is on disk."""
+    """Raised after Ctrl-C or SIGTERM once the final checkpoint is on disk; `signum` is the
+    signal that asked to stop (the CLI exits with 128 + signum, the shell convention)."""
 
-    def __init__(self, checkpoint: Path):
-        super().__init__(f"interrupted; checkpoint saved to {checkpoint}")
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT):
+        super().__init__(f"{_signal_name(signum)}: stopped; checkpoint saved to {checkpoint}")
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 class Algorithm:
@@ -189,7 +190,10 @@ class Algorithm:
     def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
         """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml.
 
-        A fresh run never writes into a folder that already holds a run.
+        A fresh run goes into a new or empty folder, or a run dir that never reached its first
+        checkpoint (`is_run_dir`); never into a folder that holds a checkpoint or anything else.
+        Resuming drops the metrics.jsonl rows past the checkpoint's step: the steps after it are
+        trained again, and no step is logged twice.
         """
         if run_dir is None and not self.run.run_dir:
             base = Path("runs") / self.run.env / self.name / (
@@ -203,11 +207,18 @@ class Algorithm:
         if not resuming and (path / "checkpoints" / CHECKPOINT_NAME).exists():
             raise UserError(f"run dir {path} already holds a run; continue it with "
                             f"--resume {path} or pass another --run-dir")
+        if not resuming and path.exists() and not is_run_dir(path) and (
+                not path.is_dir() or any(path.iterdir())):
+            raise UserError(f"--run-dir {path} is not empty and is not a ctrlrl run (no "
+                            "config.yaml with an algo, no checkpoints/); pass a new or empty folder")
         try:
-            if not resuming:  # a run that died before its first checkpoint leaves only logs
+            if resuming:
+                truncate_metrics(path / "metrics.jsonl", self.step)
+            else:  # a run that died before its first checkpoint leaves only logs
                 (path / "metrics.jsonl").unlink(missing_ok=True)
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (path / "config.yaml").write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
+            with atomic_write(path / "config.yaml", "w") as f:  # a half file would not parse
+                f.write(yaml.safe_dump(self.config_dict(), sort_keys=False))
         except OSError as exc:
             raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
                             "pass --run-dir with a writable folder") from None
@@ -249,7 +260,7 @@ class Algorithm:
                         self.save(self.checkpoint_path)
                 self.save(self.checkpoint_path)
                 if interrupted():
-                    raise TrainingInterrupted(self.checkpoint_path)
+                    raise TrainingInterrupted(self.checkpoint_path, interrupted())
                 last = self.last_evaluation
                 if self.step > start_step and (last is None or last.step != self.step) \
                         and self.no_evaluation_reason() is None:
@@ -400,44 +411,78 @@ class Algorithm:
         """
         if ckpt["algo"] != self.name:
             raise UserError(f"checkpoint is for {ckpt['algo']!r}, not {self.name!r}")
-        modules = self.state_modules()
+        problem = misfit(ckpt["obs"], self.obs, "obs")
+        if problem:
+            raise UserError(f"checkpoint does not fit this {self.name} run ({problem}); the file "
+                            "is damaged or from another env")
         try:
-            for key, module in modules.items():
+            for key, module in self.state_modules().items():
                 module.load_state_dict(ckpt["modules"][key])
             if extra:
                 self.load_extra_state(ckpt["extra"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            self.env.load_state_dict(ckpt["env"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+            self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
+        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError) as exc:
+            # what the loaders of torch, NumPy and each algorithm raise on a state not their own
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise UserError(f"checkpoint does not fit this {self.name} configuration "
-                            f"({str(exc).splitlines()[0]}); load it with its own config") from None
-        self.env.load_state_dict(ckpt["env"])
+                            f"({detail}); load it with its own config") from None
         self.obs = ckpt["obs"]
         self.step, self.n_updates = ckpt["step"], ckpt["n_updates"]
         self.wall_time = float(ckpt.get("wall_time", 0.0))
         self.episodes = deque((tuple(e) for e in ckpt["episodes"]), maxlen=100)
         self.true_returns = deque(ckpt.get("true_returns", []), maxlen=100)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
-        self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
         self.metrics = dict(ckpt["metrics"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None,
                         extra: bool = True) -> Algorithm:
-        run = from_dict(RunConfig, ckpt["run"], "checkpoint run config")
+        run, cfg = cls.checkpoint_config(ckpt)
         # a loaded model that trains again writes a new run, never into the original one
         run = dataclasses.replace(run, run_dir="", **({"device": device} if device else {}))
-        algo = cls(run, from_dict(cls.Config, ckpt["config"], f"checkpoint {cls.name} config"))
-        algo.load_state(ckpt, extra)
+        algo = cls(run, cfg)
+        try:
+            algo.load_state(ckpt, extra)
+        except UserError:
+            algo.close()
+            raise
         return algo
+
+    @classmethod
+    def checkpoint_config(cls, ckpt: dict[str, Any]) -> tuple[RunConfig, Any]:
+        """The run and algorithm config a checkpoint (`read_checkpoint`'s) was written with,
+        checked before anything is built from them: types and ranges (the configs' own checks),
+        and sizes against what the file holds, so a damaged or crafted config cannot make this
+        process allocate what no checkpoint of that size could need."""
+        run = from_dict(RunConfig, ckpt["run"], "checkpoint run config")
+        cfg = from_dict(cls.Config, ckpt["config"], f"checkpoint {cls.name} config")
+        if run.n_envs != len(ckpt["env"]["envs"]):
+            raise UserError(f"checkpoint config says n_envs={run.n_envs} but the file holds "
+                            f"{len(ckpt['env']['envs'])} env states; it is damaged or was edited")
+        # a layer of width w stores at least w numbers (its bias or its weights)
+        stored = _numel(ckpt["modules"])
+        for key, value in to_dict(cfg).items():
+            if key.endswith("hidden_sizes") and max(value) > stored:
+                raise UserError(f"checkpoint config says {key}={value} but the file stores "
+                                f"{stored} numbers in all; it is damaged or was edited")
+        return run, cfg
 
     @staticmethod
     def read_checkpoint(path: str | Path) -> dict[str, Any]:
-        """A checkpoint from a file, or from a run dir's checkpoints/latest.pt."""
+        """A checkpoint from a file, or from a run dir's checkpoints/latest.pt, with every
+        entry of the expected type (`CHECKPOINT_ENTRIES`)."""
         path = Path(path)
         if path.is_dir():
             path = path / "checkpoints" / CHECKPOINT_NAME
-        return load_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        problem = _checkpoint_problem(ckpt)
+        if problem:
+            raise UserError(f"{path} is not a complete ctrlrl checkpoint ({problem}); it is "
+                            "damaged or was not written by ctrlrl")
+        return ckpt
 
     def close(self) -> None:
         self.env.close()
@@ -449,7 +494,63 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
+def is_run_dir(path: Path) -> bool:
+    """A folder ctrlrl wrote a run into: it has checkpoints/, or a config.yaml that maps `algo`
+    (what `setup_run_dir` writes first). The one kind of non-empty folder a run may reuse."""
+    if (path / "checkpoints").is_dir():
+        return True
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "algo" in config
+
+
+# what `Algorithm.save` writes, by type; wall_time and true_returns may be absent (older files)
+CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "algo": str, "run": dict, "config": dict, "step": int, "n_updates": int,
+    "wall_time": (int, float), "episodes": list, "true_returns": list, "modules": dict,
+    "env": dict, "rng": dict, "extra": dict, "obs": np.ndarray, "metrics": dict}
+
+
+def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What makes `ckpt` other than `Algorithm.save` output, in a few words; None if nothing."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    for key, types in CHECKPOINT_ENTRIES.items():
+        if key not in ckpt:
+            if key not in ("wall_time", "true_returns"):
+                return f"no {key!r} entry"
+        elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
+            return f"{key!r} is a {type(ckpt[key]).__name__}"
+    if ckpt["step"] < 0 or ckpt["n_updates"] < 0:
+        return "a negative step count"
+    if not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
+               for e in ckpt["episodes"]):
+        return "'episodes' are not (return, length) pairs"
+    if not all(map(number, [*ckpt.get("true_returns", []), *ckpt["metrics"].values()])):
+        return "'true_returns' or 'metrics' hold other than numbers"
+    if not all(isinstance(m, dict) for m in ckpt["modules"].values()):
+        return "'modules' hold other than state dicts"
+    if not isinstance(ckpt["env"].get("envs"), list):
+        return "'env' holds no list of env states"
+    return None
+
+
+def _numel(tree: Any) -> int:
+    """Numbers in all the tensors and arrays of a nested state."""
+    if torch.is_tensor(tree) or isinstance(tree, np.ndarray):
+        return int(np.prod(tree.shape))
+    if isinstance(tree, dict):
+        return sum(_numel(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_numel(v) for v in tree)
+    return 0
+
+
 _stop = threading.Event()  # a stop was asked for (Ctrl-C, SIGTERM, a sweep shutting down)
+_stop_signal = [0]  # the signal that asked for it; 0: asked without one (a sweep stopping)
 
 
 def request_stop(signum: int | None = None, frame: Any = None) -> None:
@@ -457,11 +558,21 @@ def request_stop(signum: int | None = None, frame: Any = None) -> None:
 
     Usable as a signal handler; a request that comes before `learn` starts is honoured when it does.
     """
+    _stop_signal[0] = signum or _stop_signal[0]
     _stop.set()
 
 
 def stop_requested() -> bool:
     return _stop.is_set()
+
+
+def stop_signal() -> int:
+    """The signal that asked this process to stop (SIGINT for a request without one); 0: none."""
+    return (_stop_signal[0] or signal.SIGINT) if _stop.is_set() else 0
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 @contextlib.contextmanager
@@ -472,23 +583,24 @@ def _deferred_sigint():
     Either way the checkpoint on disk stays intact: it is only ever replaced atomically.
     """
     if threading.current_thread() is not threading.main_thread():
-        yield stop_requested
+        yield stop_signal
         return
 
     def handler(signum, frame):
-        if _stop.is_set():
+        if _stop_signal[0]:  # a second signal (a stop asked without one still waits for its first)
             raise KeyboardInterrupt
-        _stop.set()
-        print("\nCtrl-C: finishing this iteration and saving a checkpoint "
-              "(press again to abort)", file=sys.stderr, flush=True)
+        request_stop(signum)
+        print(f"\n{_signal_name(signum)}: finishing this iteration and saving a checkpoint "
+              "(again to abort)", file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield stop_requested
+        yield stop_signal
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
         _stop.clear()
+        _stop_signal[0] = 0
 
 
 class OnPolicyAlgorithm(Algorithm):

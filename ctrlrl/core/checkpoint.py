@@ -3,21 +3,32 @@
 A checkpoint is a nested dict of tensors, numbers, strings, lists and dicts, saved with
 `torch.save` and read with `torch.load(weights_only=True)`. NumPy arrays (env and RNG state) are
 stored as tensors under a `{"__ndarray__": tensor}` tag and come back as arrays.
+
+A file is read only if it is a zip archive whose members all pass their CRC-32 check (what
+`torch.save` writes), so a damaged or cut file is refused rather than loaded with altered weights.
+What it holds is untrusted until checked against the live object it restores (`misfit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
+from torch.torch_version import TorchVersion
 
 from ctrlrl.core.errors import UserError
 
 FORMAT = 1
+# `weights_only` refuses code from torch 2.6 (CVE-2025-32434) and is memory-safe against crafted
+# files from 2.10; pyproject.toml requires it, this guards environments installed otherwise
+SAFE_TORCH = "2.10"
 
 
 def _to_safe(obj: Any) -> Any:
@@ -34,7 +45,7 @@ def _to_safe(obj: Any) -> Any:
 
 def _from_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if set(obj) == {"__ndarray__"}:
+        if set(obj) == {"__ndarray__"} and torch.is_tensor(obj["__ndarray__"]):
             return obj["__ndarray__"].numpy()
         return {k: _from_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -42,43 +53,148 @@ def _from_safe(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file in the same folder, fsync, rename over `path`, fsync the folder.
 
-    A crash or Ctrl-C mid-write leaves the previous checkpoint intact.
+    A crash, power cut or Ctrl-C mid-write leaves the previous file intact, and once this returns
+    the new one survives a power cut (the rename itself is on disk).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(_to_safe({"ctrlrl_format": FORMAT, **state}), f)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # incl. a second Ctrl-C mid-write: leave no half file behind
         tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """`state` to `path`, atomically (`atomic_write`)."""
+    with atomic_write(Path(path)) as f:
+        torch.save(_to_safe({"ctrlrl_format": FORMAT, **state}), f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state `save_checkpoint` wrote to `path`; any other file ends in a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a run dir or a .pt file "
                         "written by ctrlrl")
+    if TorchVersion(torch.__version__) < SAFE_TORCH:
+        raise UserError(f"torch {torch.__version__} cannot load checkpoints safely (a crafted file "
+                        f"could run code); upgrade: pip install 'torch>={SAFE_TORCH}'")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(
-            f"{path} holds pickled Python objects; ctrlrl refuses to load it because unpickling "
-            "can run code. Use a checkpoint written by ctrlrl (tensors and plain values only)"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path} is not a readable checkpoint ({exc}); "
-                        "it may be truncated or not a torch file") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise UserError(
+                f"{path} holds pickled Python objects; ctrlrl refuses to load it because "
+                "unpickling can run code. Use a checkpoint written by ctrlrl (tensors and plain "
+                "values only)") from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # a damaged file fails anywhere in torch's reader
+        raise _unreadable(path, exc) from None
     if not isinstance(state, dict) or "ctrlrl_format" not in state:
         raise UserError(f"{path} is a torch file but not a ctrlrl checkpoint")
     if state["ctrlrl_format"] != FORMAT:
-        raise UserError(f"{path} has checkpoint format {state['ctrlrl_format']}, this ctrlrl "
+        raise UserError(f"{path} has checkpoint format {state['ctrlrl_format']!r}, this ctrlrl "
                         f"reads format {FORMAT}; use the ctrlrl version that wrote it")
     return _from_safe(state)
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse anything but an intact zip archive (torch's file format), before torch parses it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except Exception as exc:  # BadZipFile, or a header damaged in a way zipfile trips over
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is not a ctrlrl checkpoint (not a torch zip file); pass a "
+                            "run dir or a checkpoints/*.pt file written by ctrlrl") from None
+        raise _damaged(path, _first_line(exc)) from None
+    if bad is not None:
+        raise _damaged(path, f"member {bad} fails its CRC check")
+
+
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is damaged ({why}): it was cut or changed after it was written; "
+                     "use another checkpoint or train again")
+
+
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path} is not a readable ctrlrl checkpoint ({type(exc).__name__}: "
+                     f"{_first_line(exc)}); pass a checkpoint written by ctrlrl")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else "no detail"
+
+
+def misfit(stored: Any, live: Any, where: str) -> str | None:
+    """Why `stored` (read from a checkpoint) cannot replace `live` (the same state of the object
+    being restored), or None when it fits.
+
+    It fits when it has the live value's structure: dicts with no keys the live one lacks, lists
+    of the same length, arrays and tensors of the same shape (arrays of any numeric dtype: envs
+    switch between float32 and float64), a number for a number (an integer for an integer), a
+    string for a string. A live None
+    (state not yet set, e.g. an env's last action before its first step) takes None or any
+    number, string or array.
+    """
+    def leaf(v: Any) -> bool:
+        return v is None or isinstance(v, (bool, int, float, str, np.generic, np.ndarray))
+
+    def kind(v: Any) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return "a boolean"
+        if isinstance(v, (int, np.integer)):
+            return "an integer"
+        if isinstance(v, (float, np.floating)):
+            return "a number"
+        for types, name in ((str, "a string"), (np.ndarray, "an array"), (torch.Tensor, "a tensor"),
+                            (dict, "a mapping"), ((list, tuple), "a list"), (type(None), "None")):
+            if isinstance(v, types):
+                return name
+        return type(v).__name__
+
+    # a 0-d array and a scalar are the same state (NumPy arithmetic turns one into the other)
+    stored, live = (x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x
+                    for x in (stored, live))
+    if live is None:
+        return None if leaf(stored) else f"{where}: expected a plain value, got {kind(stored)}"
+    if kind(stored) != kind(live) and (kind(stored), kind(live)) != ("an integer", "a number"):
+        return f"{where}: expected {kind(live)}, got {kind(stored)}"
+    if isinstance(live, dict):
+        for key, value in stored.items():
+            if key not in live:
+                return f"{where}: unknown key {key!r}"
+            problem = misfit(value, live[key], f"{where}.{key}")
+            if problem:
+                return problem
+    elif isinstance(live, (list, tuple)):
+        if len(stored) != len(live):
+            return f"{where}: expected {len(live)} entries, got {len(stored)}"
+        for i, (value, now) in enumerate(zip(stored, live, strict=True)):
+            problem = misfit(value, now, f"{where}[{i}]")
+            if problem:
+                return problem
+    elif isinstance(live, np.ndarray):
+        if stored.shape != live.shape or stored.dtype.kind not in "biuf":
+            return (f"{where}: expected a numeric array of shape {live.shape}, got "
+                    f"{stored.dtype} {stored.shape}")
+    elif isinstance(live, torch.Tensor) and (stored.shape != live.shape or stored.dtype != live.dtype):
+        return f"{where}: expected a {live.dtype} tensor of shape {tuple(live.shape)}"
+    return None

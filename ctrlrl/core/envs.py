@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import signal
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +25,7 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from ctrlrl.core.checkpoint import misfit
 from ctrlrl.core.errors import UserError
 
 _SIMPLE = (np.ndarray, np.generic, int, float, bool, str, type(None))
@@ -77,6 +80,8 @@ class SnapshotWrapper(gym.Wrapper):
     Captured: the env's RNG, the simple attributes (arrays, numbers) of the env and of every wrapper
     (time-limit counters, classic-control `state`), and for MuJoCo envs the full integration state.
     Restoring through `VectorEnv.call` passes the list of all sub-env states; each picks its own.
+    A restored state comes from a file, so it may set only what a snapshot of this env could hold
+    (`ctrlrl_misfit`): never a new attribute, a method or another type.
     """
 
     def __init__(self, env: gym.Env, index: int):
@@ -102,7 +107,42 @@ class SnapshotWrapper(gym.Wrapper):
             state["mujoco"] = mj
         return state
 
+    def ctrlrl_misfit(self, states: list[dict[str, Any]]) -> str | None:
+        """Why `states[self.index]` cannot be restored here, or None when it can."""
+        state, live = states[self.index], self.ctrlrl_snapshot()
+        where = f"env {self.index}"
+        if not isinstance(state, dict) or set(state) != set(live):
+            return f"{where}: expected the keys {sorted(live)}"
+        if not isinstance(state["layers"], list) or len(state["layers"]) != len(live["layers"]):
+            return f"{where}: expected {len(live['layers'])} wrapper layers"
+        for obj, layer, live_layer in zip(self._chain(), state["layers"], live["layers"], strict=True):
+            name = f"{where} {type(obj).__name__}"
+            if not isinstance(layer, dict):
+                return f"{name}: expected a mapping of attributes"
+            for key, value in layer.items():
+                if key not in live_layer:
+                    # an attribute holding what a snapshot cannot store (e.g. a tuple) may be
+                    # reset to None; anything else names no state of this env
+                    if not (value is None and key in vars(obj)
+                            and not _is_state_value(key, vars(obj)[key])):
+                        return f"{name}: unknown attribute {key!r}"
+                elif not _is_state_value(key, value):
+                    return f"{name}.{key}: expected a number or a numeric array"
+                else:
+                    problem = misfit(value, live_layer[key], f"{name}.{key}")
+                    if problem:
+                        return problem
+        for key in set(live) - {"layers"}:  # the RNG, MuJoCo's integration state
+            problem = misfit(state[key], live[key], f"{where} {key}")
+            if problem:
+                return problem
+        return None
+
     def ctrlrl_restore(self, states: list[dict[str, Any]]) -> None:
+        problem = self.ctrlrl_misfit(states)
+        if problem:  # VecEnv.load_state_dict checks first; this guards any other caller
+            raise UserError(f"env state does not fit {self.spec.id if self.spec else 'this env'}: "
+                            f"{problem}")
         state = states[self.index]
         for obj, layer in zip(self._chain(), state["layers"], strict=True):
             for key, value in layer.items():
@@ -149,9 +189,12 @@ def _make_one(env_id: str, index: int, env_kwargs: dict[str, Any]) -> gym.Env:
     import ctrlrl.envs  # noqa: F401  (subprocesses need the registrations too)
 
     if multiprocessing.parent_process() is not None:
-        # an async worker: a terminal's Ctrl-C reaches the whole process group, and the main
-        # process handles it (finish the iteration, checkpoint), so workers must not die first
+        # an async worker: a terminal's Ctrl-C reaches the whole process group, as does the
+        # SIGTERM of Slurm, systemd or `kill -- -PGID`; the main process handles both (finish the
+        # iteration, checkpoint), so workers must not die first. They leave when it closes them,
+        # or when it is gone (their pipe closes).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     return SnapshotWrapper(gym.make(env_id, **env_kwargs), index)
 
@@ -243,12 +286,18 @@ class VecEnv:
         fns = [partial(_make_one, env_id, i, env_kwargs or {}) for i in range(n_envs)]
         vec_cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
         self.envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        # async workers ignore SIGTERM (see `_make_one`), so the terminate() with which gymnasium
+        # (on garbage collection) and multiprocessing (at exit) end them would not: an env that
+        # is never closed is closed the orderly way instead, when collected or at exit
+        self._closer = weakref.finalize(self, self.envs.close)
+        self._closer.atexit = False
+        atexit.register(self._closer)  # after multiprocessing's exit hook, so it runs before it
         self.env_id, self.n_envs = env_id, n_envs
         self.observation_space = self.envs.single_observation_space
         self.action_space = self.envs.single_action_space
         space = self.observation_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            self.envs.close()
+            self.close()
             raise UserError(f"{env_id} observes {space}; ctrlrl's networks take flat Box "
                             "observations (wrap the env, e.g. gymnasium's FlattenObservation)")
         self.gamma, self.clip_obs = gamma, clip_obs
@@ -331,11 +380,23 @@ class VecEnv:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` output. It comes from a file: a state that does not fit
+        this env (another env id, n_envs or normalisation, or a damaged file) is refused with
+        what does not fit, before anything is changed."""
+        if not isinstance(state, dict) or not isinstance(state.get("envs"), list):
+            raise UserError("checkpoint env state is damaged (no list of env states); use "
+                            "another checkpoint")
         if len(state["envs"]) != self.n_envs:
             raise UserError(
                 f"checkpoint holds {len(state['envs'])} envs but this run has n_envs={self.n_envs}; "
                 "resume with the n_envs the run was started with"
             )
+        live = {k: v for k, v in self.state_dict().items() if k != "envs"}
+        problem = misfit({k: v for k, v in state.items() if k != "envs"}, live, "env state")
+        problem = problem or next(filter(None, self.envs.call("ctrlrl_misfit", state["envs"])), None)
+        if problem:
+            raise UserError(f"checkpoint env state does not fit {self.env_id} ({problem}); load "
+                            "it with the env and settings it was saved with")
         self.envs.call("ctrlrl_restore", state["envs"])
         self.obs = state["obs"]
         self.raw_obs = state.get("raw_obs", state["obs"])  # checkpoints before raw_obs was kept
@@ -348,4 +409,5 @@ class VecEnv:
         self._ep_true_return = np.array(state.get("ep_true_return", np.zeros(self.n_envs)))
 
     def close(self) -> None:
-        self.envs.close()
+        self._closer()
+        atexit.unregister(self._closer)

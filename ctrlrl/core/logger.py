@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctrlrl.core.checkpoint import atomic_write
+
 
 class Logger:
     """Collect scalars with `record`, write them all at one env step with `dump`.
@@ -51,6 +53,30 @@ class Logger:
         if self._writer is not None:
             self._writer.close()
         self._progress.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows of a metrics.jsonl logged at or before `step` (a resumed run's checkpoint),
+    and drop the rest: the run trains the steps after it again, and logs them then. A line cut
+    short by a kill is dropped too. The file is replaced atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) < len(lines):
+        with atomic_write(path, "w") as f:
+            f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+
+
+def _row_step(line: str) -> int | None:
+    """The step of one metrics.jsonl row; None for a line that is not a complete row."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 # logged scalars the console shows, by label; the algorithm's headline follows them

@@ -227,6 +227,8 @@ def _train_ctrlrl(spec: RunSpec) -> tuple[int, float]:
         algo = api.resume(spec.run_dir, spec.algo, spec.env, spec.overrides, **spec.flags())
     else:
         algo = api.make(spec.algo, spec.env, spec.overrides, **spec.flags())
+        # an earlier attempt that failed before its run dir was set up left only its error
+        (spec.run_dir / "error.txt").unlink(missing_ok=True)
         algo.setup_run_dir(spec.run_dir)
     write_spec(spec)
     try:

@@ -1,0 +1,391 @@
+"""Hardening: checkpoint files are untrusted input, run directories are never clobbered, and
+what a restored state may set is what the live object's own state holds."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import assert_one_line_error
+
+import ctrlrl
+from ctrlrl import cli
+from ctrlrl.algos import REGISTRY
+from ctrlrl.algos.base import is_run_dir
+from ctrlrl.core import checkpoint as ckpt_module
+from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ctrlrl.core.envs import VecEnv
+from ctrlrl.core.errors import UserError
+from ctrlrl.core.logger import truncate_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--env", "Pendulum-v1", "--device", "cpu", "--n-envs", "1", "--eval-every", "0",
+        "--set", "n_steps=64", "--set", "batch_size=32", "--set", "n_epochs=2",
+        "--set", "hidden_sizes=[32,32]", "--set", "log_every=64", "--set", "progress=false",
+        "--set", "tensorboard=false"]
+
+
+def _train(run_dir: Path, steps: int = 128, *extra: str) -> int:
+    return cli.main(["train", "ppo", *TINY, "--total-steps", str(steps), "--run-dir", str(run_dir),
+                     *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny PPO run (checkpoint at step 128); tests copy it, never change it."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(run_dir) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- 9. checkpoints: what a file may make ctrlrl do ------------------------------------------
+
+def test_torch_floor_is_the_memory_safe_weights_only_release():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"torch>=2.10"' in text
+
+
+def test_checkpoints_are_read_weights_only(trained, monkeypatch):
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    ctrlrl.load(trained, replay=False).close()
+    assert calls == [True]
+
+
+def test_an_unsafe_torch_refuses_to_load(trained, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(UserError, match=r"torch>=2\.10"):
+        load_checkpoint(trained / "checkpoints" / "latest.pt")
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def _foreign_files(good: bytes, tmp_path: Path) -> dict[str, bytes]:
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF  # inside the tensor data: only the CRC check notices
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "plain.pt")
+    return {
+        "empty": b"",
+        "text": b"step: 100\nalgo: ppo\n" * 20,
+        "random bytes": random.Random(0).randbytes(4096),
+        "zip of other files": _zip({"notes.txt": b"hello", "data.bin": bytes(100)}),
+        "stable-baselines3 zip": _zip({"data": b'{"policy_class": "MlpPolicy"}',
+                                       "policy.pth": good, "_stable_baselines3_version": b"2.9"}),
+        "cut in half": good[: len(good) // 2],
+        "last byte missing": good[:-1],
+        "one byte changed": bytes(flipped),
+        "plain torch file": (tmp_path / "plain.pt").read_bytes(),
+    }
+
+
+def test_foreign_or_damaged_files_end_in_one_line_everywhere(trained, tmp_path, capsys):
+    """`ctrlrl eval`, `ctrlrl train --resume` and `ctrlrl.load` on each kind of bad file."""
+    good = (trained / "checkpoints" / "latest.pt").read_bytes()
+    for name, data in _foreign_files(good, tmp_path).items():
+        path = tmp_path / "bad.pt"
+        path.write_bytes(data)
+        with pytest.raises(UserError):
+            ctrlrl.load(path)
+        capsys.readouterr()
+        assert cli.main(["eval", str(path)]) == 2, name
+        assert_one_line_error(capsys.readouterr().err, str(path))
+        run_dir = tmp_path / "resume"
+        shutil.copytree(trained, run_dir, dirs_exist_ok=True)
+        shutil.copy(path, run_dir / "checkpoints" / "latest.pt")
+        assert cli.main(["train", "ppo", "--resume", str(run_dir), "--total-steps", "256"]) == 2
+        assert_one_line_error(capsys.readouterr().err, "latest.pt")
+
+
+def test_an_sb3_model_is_refused_in_one_line(tmp_path, capsys):
+    sb3 = pytest.importorskip("stable_baselines3")
+    sb3.PPO("MlpPolicy", "Pendulum-v1", n_steps=64, policy_kwargs={"net_arch": [8]}).save(
+        tmp_path / "model.zip")
+    assert cli.main(["eval", str(tmp_path / "model.zip")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "model.zip", "not a readable ctrlrl checkpoint")
+
+
+def test_cut_or_changed_checkpoints_never_raise_anything_else(trained, tmp_path):
+    """Every prefix length class and scattered byte changes: a UserError or a valid load."""
+    good = (trained / "checkpoints" / "latest.pt").read_bytes()
+    rng = random.Random(1)
+    cases = [good[:n] for n in sorted(rng.sample(range(len(good)), 25))]
+    for _ in range(25):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        cases.append(bytes(data))
+    refused = 0
+    for data in cases:
+        path = tmp_path / "case.pt"
+        path.write_bytes(data)
+        try:
+            ctrlrl.load(path, replay=False).close()
+        except UserError:
+            refused += 1
+    assert refused >= 40  # nearly every change is caught (a few land in unused zip header bytes)
+
+
+def _edited(trained: Path, tmp_path: Path, edit) -> Path:
+    state = load_checkpoint(trained / "checkpoints" / "latest.pt")
+    state.pop("ctrlrl_format")
+    edit(state)
+    path = tmp_path / "edited.pt"
+    save_checkpoint(path, state)
+    return path
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: s.pop("modules"), "modules"),
+    (lambda s: s.update(step="many"), "step"),
+    (lambda s: s.update(step=-5), "negative"),
+    (lambda s: s.update(episodes=[["a", 1]]), "episodes"),
+    (lambda s: s.update(metrics={"loss": "nan please"}), "metrics"),
+    (lambda s: s["config"].update(learning_rate=-1.0), "learning_rate"),
+    (lambda s: s["config"].update(surprise=1), "surprise"),
+    (lambda s: s["run"].update(n_envs=3), "n_envs"),
+    (lambda s: s.update(obs=np.zeros((1, 7), np.float32)), "obs"),
+    (lambda s: s["rng"].update(numpy={"bit_generator": "MT19937"}), "PCG64"),
+    (lambda s: s["modules"]["policy"].popitem(), "configuration"),
+])
+def test_checkpoint_entries_are_checked(trained, tmp_path, edit, needle):
+    with pytest.raises(UserError, match=needle):
+        ctrlrl.load(_edited(trained, tmp_path, edit)).close()
+
+
+def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monkeypatch):
+    path = _edited(trained, tmp_path, lambda s: s["config"].update(hidden_sizes=[10**9]))
+    monkeypatch.setattr(REGISTRY["ppo"], "__init__",
+                        lambda *a, **k: pytest.fail("built an algorithm from an unchecked config"))
+    with pytest.raises(UserError, match=r"hidden_sizes=\[1000000000\]"):
+        ctrlrl.load(path)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # a new attribute: here it would shadow the env's step method
+    (lambda layers: layers[-1].update(step=1), "unknown attribute 'step'"),
+    (lambda layers: layers[-1].update(render_mode="human"), "unknown attribute 'render_mode'"),
+    (lambda layers: layers[-1].update(state="hello"), "state: expected an array"),
+    (lambda layers: layers[-1].update(state=np.zeros(5)), "shape"),
+    (lambda layers: layers[0].update(_elapsed_steps=np.zeros(2)), "_elapsed_steps"),
+    (lambda layers: layers[-1].update(state=None), "state"),
+])
+def test_env_restore_sets_only_the_live_snapshots_keys_and_types(edit, needle, tmp_path):
+    env = VecEnv("Pendulum-v1", 2)
+    try:
+        env.reset(0)
+        state = env.state_dict()
+        save_checkpoint(tmp_path / "env.pt", {"env": state})
+        state = load_checkpoint(tmp_path / "env.pt")["env"]
+        edit(state["envs"][1]["layers"])
+        before = env.state_dict()
+        with pytest.raises(UserError, match=needle):
+            env.load_state_dict(state)
+        after = env.state_dict()  # refused before anything changed
+        assert np.array_equal(after["envs"][1]["layers"][-1]["state"],
+                              before["envs"][1]["layers"][-1]["state"])
+        pendulum = env.envs.envs[1].unwrapped
+        assert callable(pendulum.step) and pendulum.render_mode is None
+    finally:
+        env.close()
+
+
+def test_env_restore_accepts_its_own_states_across_an_episode(tmp_path):
+    """Attributes that change type while an env runs (None → a number, float64 ↔ float32, a 0-d
+    array → a NumPy scalar) fit."""
+    for env_id in ("Pendulum-v1", "MountainCarContinuous-v0", "Acrobot-v1"):
+        env, fresh = (VecEnv(env_id, 2, normalize_reward=True) for _ in range(2))
+        try:
+            env.reset(0)
+            fresh.reset(1)
+            for _ in range(30):
+                env.step(np.stack([env.action_space.sample() for _ in range(2)]))
+            save_checkpoint(tmp_path / "env.pt", {"env": env.state_dict()})
+            fresh.load_state_dict(load_checkpoint(tmp_path / "env.pt")["env"])
+            assert np.array_equal(fresh.obs, env.obs)
+        finally:
+            env.close()
+            fresh.close()
+
+
+# ---- 10. run directories -------------------------------------------------------------------
+
+def test_run_dir_dot_in_a_project_folder_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.md").write_text("my notes")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    assert _train(Path("."), 64) == 2
+    assert_one_line_error(capsys.readouterr().err, "--run-dir .", "not a ctrlrl run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "notes.md"]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_run_dir_may_be_new_empty_or_a_run_without_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert _train(tmp_path / "empty", 64) == 0
+    # a run killed before its first checkpoint: config.yaml and a log, no checkpoint
+    died = tmp_path / "died"
+    died.mkdir()
+    (died / "config.yaml").write_text(yaml.safe_dump({"algo": "ppo", "run": {}, "config": {}}))
+    (died / "metrics.jsonl").write_text('{"step": 64}\n{"step": 128}\n')
+    assert _train(died, 64) == 0
+    assert [r["step"] for r in _rows(died)] == [64]
+
+
+def test_what_counts_as_a_run_dir(tmp_path):
+    assert not is_run_dir(tmp_path)
+    (tmp_path / "config.yaml").write_text("learning_rate: 0.1\n")  # someone else's config
+    assert not is_run_dir(tmp_path)
+    (tmp_path / "config.yaml").write_text("algo: sac\n")
+    assert is_run_dir(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "checkpoints").mkdir()
+    assert is_run_dir(tmp_path / "other")
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    assert not is_run_dir(tmp_path / "binary")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_syncs_the_folder(tmp_path, monkeypatch):
+    target = tmp_path / "config.yaml"
+    target.write_text("old: 1\n")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as f:
+        f.write("new: ")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old: 1\n"
+    assert list(tmp_path.iterdir()) == [target]
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(ckpt_module.os, "replace",
+                        lambda a, b: (events.append("rename"), real_replace(a, b)))
+    monkeypatch.setattr(ckpt_module.os, "fsync", lambda fd: (
+        events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"), real_fsync(fd)))
+    with atomic_write(target, "w") as f:
+        f.write("new: 2\n")
+    assert target.read_text() == "new: 2\n"
+    assert events == ["file", "rename", "dir"]  # the rename itself reaches the disk
+
+
+def test_config_yaml_and_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    written = []
+    real = ckpt_module.atomic_write
+
+    def spy(path, mode="wb"):
+        written.append(Path(path).name)
+        return real(path, mode)
+
+    monkeypatch.setattr(ckpt_module, "atomic_write", spy)
+    monkeypatch.setattr("ctrlrl.algos.base.atomic_write", spy)
+    assert _train(tmp_path / "run", 64) == 0
+    assert written[0] == "config.yaml" and "latest.pt" in written
+
+
+def test_resume_uses_the_checkpoints_config_not_an_edited_config_yaml(run_copy, capsys):
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["config"]["hidden_sizes"] = [512, 512]
+    config["config"]["learning_rate"] = 1.0
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert cli.main(["train", "ppo", "--resume", str(run_copy), "--total-steps", "192"]) == 0
+    err = capsys.readouterr().err
+    assert "differs from the checkpoint" in err and "hidden_sizes" in err
+    after = load_checkpoint(run_copy / "checkpoints" / "latest.pt")
+    assert after["step"] == 192 and after["config"]["hidden_sizes"] == [32, 32]
+    assert yaml.safe_load((run_copy / "config.yaml").read_text())["config"]["hidden_sizes"] == [32, 32]
+
+
+def test_resume_without_config_yaml(run_copy):
+    (run_copy / "config.yaml").unlink()
+    assert cli.main(["train", "ppo", "--resume", str(run_copy), "--total-steps", "192"]) == 0
+    assert is_run_dir(run_copy) and (run_copy / "config.yaml").is_file()
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(run_copy):
+    """Killed after logging steps 192 and 256 (and half a line) with its checkpoint at 128."""
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 192, "time/fps": 1.0}\n{"step": 256, "time/fps": 1.0}\n{"step": 3')
+    before = [r for r in _rows_lenient(run_copy) if r["step"] <= 128]
+    assert cli.main(["train", "ppo", "--resume", str(run_copy), "--total-steps", "256"]) == 0
+    rows = _rows(run_copy)
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), steps  # no step twice
+    assert steps[-1] == 256 and 192 in steps
+    assert rows[: len(before)] == before  # rows up to the checkpoint are kept as they were
+    assert all(r["time/fps"] != 1.0 for r in rows)
+
+
+def _rows_lenient(run_dir: Path) -> list[dict]:
+    """The complete rows of a metrics.jsonl (not a line cut short)."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def test_truncate_metrics(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10}\n\n{"step": 20}\n[1]\n{"step": 30}\n{"step": 20, "x": 1}\n{"st')
+    truncate_metrics(path, 20)
+    assert path.read_text() == '{"step": 10}\n{"step": 20}\n{"step": 20, "x": 1}\n'
+    truncate_metrics(tmp_path / "missing.jsonl", 5)  # nothing logged yet: nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()
+
+
+# ---- 11. signals ----------------------------------------------------------------------------
+
+def test_async_env_workers_ignore_sigterm_and_still_exit():
+    """A group SIGTERM leaves the workers stepping; a program that never closes its env still
+    exits promptly (multiprocessing's exit-time terminate() no longer stops them)."""
+    script = (
+        "import os, signal, time\n"
+        "import numpy as np\n"
+        "from ctrlrl.core.envs import VecEnv\n"
+        "env = VecEnv('Pendulum-v1', 2, 'async')\n"
+        "env.reset(0)\n"
+        "for p in env.envs.processes:\n"
+        "    os.kill(p.pid, signal.SIGTERM)\n"
+        "time.sleep(0.5)\n"
+        "assert all(p.is_alive() for p in env.envs.processes)\n"
+        "env.step(np.zeros((2, 1), np.float32))\n"
+        "print('stepped')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "stepped" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
