@@ -349,6 +349,23 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(run_copy):
     assert all(r["time/fps"] != 1.0 for r in rows)
 
 
+def test_resume_hides_tensorboard_events_logged_after_the_checkpoint(run_copy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    killed = SummaryWriter(str(run_copy))  # what a session killed after its checkpoint left
+    for step in (192, 256):
+        killed.add_scalar("time/fps", -1.0, step)
+    killed.close()
+    assert cli.main(["train", "ppo", "--resume", str(run_copy), "--total-steps", "256",
+                     "--set", "tensorboard=true"]) == 0
+    events = EventAccumulator(str(run_copy))
+    events.Reload()
+    fps = events.Scalars("time/fps")
+    assert [e.step for e in fps] == [192, 256]
+    assert all(e.value > 0 for e in fps)
+
+
 def _rows_lenient(run_dir: Path) -> list[dict]:
     """The complete rows of a metrics.jsonl (not a line cut short)."""
     out = []

@@ -29,7 +29,10 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir))
+            # a resumed run: TensorBoard hides the events a killed session logged past the
+            # checkpoint's step (`truncate_metrics` drops the same rows from metrics.jsonl)
+            self._writer = SummaryWriter(str(self.run_dir),
+                                         purge_step=start_step + 1 if start_step else None)
         self._progress = Progress(total_steps, start=start_step, show=progress,
                                   order=tuple(label for _, label in CONSOLE_SCALARS))
 
