@@ -30,6 +30,7 @@ from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, save_checkpoin
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import truncate_metrics
+from ctrlrl.harness import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "Pendulum-v1", "--device", "cpu", "--n-envs", "1", "--eval-every", "0",
@@ -179,6 +180,7 @@ def _edited(trained: Path, tmp_path: Path, edit) -> Path:
     (lambda s: s["config"].update(learning_rate=-1.0), "learning_rate"),
     (lambda s: s["config"].update(surprise=1), "surprise"),
     (lambda s: s["run"].update(n_envs=3), "n_envs"),
+    (lambda s: s["run"].update(threads=100_000), "threads"),  # would crash torch's thread pool
     (lambda s: s.update(obs=np.zeros((1, 7), np.float32)), "obs"),
     (lambda s: s["rng"].update(numpy={"bit_generator": "MT19937"}), "PCG64"),
     (lambda s: s["modules"]["policy"].popitem(), "configuration"),
@@ -265,6 +267,21 @@ def test_run_dir_may_be_new_empty_or_a_run_without_checkpoint(tmp_path):
     (died / "metrics.jsonl").write_text('{"step": 64}\n{"step": 128}\n')
     assert _train(died, 64) == 0
     assert [r["step"] for r in _rows(died)] == [64]
+
+
+def test_a_sweep_retries_a_run_that_failed_before_its_run_dir(tmp_path):
+    """A failed attempt leaves only error.txt in the run's folder; the next sweep starts there."""
+    settings = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "hidden_sizes": [32, 32],
+                "log_every": 64, "tensorboard": False, "eval_every": 0, "n_envs": 1,
+                "normalize_obs": False, "normalize_reward": False, "device": "cpu"}
+    (spec, state), = sweep.plan(sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 64,
+                                                  str(tmp_path / "out"), settings))
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "error.txt").write_text("an earlier attempt failed\n")
+    assert state == "start"
+    result = sweep.run_one(spec)
+    assert result["status"] == "done", result
+    assert not (spec.run_dir / "error.txt").exists()
 
 
 def test_what_counts_as_a_run_dir(tmp_path):

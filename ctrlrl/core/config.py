@@ -63,6 +63,9 @@ def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[s
             raise bad(key, "a non-empty list of positive layer sizes, e.g. [256,256]")
 
 
+MAX_THREADS = 1024
+
+
 @dataclass
 class RunConfig:
     """Everything about a run that is not an algorithm hyperparameter."""
@@ -95,6 +98,9 @@ class RunConfig:
         check_ranges(self, positive=("n_envs", "eval_episodes", "threads", "clip_obs"),
                      non_negative=("seed", "total_steps", "eval_every", "checkpoint_every",
                                    "log_every"))
+        if self.threads > MAX_THREADS:  # torch's OpenMP pool crashes the process far above it
+            raise UserError(f"setting threads={self.threads} is out of range: need at most "
+                            f"{MAX_THREADS} (more threads than cores only slows a run down)")
 
 
 def config_fields(cfg_type: type) -> dict[str, Any]:
