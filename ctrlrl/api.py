@@ -55,10 +55,10 @@ def resolve(algo: str, env: str, overrides: dict[str, Any] | None = None,
     run, cfg = apply_overrides(run, cfg, preset, f"preset {algo}.yaml [{env}]")
     run, cfg = apply_overrides(run, cfg, overrides, "--set")
     run, cfg = apply_overrides(run, cfg, run_flags, "option")
-    if "eval_every" not in {**preset, **overrides, **run_flags} and not cls.evaluates_continuing \
-            and is_continuing(env):  # the default interval, where no evaluation can happen
-        run = dataclasses.replace(run, eval_every=0)
-    check_fit(cls, run, cfg, overrides.keys() | run_flags.keys())
+    given = overrides.keys() | run_flags.keys()
+    if "eval_every" not in given and not cls.evaluates_continuing and is_continuing(env):
+        run = dataclasses.replace(run, eval_every=0)  # a default interval no evaluation can use
+    check_fit(cls, run, cfg, given)
     return cls, run, cfg
 
 
@@ -91,9 +91,10 @@ def check_fit(cls: type[Algorithm], run: RunConfig, cfg: Any, given: Set[str] = 
         if tuned and not any(fnmatch.fnmatchcase(run.env, pattern) for pattern in tuned):
             problem += f" (envs with {cls.name} presets: {', '.join(tuned)})"
         raise UserError(problem)
-    idle = [f"{key} ({unused[key]})" for key in sorted(given & unused.keys())]
+    idle = [f"{key}={getattr(run, key, getattr(cfg, key, None))!r} ({unused[key]})"
+            for key in sorted(given & unused.keys())]
     if idle:
-        raise UserError(f"this {cls.name} run on {run.env} would not use {'; '.join(idle)}: "
+        raise UserError(f"this {cls.name} run on {run.env} cannot use {'; '.join(idle)}: "
                         f"drop {'it' if len(idle) == 1 else 'them'}")
 
 

@@ -74,42 +74,46 @@ class Algorithm:
     def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
         """Why this algorithm cannot train on `env` (made, never stepped) with these settings, as
         one line naming what would fit; None if it can. `ctrlrl.api` asks before anything is
-        built. The base checks what the class attributes declare; an algorithm with further
-        needs overrides this and asks `super()` first."""
-        name, env_id, offline = cls.name, run.env, cls.kind == "offline"
+        built. The base checks the spaces; an algorithm with further needs overrides this and
+        asks `super()` first."""
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-            return (f"{env_id} observes {obs_space}; ctrlrl's networks take flat Box observations "
+            return (f"{run.env} observes {obs_space}; ctrlrl's networks take flat Box observations "
                     "(wrap the env, e.g. gymnasium's FlattenObservation)")
         if not isinstance(act_space, cls.action_spaces):
             kinds = " or ".join(space.__name__ for space in cls.action_spaces)
-            return f"{name} needs {kinds} actions, and {env_id} acts in {act_space}"
-        if run.dataset and not offline:
-            return (f"{name} learns online from its env, so a dataset has no use; drop --dataset "
-                    "or pick an offline algorithm (`ctrlrl list` shows each one's kind)")
-        if run.keep_timeouts and not offline:
-            return f"keep_timeouts applies to offline datasets, and {name} learns online; drop it"
-        if run.n_envs > 1 and not cls.vectorised:
-            return f"{name} learns from one env; drop --n-envs {run.n_envs} (n_envs=1)"
-        if run.compile and not cls.compiles:
-            return f"{name} has no update step for torch.compile; drop --compile"
-        if run.eval_every and not cls.evaluates_continuing and is_continuing(env_id):
-            return (f"{env_id} is a continuing task: its episodes never end, so {name} has no "
-                    "episode return to evaluate; pass --eval-every 0")
+            return f"{cls.name} needs {kinds} actions, and {run.env} acts in {act_space}"
         return None
 
     @classmethod
     def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: Any) -> dict[str, str]:
-        """Settings this run would not use, each with the reason. `ctrlrl.api` refuses those given
-        explicitly (a default that goes unused is no one's choice); an override adds its own to
+        """Settings this run would not use (or could not act on), each with the reason.
+        `ctrlrl.api` refuses those given explicitly (a default that goes unused is no one's
+        choice); the base covers what the class attributes declare, an override adds its own to
         `super()`'s."""
-        unused = {}
-        if not run.normalize_obs:
-            unused["clip_obs"] = "it clips normalised observations, and normalize_obs is off"
-        if hasattr(cfg, "log_std_init") and not isinstance(env.action_space, gym.spaces.Box):
-            unused["log_std_init"] = (f"it starts a Gaussian policy's std, and {run.env} acts "
-                                      f"in {env.action_space}")
-        return unused
+        name, online = cls.name, cls.kind != "offline"
+        candidates = {
+            "dataset": (online and bool(run.dataset),
+                        f"{name} learns online from its env; `ctrlrl list` shows the offline "
+                        "algorithms"),
+            "keep_timeouts": (online and run.keep_timeouts,
+                              f"it reads offline datasets, and {name} learns online"),
+            "n_envs": (run.n_envs > 1 and not cls.vectorised,
+                       f"{name} learns from one env: n_envs=1"),
+            "compile": (run.compile and not cls.compiles,
+                        f"{name} has no update step for torch.compile"),
+            "eval_every": (run.eval_every > 0 and not cls.evaluates_continuing
+                           and is_continuing(run.env),
+                           f"{run.env} is a continuing task: its episodes never end, so {name} "
+                           "has no episode return to evaluate"),
+            "clip_obs": (not run.normalize_obs,
+                         "it clips normalised observations, and normalize_obs is off"),
+            "log_std_init": (hasattr(cfg, "log_std_init")
+                             and not isinstance(env.action_space, gym.spaces.Box),
+                             f"it starts a Gaussian policy's std, and {run.env} acts in "
+                             f"{env.action_space}"),
+        }
+        return {key: why for key, (unused, why) in candidates.items() if unused}
 
     def __init__(self, run: RunConfig, cfg: Any):
         self.run, self.cfg = run, cfg

@@ -425,7 +425,7 @@ class AverageRewardAlgorithm(Algorithm):
     @classmethod
     def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
         """A continuing finite MDP that exposes its exact model, observed as one-hot states, and
-        one stream of raw rewards computed on the CPU."""
+        one stream of raw rewards."""
         if not callable(getattr(env.unwrapped, "model", None)) or not is_continuing(run.env):
             return (f"{cls.name} needs a continuing finite MDP that exposes its exact model "
                     f"(env.unwrapped.model() → P[S, A, S'], R[S, A]), and {run.env} is not one: "
@@ -441,9 +441,14 @@ class AverageRewardAlgorithm(Algorithm):
         if run.normalize_obs or run.normalize_reward:
             return (f"{cls.name} learns from raw rewards and one-hot states; drop "
                     "normalize_obs/normalize_reward")
-        if run.device.startswith("cuda"):
-            return f"{cls.name} computes with numpy on the CPU; drop --device {run.device}"
         return None
+
+    @classmethod
+    def unused_settings(cls, env: gym.Env, run: RunConfig, cfg: Any) -> dict[str, str]:
+        unused = super().unused_settings(env, run, cfg)
+        if run.device.startswith("cuda"):
+            unused["device"] = f"{cls.name} computes with numpy on the CPU"
+        return unused
 
     def build(self) -> None:
         probe = gym.make(self.run.env)
