@@ -200,12 +200,13 @@ def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monk
 
 @pytest.mark.parametrize("edit, needle", [
     # a new attribute: here it would shadow the env's step method
-    (lambda layers: layers[-1].update(step=1), "unknown attribute 'step'"),
-    (lambda layers: layers[-1].update(render_mode="human"), "unknown attribute 'render_mode'"),
-    (lambda layers: layers[-1].update(state="hello"), "state: expected an array"),
-    (lambda layers: layers[-1].update(state=np.zeros(5)), "shape"),
-    (lambda layers: layers[0].update(_elapsed_steps=np.zeros(2)), "_elapsed_steps"),
-    (lambda layers: layers[-1].update(state=None), "state"),
+    (lambda env: env["layers"][-1].update(step=1), "unknown attribute 'step'"),
+    (lambda env: env["layers"][-1].update(render_mode="human"), "unknown attribute 'render_mode'"),
+    (lambda env: env["layers"][-1].update(state="hello"), "state: expected an array"),
+    (lambda env: env["layers"][-1].update(state=np.zeros(5)), "shape"),
+    (lambda env: env["layers"][0].update(_elapsed_steps=np.zeros(2)), "_elapsed_steps"),
+    (lambda env: env["layers"][-1].update(state=None), "state"),
+    (lambda env: env["rng"].update(bit_generator="MT19937"), "PCG64"),
 ])
 def test_env_restore_sets_only_the_live_snapshots_keys_and_types(edit, needle, tmp_path):
     env = VecEnv("Pendulum-v1", 2)
@@ -214,7 +215,7 @@ def test_env_restore_sets_only_the_live_snapshots_keys_and_types(edit, needle, t
         state = env.state_dict()
         save_checkpoint(tmp_path / "env.pt", {"env": state})
         state = load_checkpoint(tmp_path / "env.pt")["env"]
-        edit(state["envs"][1]["layers"])
+        edit(state["envs"][1])
         before = env.state_dict()
         with pytest.raises(UserError, match=needle):
             env.load_state_dict(state)

@@ -136,6 +136,8 @@ class SnapshotWrapper(gym.Wrapper):
             problem = misfit(state[key], live[key], f"{where} {key}")
             if problem:
                 return problem
+        if state["rng"]["bit_generator"] != live["rng"]["bit_generator"]:
+            return f"{where} rng: expected a {live['rng']['bit_generator']} state"
         return None
 
     def ctrlrl_restore(self, states: list[dict[str, Any]]) -> None:
