@@ -125,7 +125,10 @@ def test_foreign_or_damaged_files_end_in_one_line_everywhere(trained, tmp_path, 
             ctrlrl.load(path)
         capsys.readouterr()
         assert cli.main(["eval", str(path)]) == 2, name
-        assert_one_line_error(capsys.readouterr().err, str(path))
+        err = capsys.readouterr().err
+        assert_one_line_error(err, str(path))
+        if name in ("cut in half", "last byte missing", "one byte changed"):
+            assert "is damaged" in err, err
         run_dir = tmp_path / "resume"
         shutil.copytree(trained, run_dir, dirs_exist_ok=True)
         shutil.copy(path, run_dir / "checkpoints" / "latest.pt")

@@ -120,10 +120,11 @@ def _check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every member and checks its CRC-32
     except Exception as exc:  # BadZipFile, or a header damaged in a way zipfile trips over
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"{path} is not a ctrlrl checkpoint (not a torch zip file); pass a "
-                            "run dir or a checkpoints/*.pt file written by ctrlrl") from None
-        raise _damaged(path, _first_line(exc)) from None
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # not even the start of a zip archive
+                raise UserError(f"{path} is not a ctrlrl checkpoint (not a torch zip file); pass "
+                                "a run dir or a checkpoints/*.pt file written by ctrlrl") from None
+        raise _damaged(path, f"its zip index cannot be read: {_first_line(exc)}") from None
     if bad is not None:
         raise _damaged(path, f"member {bad} fails its CRC check")
 
