@@ -269,8 +269,10 @@ def test_run_dir_may_be_new_empty_or_a_run_without_checkpoint(tmp_path):
     died.mkdir()
     (died / "config.yaml").write_text(yaml.safe_dump({"algo": "ppo", "run": {}, "config": {}}))
     (died / "metrics.jsonl").write_text('{"step": 64}\n{"step": 128}\n')
+    (died / "events.out.tfevents.1.host").write_bytes(b"old curves")
     assert _train(died, 64) == 0
     assert [r["step"] for r in _rows(died)] == [64]
+    assert not (died / "events.out.tfevents.1.host").exists()  # its curves start afresh too
 
 
 def test_a_sweep_retries_a_run_that_failed_before_its_run_dir(tmp_path):

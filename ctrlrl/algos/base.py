@@ -218,8 +218,9 @@ class Algorithm:
         try:
             if resuming:
                 truncate_metrics(path / "metrics.jsonl", self.step)
-            else:  # a run that died before its first checkpoint leaves only logs
-                (path / "metrics.jsonl").unlink(missing_ok=True)
+            else:  # a run that died before its first checkpoint leaves only logs: start afresh
+                for log in [path / "metrics.jsonl", *path.glob("events.out.tfevents.*")]:
+                    log.unlink(missing_ok=True)
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
             with atomic_write(path / "config.yaml", "w") as f:  # a half file would not parse
                 f.write(yaml.safe_dump(self.config_dict(), sort_keys=False))
