@@ -187,10 +187,31 @@ def _edited(trained: Path, tmp_path: Path, edit) -> Path:
     (lambda s: s.update(obs=np.zeros((1, 7), np.float32)), "obs"),
     (lambda s: s["rng"].update(numpy={"bit_generator": "MT19937"}), "PCG64"),
     (lambda s: s["modules"]["policy"].popitem(), "configuration"),
+    (lambda s: s["config"].update({3: 1}), "strings"),
 ])
 def test_checkpoint_entries_are_checked(trained, tmp_path, edit, needle):
     with pytest.raises(UserError, match=needle):
         ctrlrl.load(_edited(trained, tmp_path, edit)).close()
+
+
+@pytest.mark.parametrize("state, needle", [
+    ({"ctrlrl_format": torch.tensor([1, 1])}, "checkpoint format"),
+    ({"ctrlrl_format": 1, "obs": {"__ndarray__": torch.zeros(2, requires_grad=True)}}, "grad"),
+    ({"ctrlrl_format": 1, "obs": {"__ndarray__": torch.zeros(2, dtype=torch.bfloat16)}}, "BFloat16"),
+])
+def test_crafted_torch_files_end_in_one_line(tmp_path, state, needle):
+    torch.save(state, tmp_path / "crafted.pt")
+    with pytest.raises(UserError, match=needle):
+        ctrlrl.load(tmp_path / "crafted.pt")
+
+
+def test_an_unreadable_file_is_named(trained, monkeypatch):
+    def denied(*args, **kwargs):  # what open() raises without read permission (root never sees it)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ckpt_module, "open", denied, raising=False)
+    with pytest.raises(UserError, match=r"Permission denied.*permissions"):
+        ctrlrl.load(trained)
 
 
 def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monkeypatch):

@@ -531,6 +531,8 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
             return f"{key!r} is a {type(ckpt[key]).__name__}"
     if ckpt["step"] < 0 or ckpt["n_updates"] < 0:
         return "a negative step count"
+    if not all(isinstance(key, str) for key in [*ckpt["run"], *ckpt["config"]]):
+        return "settings not named by strings"
     if not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
                for e in ckpt["episodes"]):
         return "'episodes' are not (return, length) pairs"

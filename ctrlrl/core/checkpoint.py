@@ -108,22 +108,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise _unreadable(path, exc) from None
     if not isinstance(state, dict) or "ctrlrl_format" not in state:
         raise UserError(f"{path} is a torch file but not a ctrlrl checkpoint")
-    if state["ctrlrl_format"] != FORMAT:
+    if not isinstance(state["ctrlrl_format"], int) or state["ctrlrl_format"] != FORMAT:
         raise UserError(f"{path} has checkpoint format {state['ctrlrl_format']!r}, this ctrlrl "
                         f"reads format {FORMAT}; use the ctrlrl version that wrote it")
-    return _from_safe(state)
+    try:
+        return _from_safe(state)
+    except (RuntimeError, TypeError) as exc:  # a tagged array NumPy cannot hold (e.g. bfloat16)
+        raise _unreadable(path, exc) from None
 
 
 def _check_archive(path: Path) -> None:
     """Refuse anything but an intact zip archive (torch's file format), before torch parses it."""
     try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+    if start != b"PK\x03\x04":  # not even the start of a zip archive
+        raise UserError(f"{path} is not a ctrlrl checkpoint (not a torch zip file); pass a run dir "
+                        "or a checkpoints/*.pt file written by ctrlrl")
+    try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every member and checks its CRC-32
     except Exception as exc:  # BadZipFile, or a header damaged in a way zipfile trips over
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # not even the start of a zip archive
-                raise UserError(f"{path} is not a ctrlrl checkpoint (not a torch zip file); pass "
-                                "a run dir or a checkpoints/*.pt file written by ctrlrl") from None
         raise _damaged(path, f"its zip index cannot be read: {_first_line(exc)}") from None
     if bad is not None:
         raise _damaged(path, f"member {bad} fails its CRC check")
