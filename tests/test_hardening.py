@@ -188,6 +188,7 @@ def _edited(trained: Path, tmp_path: Path, edit) -> Path:
     (lambda s: s["rng"].update(numpy={"bit_generator": "MT19937"}), "PCG64"),
     (lambda s: s["modules"]["policy"].popitem(), "configuration"),
     (lambda s: s["config"].update({3: 1}), "strings"),
+    (lambda s: s["rng"]["numpy"]["state"].update(inc=-1), "uint64"),
 ])
 def test_checkpoint_entries_are_checked(trained, tmp_path, edit, needle):
     with pytest.raises(UserError, match=needle):
@@ -214,6 +215,16 @@ def test_an_unreadable_file_is_named(trained, monkeypatch):
         ctrlrl.load(trained)
 
 
+@pytest.mark.parametrize("algo, setting", [("ppo", {"n_steps": 10**14}),
+                                            ("sac", {"buffer_size": 10**14})])
+def test_sizes_beyond_memory_end_in_one_line(tmp_path, algo, setting):
+    """Sizes a checkpoint's tensors do not pin (a rollout's length, a replay buffer's capacity)
+    fail where they are allocated, as a UserError, from a checkpoint or from --set alike (beyond
+    any address space, so no overcommitting kernel grants them)."""
+    with pytest.raises(UserError, match="cannot allocate"):
+        ctrlrl.make(algo, "Pendulum-v1", {**setting, "device": "cpu"})
+
+
 def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monkeypatch):
     path = _edited(trained, tmp_path, lambda s: s["config"].update(hidden_sizes=[10**9]))
     monkeypatch.setattr(REGISTRY["ppo"], "__init__",
@@ -231,6 +242,7 @@ def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monk
     (lambda env: env["layers"][0].update(_elapsed_steps=np.zeros(2)), "_elapsed_steps"),
     (lambda env: env["layers"][-1].update(state=None), "state"),
     (lambda env: env["rng"].update(bit_generator="MT19937"), "PCG64"),
+    (lambda env: env["rng"]["state"].update(inc=-1), "rng"),  # NumPy: out of bounds for uint64
 ])
 def test_env_restore_sets_only_the_live_snapshots_keys_and_types(edit, needle, tmp_path):
     env = VecEnv("Pendulum-v1", 2)

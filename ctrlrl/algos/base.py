@@ -138,7 +138,16 @@ class Algorithm:
         self._eval_env: VecEnv | None = None
         self.last_evaluation: Evaluation | None = None  # the latest one `learn` logged
         self.metrics: dict[str, torch.Tensor | float] = {}  # latest train/* values
-        self.build()
+        try:
+            self.build()
+        except BaseException as exc:
+            self.env.close()  # its async workers would outlive a half-built algorithm
+            if isinstance(exc, MemoryError) or (  # NumPy's, or torch's on CPU or CUDA
+                    isinstance(exc, RuntimeError) and "allocate" in str(exc)):
+                raise UserError(f"{self.name} on {self.device} cannot allocate what this config "
+                                f"asks for ({str(exc).splitlines()[0][:120]}); lower its sizes "
+                                "(buffer_size, n_steps, n_envs, hidden sizes)") from None
+            raise
 
     # ---- to implement ------------------------------------------------------------------------
     def build(self) -> None:
@@ -430,7 +439,8 @@ class Algorithm:
             if "cuda" in ckpt["rng"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
             self.np_rng.bit_generator.state = ckpt["rng"]["numpy"]
-        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError,
+                OverflowError) as exc:
             # what the loaders of torch, NumPy and each algorithm raise on a state not their own
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise UserError(f"checkpoint does not fit this {self.name} configuration "
