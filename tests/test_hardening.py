@@ -4,6 +4,7 @@ what a restored state may set is what the live object's own state holds."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -223,6 +224,37 @@ def test_sizes_beyond_memory_end_in_one_line(tmp_path, algo, setting):
     any address space, so no overcommitting kernel grants them)."""
     with pytest.raises(UserError, match="cannot allocate"):
         ctrlrl.make(algo, "Pendulum-v1", {**setting, "device": "cpu"})
+
+
+def _entry_paths(tree, prefix=()):
+    """Paths to every entry of a nested checkpoint (the first two items of each list)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _entry_paths(value, (*prefix, key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree[:2]):
+            yield from _entry_paths(value, (*prefix, i))
+    if prefix:
+        yield prefix
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's, on tensors where lists belong
+def test_any_entry_replaced_by_anything_ends_in_one_line_or_loads(trained, tmp_path):
+    """Each entry of a real checkpoint, in turn, replaced by three hostile values of other
+    types and sizes: ctrlrl.load gives a UserError or a working algorithm, never another error."""
+    base = load_checkpoint(trained / "checkpoints" / "latest.pt")
+    base.pop("ctrlrl_format")
+    hostile = [None, "text", -1, 10**20, 1.5, [], {}, np.zeros(3), torch.zeros(2)]
+    for i, path in enumerate(_entry_paths(base)):
+        for value in (hostile[i % 9], hostile[(i + 3) % 9], hostile[(i + 6) % 9]):
+            state = copy.deepcopy(base)
+            node = state
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            save_checkpoint(tmp_path / "edited.pt", state)
+            with contextlib.suppress(UserError):
+                ctrlrl.load(tmp_path / "edited.pt").close()
 
 
 def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monkeypatch):
