@@ -112,7 +112,9 @@ def load(path: str | Path, device: str | None = None, replay: bool = True) -> Al
     `replay=False` skips the stored replay buffer: quicker and lighter when only acting.
     """
     ckpt = Algorithm.read_checkpoint(path)
-    return algo_class(ckpt["algo"]).from_checkpoint(ckpt, device, extra=replay)
+    cls = algo_class(ckpt["algo"])
+    check_fit(cls, *cls.checkpoint_config(ckpt))  # an edited env or setting: one line, not a crash
+    return cls.from_checkpoint(ckpt, device, extra=replay)
 
 
 def evaluate_heuristic(env: str, episodes: int = 10, seed: int = 0):

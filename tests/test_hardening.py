@@ -189,6 +189,7 @@ def _edited(trained: Path, tmp_path: Path, edit) -> Path:
     (lambda s: s["rng"].update(numpy={"bit_generator": "MT19937"}), "PCG64"),
     (lambda s: s["modules"]["policy"].popitem(), "configuration"),
     (lambda s: s["config"].update({3: 1}), "strings"),
+    (lambda s: s["run"].pop("env"), "no env"),
     (lambda s: s["rng"]["numpy"]["state"].update(inc=-1), "uint64"),
 ])
 def test_checkpoint_entries_are_checked(trained, tmp_path, edit, needle):
@@ -255,6 +256,17 @@ def test_any_entry_replaced_by_anything_ends_in_one_line_or_loads(trained, tmp_p
             save_checkpoint(tmp_path / "edited.pt", state)
             with contextlib.suppress(UserError):
                 ctrlrl.load(tmp_path / "edited.pt").close()
+
+
+def test_a_checkpoint_edited_to_an_env_its_algorithm_cannot_use(tmp_path):
+    """LOOP plans with its env's exact model: on Hopper it would crash deep in MuJoCo."""
+    settings = {"block_steps": 50, "log_every": 50, "progress": False, "tensorboard": False,
+                "eval_every": 0, "device": "cpu"}
+    ctrlrl.make("loop", "ctrlrl/RiverSwim-v0", settings, total_steps=50,
+                run_dir=str(tmp_path / "run")).learn().close()
+    path = _edited(tmp_path / "run", tmp_path, lambda s: s["run"].update(env="Hopper-v5"))
+    with pytest.raises(UserError, match="Hopper-v5"):
+        ctrlrl.load(path)
 
 
 def test_a_config_claiming_huge_layers_allocates_nothing(trained, tmp_path, monkeypatch):

@@ -543,6 +543,8 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
         return "a negative step count"
     if not all(isinstance(key, str) for key in [*ckpt["run"], *ckpt["config"]]):
         return "settings not named by strings"
+    if "env" not in ckpt["run"]:
+        return "no env in its run config"
     if not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
                for e in ckpt["episodes"]):
         return "'episodes' are not (return, length) pairs"
