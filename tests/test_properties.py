@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import string
 import tempfile
@@ -34,7 +35,7 @@ from ctrlrl.data import Dataset, load
 
 # the same examples on every run (no flaky CI) and no example database left in the repository;
 # tmp_path is shared by a test's examples, each of which works in its own folder below it
-SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 ALGOS = api.list_algos()
@@ -46,7 +47,7 @@ INT64 = 2**63
 def outcome(call: Any, *args: Any, names: tuple[str, ...] = ()) -> Any:
     """call(*args), or None when it raised a one-line UserError that mentions every one of `names`."""
     try:
-        return call(*args)
+        result = call(*args)
     except UserError as exc:
         message = str(exc)
         assert message.strip() and "\n" not in message, repr(message)
@@ -54,6 +55,8 @@ def outcome(call: Any, *args: Any, names: tuple[str, ...] = ()) -> Any:
             assert name in message, f"{name!r} not in {message!r}"
         event(f"{call.__name__}: refused")  # `pytest --hypothesis-show-statistics` counts them
         return None
+    event(f"{call.__name__}: accepted")
+    return result
 
 
 # ---------------------------------------------------------------- arbitrary values
@@ -89,7 +92,7 @@ def write_hdf5(path: Path, data: dict[str, Any]) -> None:
 @st.composite
 def damaged_file(draw: st.DrawFn, path: Path) -> None:
     """Leave `path` as written, cut short, with bytes overwritten, or replaced by arbitrary bytes."""
-    damage = draw(st.sampled_from(["none", "none", "truncate", "overwrite", "bytes"]))
+    damage = draw(st.sampled_from(["none", "none", "none", "truncate", "overwrite", "bytes"]))
     raw = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(raw[: draw(st.integers(0, len(raw) - 1))])
@@ -106,9 +109,9 @@ def damaged_file(draw: st.DrawFn, path: Path) -> None:
 
 @st.composite
 def d4rl_data(draw: st.DrawFn) -> dict[str, Any]:
-    """A D4RL-format dict for Pendulum-sized data (3-dim observations, 1-dim actions), then up to three
-    mutations: a key dropped, replaced by any array, nested one level down, cut short, cast to
-    another dtype, given NaN/inf, or an extra key."""
+    """A D4RL-format dict, mostly Pendulum-sized (3-dim observations, 1-dim actions in [-2, 2]), then
+    up to three mutations: a key dropped, replaced by any value, nested one level down, cut short,
+    cast to another dtype, given NaN/inf or a value beyond float32, or an extra key."""
     n = draw(st.integers(0, 6))
     obs_dim, act_dim = draw(st.sampled_from([(3, 1), (3, 1), (2, 1), (3, 2), (0, 1)]))
     small = st.floats(-2, 2, width=32)
@@ -124,7 +127,7 @@ def d4rl_data(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         data["metadata/env_id"] = draw(st.sampled_from(["Pendulum-v1", "Hopper-v5", "NoSuch-v0", ""])
                                        | st.text(max_size=8) | arrays())
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
         key = draw(st.sampled_from(sorted(data) or ["observations"]))
         mutation = draw(st.sampled_from(["drop", "replace", "nest", "short", "cast", "nonfinite", "extra",
                                          "huge"]))
@@ -152,8 +155,9 @@ def d4rl_data(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
-def check_dataset(data: Dataset) -> None:
-    """What every consumer of a loaded dataset relies on."""
+def check_dataset(data: Dataset, env_id: str | None) -> None:
+    """What every consumer of a loaded dataset relies on, and its fit to the env asked for (here
+    always Pendulum: 3-dim observations, 1-dim actions in [-2, 2])."""
     n = len(data)
     assert n > 0
     assert data.observations.ndim == 2 and data.observations.shape[1] > 0
@@ -165,6 +169,9 @@ def check_dataset(data: Dataset) -> None:
     assert set(np.unique(data.terminals)) <= {0.0, 1.0}
     assert data.episode_returns.dtype == np.float64 and data.episode_returns.ndim == 1
     assert np.isfinite(data.episode_returns).all()
+    if env_id is not None:
+        assert data.env_id == env_id and data.observations.shape[1] == 3 and data.actions.shape[1] == 1
+        assert (np.abs(data.actions) <= 2 + 1e-4).all()
 
 
 @SETTINGS
@@ -178,8 +185,7 @@ def test_any_d4rl_file_loads_valid_or_says_why_in_one_line(tmp_path, data, env_i
         warnings.simplefilter("ignore")  # a given env that differs from the one the file names
         dataset = outcome(load, str(path), env_id, names=(str(path),))
     if dataset is not None:
-        check_dataset(dataset)
-        assert dataset.env_id == (env_id or dataset.env_id)
+        check_dataset(dataset, env_id)
 
 
 def test_d4rl_rewards_beyond_float32_are_refused(tmp_path):
@@ -232,8 +238,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 def damaged_minari(draw: st.DrawFn, folder: Path) -> None:
     """Up to three kinds of damage to the Minari dataset in `folder`: its metadata.json (arbitrary text,
     a key dropped or given any JSON value, another space or env spec), its episode file (a member
-    dropped or replaced, an episode dropped, a group added, the file cut short or replaced), or the
-    namespace's metadata."""
+    dropped, replaced by any array, by one of its shape and another dtype, or by a group; an episode
+    dropped, a group added; the file cut short, overwritten or deleted), or the namespace's metadata."""
     data = folder / "data"
     for _ in range(draw(st.integers(1, 3))):
         target = draw(st.sampled_from(["metadata", "metadata", "episodes", "episodes", "file", "namespace"]))
@@ -270,12 +276,18 @@ def damaged_minari(draw: st.DrawFn, folder: Path) -> None:
                 episode = draw(st.sampled_from(sorted(f) or ["episode_0"]))
                 member = draw(st.sampled_from(["observations", "actions", "rewards", "terminations",
                                                "truncations", "infos"]))
-                change = draw(st.sampled_from(["drop", "replace", "replace", "drop_episode", "extra"]))
+                change = draw(st.sampled_from(["drop", "replace", "retype", "group", "drop_episode",
+                                               "extra"]))
                 path = f"{episode}/{member}"
-                if change in ("drop", "replace") and path in f:
+                shape = f[path].shape if isinstance(f.get(path), h5py.Dataset) else (3,)
+                if change in ("drop", "replace", "retype", "group") and path in f:
                     del f[path]
                 if change == "replace" and episode in f:
                     f.create_dataset(path, data=draw(arrays()))
+                elif change == "retype" and episode in f:  # the right shape, any dtype and values
+                    f.create_dataset(path, data=draw(hnp.arrays(DTYPES, shape)))
+                elif change == "group" and episode in f:
+                    f.create_group(path).create_dataset("x", data=np.zeros(shape))
                 elif change == "drop_episode" and episode in f:
                     del f[episode]
                 elif change == "extra":
@@ -301,19 +313,51 @@ def test_any_damaged_minari_dataset_loads_valid_or_says_why_in_one_line(tmp_path
         warnings.simplefilter("ignore")
         dataset = outcome(load, "minari:test/fuzz-v0", env_id, names=("minari:test/fuzz-v0",))
     if dataset is not None:
-        check_dataset(dataset)
+        check_dataset(dataset, env_id)
+
+
+def _set_member(data: Path, path: str, value: Any) -> None:
+    with h5py.File(data / "main_data.hdf5", "a") as f:
+        del f[path]
+        f.create_dataset(path, data=value)
+
+
+def _set_metadata(data: Path, key: str, value: Any) -> None:
+    meta = json.loads((data / "metadata.json").read_text())
+    (data / "metadata.json").write_text(json.dumps({**meta, key: value}))
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    (lambda d: _set_member(d, "episode_1/terminations", np.array([0.0, 0.5, 1.0])),
+     "episode 1's terminations hold values other than 0 and 1"),
+    (lambda d: _set_member(d, "episode_0/observations", np.full((4, 3), b"x")),
+     "episode 0's observations hold |S1, not numbers"),
+    (lambda d: _set_member(d, "episode_0/actions", np.zeros((3, 2), np.float32)),
+     "episode 0 has observations (4, 3), actions (3, 2)"),
+    (lambda d: _set_metadata(d, "ref_max_score", "high"), "ref_max_score='high' cannot normalise"),
+    (lambda d: _set_metadata(d, "dataset_id", 7), "minari cannot read it"),
+])
+def test_minari_damage_the_properties_found(tmp_path, monkeypatch, minari_store, damage, needle):
+    """Damage a load would otherwise accept silently (0.5 as a termination), or crash on."""
+    shutil.copytree(minari_store, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    damage(tmp_path / "test" / "fuzz-v0" / "data")
+    with pytest.raises(UserError, match=re.escape(needle)):
+        load("minari:test/fuzz-v0")
 
 
 # ---------------------------------------------------------------- --set and YAML files
 
 
 # YAML that is broken, hostile or surprising: unclosed and empty collections, tags that would run
-# code, values beyond float64 and int64, NaN, dates (an impossible one), keys without values
+# code, values beyond float64 and int64, NaN, dates (an impossible one), keys without values,
+# nesting deeper than the parser's recursion limit, an integer beyond float64
 YAMLISH = ["[1,", "{a: }", "{a: 1}", "!!python/object:os.system", "!!python/name:os.system", "1e400",
            "-1e400", "1e20", "99999999999999999999999", "nan", ".nan", ".inf", "-.inf", "0x10", "1_000",
            "2001-01-01", "2001-13-45", "~", "", "null", "yes", "[]", "[0]", "[-1, 2]", "[1e400]", "[.nan]",
            "[[1]]", "[true]", "[64, 64]", "'quoted'", '"open', "&a 1", "*a", "!!binary aGk=", "!!set {a}",
-           "3e-4", "1.5", "-0", "true", "a=b", "=", "\x00", "é", "- 1\n- 2", "!!int x", "[" * 2000]
+           "3e-4", "1.5", "-0", "true", "a=b", "=", "\x00", "é", "- 1\n- 2", "!!int x", "[" * 2000,
+           "9" * 400]
 
 
 def field_names(algo: str) -> list[str]:
@@ -342,13 +386,24 @@ def check_configs(run: RunConfig, cfg: Any) -> None:
             assert conforms(getattr(conf, key), typ), f"{key}={getattr(conf, key)!r} is not {typ}"
 
 
+def mostly(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`common` three times in four, else `rare`: malformed input, yet enough of it well-formed to
+    reach the checks behind the first one."""
+    return st.integers(0, 3).flatmap(lambda i: common if i else rare)
+
+
+# values each kind of setting accepts, beside the hostile ones
+PLAUSIBLE = ["1", "64", "0.5", "3e-4", "true", "false", "[32, 32]", "tanh", "null", "runs/x"]
+
+
 @st.composite
 def set_items(draw: st.DrawFn, algo: str) -> list[str]:
-    """`--set` arguments: KEY=VALUE with a real or arbitrary key and a tricky or arbitrary value, or
-    any text at all."""
-    key = st.sampled_from(field_names(algo)) | st.text(max_size=5)
-    value = st.sampled_from(YAMLISH) | st.text(max_size=10) | st.integers().map(str) | st.floats().map(repr)
-    item = st.builds(lambda k, v: f"{k}={v}", key, value) | st.text(max_size=10)
+    """`--set` arguments: mostly KEY=VALUE with a real key (else any text) and a plausible, tricky
+    or arbitrary value; else any text at all."""
+    key = mostly(st.sampled_from(field_names(algo)), st.text(max_size=5))
+    value = (st.sampled_from(PLAUSIBLE) | st.sampled_from(YAMLISH) | st.text(max_size=10)
+             | st.integers().map(str) | st.floats().map(repr))
+    item = mostly(st.builds(lambda k, v: f"{k}={v}", key, value), st.text(max_size=10))
     return draw(st.lists(item, max_size=3))
 
 
@@ -357,7 +412,7 @@ def base_overrides(algo: str) -> dict[str, Any]:
     return {"dataset": str(OFFLINE_DATA)} if issubclass(api.algo_class(algo), OfflineAlgorithm) else {}
 
 
-@settings(SETTINGS, max_examples=300)
+@settings(SETTINGS, max_examples=250)
 @given(algo=st.sampled_from(ALGOS), data=st.data())
 def test_any_set_argument_resolves_typed_or_says_why_in_one_line(algo, data):
     items = data.draw(set_items(algo))
@@ -368,6 +423,18 @@ def test_any_set_argument_resolves_typed_or_says_why_in_one_line(algo, data):
     if resolved is not None:
         _, run, cfg = resolved
         check_configs(run, cfg)
+        for key, value in overrides.items():  # and every setting given took effect
+            conf = cfg if hasattr(cfg, key) else run
+            assert getattr(conf, key) == as_field(value, config_fields(type(conf))[key]), key
+
+
+def as_field(value: Any, typ: Any) -> Any:
+    """The value a YAML-parsed `--set` value must give a field of type `typ`, where it is accepted."""
+    if typ is str:
+        return str(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return float(value) if isinstance(value, str) else value  # `1e-4`: YAML 1.1 keeps it text
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -383,7 +450,9 @@ def test_every_algorithm_resolves_on_its_test_env(algo):
     ("hidden_sizes=[1e400]", "hidden_sizes=inf: expected an integer"),
     ("learning_rate=nan", "learning_rate=nan: expected a number, not NaN"),
     ("env=[1]", "env=[1]: expected text"), ("run_dir=", "run_dir=None: expected text"),
-    ("dataset=2001-13-45", None), ("device={a: }", "device={'a': None}: expected text")])
+    ("dataset=2001-13-45", None), ("device={a: }", "device={'a': None}: expected text"),
+    (" =3", "--set ' =3': expected key=value"),
+    ("learning_rate=" + "9" * 400, "expected a number within ±1.8e308")])
 def test_set_values_found_by_the_properties(item, needle, tmp_path, capsys):
     """Values the properties found crashing or silently mistyped: each refused in one line, or (an
     impossible date) kept as the text it is."""
@@ -399,26 +468,35 @@ def test_set_values_found_by_the_properties(item, needle, tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, needle)
 
 
-YAML_KEYS = st.sampled_from(["default", "Pendulum-v1", "Pendulum-*", "*", "_anchors", "seed", "gamma",
-                             "hidden_sizes", "n_envs"]) | st.text(max_size=4) | st.integers()
+YAML_KEYS = st.sampled_from(["default", "Pendulum-v1", "Pendulum-*", "*", "_anchors", "Hopper-v5"]) | (
+    st.text(max_size=4) | st.integers())
 YAML_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(YAML_KEYS, inner,
                                                                                          max_size=3),
                            max_leaves=8)
+SETTING_VALUES = st.sampled_from([yaml.safe_load(text) for text in PLAUSIBLE]) | YAML_VALUES
 
 
-def yaml_files() -> st.SearchStrategy[bytes]:
-    """Arbitrary bytes, arbitrary text, tricky YAML lines, or any YAML document of presets' keys."""
-    return (st.binary(max_size=40) | st.text(max_size=40).map(str.encode)
-            | st.sampled_from(YAMLISH).map(str.encode)
-            | YAML_VALUES.map(lambda v: yaml.safe_dump(v, allow_unicode=True).encode()))
+def settings_of(algo: str) -> st.SearchStrategy[dict[Any, Any]]:
+    """A mapping of setting: value as a preset entry or a saved config holds, keys mostly real."""
+    keys = mostly(st.sampled_from(field_names(algo)), YAML_KEYS)
+    return st.dictionaries(keys, SETTING_VALUES, max_size=4)
+
+
+def preset_files(algo: str) -> st.SearchStrategy[bytes]:
+    """Mostly a YAML document shaped like a preset (env id: settings), else any YAML document,
+    arbitrary bytes or text, or a tricky YAML line."""
+    preset = st.dictionaries(YAML_KEYS, mostly(settings_of(algo), YAML_VALUES), max_size=4)
+    document = mostly(preset, YAML_VALUES).map(lambda v: yaml.safe_dump(v, allow_unicode=True).encode())
+    return mostly(document, st.binary(max_size=40) | st.text(max_size=40).map(str.encode)
+                  | st.sampled_from(YAMLISH).map(str.encode))
 
 
 @SETTINGS
-@given(algo=st.sampled_from(ALGOS), content=yaml_files())
-def test_any_preset_file_resolves_typed_or_says_why_in_one_line(tmp_path, algo, content):
+@given(algo=st.sampled_from(ALGOS), data=st.data())
+def test_any_preset_file_resolves_typed_or_says_why_in_one_line(tmp_path, algo, data):
     path = Path(tempfile.mkdtemp(dir=tmp_path)) / f"{algo}.yaml"
-    path.write_bytes(content)
+    path.write_bytes(data.draw(preset_files(algo)))
     env = "Pendulum-v1"
     preset = outcome(load_preset, path, env, names=(str(path),))
     if preset is None:
@@ -434,9 +512,7 @@ def test_any_preset_file_resolves_typed_or_says_why_in_one_line(tmp_path, algo, 
 def test_any_saved_config_rebuilds_typed_or_says_why_in_one_line(algo, data):
     """`from_dict` rebuilds configs from config.yaml and checkpoints, which a user may have edited."""
     cls = api.algo_class(algo).Config
-    keys = st.sampled_from(sorted(config_fields(cls))) | YAML_KEYS
-    values = YAML_VALUES | st.sampled_from(YAMLISH)
-    saved = data.draw(st.dictionaries(keys, values, max_size=4) | YAML_VALUES)
+    saved = data.draw(mostly(settings_of(algo), YAML_VALUES))
     cfg = outcome(from_dict, cls, saved, "config.yaml config", names=("config.yaml config",))
     if cfg is not None:
         check_configs(RunConfig(), cfg)

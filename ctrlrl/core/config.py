@@ -264,9 +264,9 @@ def load_preset(path: Path, env_id: str) -> dict[str, Any]:
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"preset {path} cannot be read ({exc}); fix or restore the file") from None
-    except YAML_FAILURES as exc:
+    except YAML_FAILURES as exc:  # a ValueError also where the file is not UTF-8 text
         raise UserError(f"preset {path} is not valid YAML ({yaml_problem(exc)}); fix the file") from None
     if data is None:
         return {}

@@ -71,10 +71,8 @@ def _local_ids(minari: Any, root: Path) -> list[str]:
 
 def minari_env(dataset_id: str) -> str | None:
     """The gymnasium id in a local Minari dataset's env spec, None when it has none."""
-    ds = _open(dataset_id)
-    with _minari_reads(dataset_id):
-        spec = ds.env_spec
-        return None if spec is None else spec.id
+    spec = _open(dataset_id).env_spec
+    return None if spec is None else spec.id
 
 
 def _episodes(ds: Any, dataset_id: str) -> Iterator[Any]:
@@ -122,9 +120,7 @@ def load_minari(dataset_id: str) -> Dataset:
     source = f"minari:{dataset_id}"
     import gymnasium as gym
 
-    with _minari_reads(dataset_id):
-        spaces = ds.observation_space, ds.action_space
-        env_spec, metadata = ds.env_spec, ds.storage.metadata
+    spaces = ds.observation_space, ds.action_space  # minari parsed them (and the env spec) on opening
     for space, what in zip(spaces, ("observation", "action"), strict=True):
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise UserError(f"{source}: its {what} space is {space}; ctrlrl reads flat Box observations and "
@@ -153,14 +149,10 @@ def load_minari(dataset_id: str) -> Dataset:
             raise UserError(f"{source}: {key} has {bad[1]} at transition {bad[0]}; "
                             "clean the data or use another dataset")
     f32 = {k: v.astype(np.float32, copy=False) for k, v in arrays.items()}
-    returns_arr = np.asarray(returns, dtype=np.float64)
-    if not np.isfinite(returns_arr).all():
-        raise UserError(f"{source}: an episode's return overflows float64; clean the data or use "
-                        "another dataset")
-    env_id = None if env_spec is None else env_spec.id
+    env_id = None if ds.env_spec is None else ds.env_spec.id
     return Dataset(f32["observations"], f32["actions"], f32["rewards"], f32["next_observations"],
-                   np.concatenate(term).astype(np.float32), returns_arr, env_id,
-                   source, reference_scores(metadata, source))
+                   np.concatenate(term).astype(np.float32), np.asarray(returns, dtype=np.float64), env_id,
+                   source, reference_scores(ds.storage.metadata, source))
 
 
 def reference_scores(metadata: Any, source: str) -> tuple[float, float] | None:
