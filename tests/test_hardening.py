@@ -333,8 +333,11 @@ def test_run_dir_dot_in_a_project_folder_is_refused(tmp_path, monkeypatch, capsy
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     monkeypatch.chdir(tmp_path)
     assert _train(Path("."), 64) == 2
-    assert_one_line_error(capsys.readouterr().err, "--run-dir .", "not a ctrlrl run")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "notes.md"]
+    assert_one_line_error(capsys.readouterr().err, "--run-dir .", "neither an empty folder")
+    (tmp_path / "a_file").write_text("x")
+    assert _train(tmp_path / "a_file", 64) == 2
+    assert_one_line_error(capsys.readouterr().err, "a_file", "neither an empty folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "metrics.jsonl", "notes.md"]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 

@@ -222,8 +222,8 @@ class Algorithm:
                             f"--resume {path} or pass another --run-dir")
         if not resuming and path.exists() and not is_run_dir(path) and (
                 not path.is_dir() or any(path.iterdir())):
-            raise UserError(f"--run-dir {path} is not empty and is not a ctrlrl run (no "
-                            "config.yaml with an algo, no checkpoints/); pass a new or empty folder")
+            raise UserError(f"--run-dir {path} is neither an empty folder nor a ctrlrl run (a "
+                            "config.yaml with an algo, or checkpoints/); pass a new or empty folder")
         try:
             if resuming:
                 truncate_metrics(path / "metrics.jsonl", self.step)
