@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import assert_one_line_error
+from conftest import REPO, assert_one_line_error
 
 import ctrlrl
 from ctrlrl import cli
@@ -33,7 +33,6 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import truncate_metrics
 from ctrlrl.harness import sweep
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "Pendulum-v1", "--device", "cpu", "--n-envs", "1", "--eval-every", "0",
         "--set", "n_steps=64", "--set", "batch_size=32", "--set", "n_epochs=2",
         "--set", "hidden_sizes=[32,32]", "--set", "log_every=64", "--set", "progress=false",
@@ -55,16 +54,16 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_copy(trained, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    dest = tmp_path / "run"
+    shutil.copytree(trained, dest)
+    return dest
 
 
 def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# ---- 9. checkpoints: what a file may make ctrlrl do ------------------------------------------
+# ---- checkpoints: what a file may make ctrlrl do ------------------------------------------
 
 def test_torch_floor_is_the_memory_safe_weights_only_release():
     text = (REPO / "pyproject.toml").read_text()
@@ -326,7 +325,7 @@ def test_env_restore_accepts_its_own_states_across_an_episode(tmp_path):
             fresh.close()
 
 
-# ---- 10. run directories -------------------------------------------------------------------
+# ---- run directories -------------------------------------------------------------------
 
 def test_run_dir_dot_in_a_project_folder_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "notes.md").write_text("my notes")
@@ -487,7 +486,7 @@ def test_truncate_metrics(tmp_path):
     assert not (tmp_path / "missing.jsonl").exists()
 
 
-# ---- 11. signals ----------------------------------------------------------------------------
+# ---- signals ----------------------------------------------------------------------------
 
 def test_async_env_workers_ignore_sigterm_and_still_exit():
     """A group SIGTERM leaves the workers stepping; a program that never closes its env still
