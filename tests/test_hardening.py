@@ -479,9 +479,10 @@ def _rows_lenient(run_dir: Path) -> list[dict]:
 
 def test_truncate_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 10}\n\n{"step": 20}\n[1]\n{"step": 30}\n{"step": 20, "x": 1}\n{"st')
+    path.write_text('{"step": 10}\n\n{"step": 20.0}\n[1]\n{"step": 30}\n{"step": 20, "x": 1}\n'
+                    '{"step": true}\n{"st')
     truncate_metrics(path, 20)
-    assert path.read_text() == '{"step": 10}\n{"step": 20}\n{"step": 20, "x": 1}\n'
+    assert path.read_text() == '{"step": 10}\n{"step": 20.0}\n{"step": 20, "x": 1}\n'
     truncate_metrics(tmp_path / "missing.jsonl", 5)  # nothing logged yet: nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
 

@@ -72,14 +72,14 @@ def truncate_metrics(path: Path, step: int) -> None:
             f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
 
 
-def _row_step(line: str) -> int | None:
+def _row_step(line: str) -> float | None:
     """The step of one metrics.jsonl row; None for a line that is not a complete row."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
     step = row.get("step") if isinstance(row, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
 # logged scalars the console shows, by label; the algorithm's headline follows them
