@@ -403,6 +403,22 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_syncs_the_folder(tmp_pat
     assert events == ["file", "rename", "dir"]  # the rename itself reaches the disk
 
 
+def test_ctrl_c_inside_a_write_surfaces_as_the_interrupt(tmp_path):
+    """torch.save's zip writer, cut by a second Ctrl-C, raises its own RuntimeError on the way
+    out; the CLI must see the interrupt (exit 130, no traceback) and the old file stays."""
+    target = tmp_path / "latest.pt"
+    target.write_bytes(b"previous checkpoint")
+    with pytest.raises(KeyboardInterrupt), atomic_write(target) as f:
+        f.write(b"half")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    assert target.read_bytes() == b"previous checkpoint"
+    with pytest.raises(ValueError), atomic_write(target) as f:  # other errors stay themselves
+        raise ValueError("disk full")
+
+
 def test_config_yaml_and_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     written = []
     real = ckpt_module.atomic_write

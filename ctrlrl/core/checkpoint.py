@@ -69,14 +69,28 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # incl. a second Ctrl-C mid-write: leave no half file behind
+    except BaseException as exc:  # incl. a second Ctrl-C mid-write: leave no half file behind
         tmp.unlink(missing_ok=True)
+        if _during_interrupt(exc):  # torch.save's writer, cut by Ctrl-C, fails on its way out
+            raise KeyboardInterrupt from exc
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _during_interrupt(exc: BaseException) -> bool:
+    """An error raised while a KeyboardInterrupt was being handled: the interrupt is the cause."""
+    if isinstance(exc, KeyboardInterrupt):
+        return False
+    context = exc.__context__
+    while context is not None:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        context = context.__context__
+    return False
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
