@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", choices=["heuristic"],
                     help="evaluate the env's scripted heuristic instead of a trained policy")
     ev.add_argument("--env", help="with --policy heuristic: the env id")
-    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--episodes", type=int, default=None, help="default 10; with --video 1")
+    ev.add_argument("--video", metavar="OUT.mp4",
+                    help="render the deterministic episodes offscreen into an mp4 "
+                         "(pip install 'ctrlrl[video]')")
     ev.add_argument("--seed", type=int, default=None, help="default: the run's seed + 10000")
     ev.add_argument("--device", default=None)
 
@@ -362,6 +365,10 @@ def _as_yaml(value: Any) -> str:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ctrlrl import api
 
+    if args.video and args.policy == "heuristic":
+        raise UserError("--video records a trained run's policy; drop --policy heuristic")
+    if args.episodes is None:  # a video shows one episode unless asked for more
+        args.episodes = 1 if args.video else 10
     if args.policy == "heuristic":
         if args.env is None or args.path is not None:
             raise UserError("--policy heuristic takes --env ENV_ID and no run dir, e.g. "
@@ -379,6 +386,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         raise UserError("--env applies to --policy heuristic; a trained run is evaluated on the "
                         "env it was trained on: drop --env")
     algo = api.load(args.path, device=args.device, replay=False)
+    if args.video:
+        _record_video(algo, args)
+        return
     try:
         evaluation = algo.run_evaluation(args.episodes, args.seed)
     finally:
@@ -386,6 +396,18 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     returns = evaluation.returns
     print(_with_headline(f"{algo.name} on {algo.run.env}: mean return {_mean_std(returns)} over "
                          f"{len(returns)} deterministic episodes", algo.headline(evaluation)))
+
+
+def _record_video(algo: Any, args: argparse.Namespace) -> None:
+    try:
+        episodes = algo.record_video(args.video, args.episodes, args.seed)
+    finally:
+        algo.close()
+    returns = ", ".join(f"{ret:.2f}" for ret, _ in episodes)
+    lengths = ", ".join(str(length) for _, length in episodes)
+    print(f"wrote {args.video}: {len(episodes)} deterministic episode(s) of {algo.name} on "
+          f"{algo.run.env} (seeds {algo.evaluation_seed(args.seed)}…), return {returns} over "
+          f"{lengths} steps")
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:

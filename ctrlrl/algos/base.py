@@ -325,8 +325,20 @@ class Algorithm:
             raise UserError(f"{self.run.env} is a continuing task: its episodes never end, so there "
                             "is no episode return to evaluate; train with --eval-every 0 (loop, "
                             "ucrl2 and random-policy evaluate a fixed horizon instead)")
-        seed = self.run.seed + 10_000 if seed is None else seed  # never the training seeds
-        return evaluate_episodes(self.predict, self.eval_env(n), seed)
+        return evaluate_episodes(self.predict, self.eval_env(n), self.evaluation_seed(seed))
+
+    def evaluation_seed(self, seed: int | None = None) -> int:
+        """The first evaluation episode's seed: `seed`, else the run's seed + 10000 (never a
+        training seed); episode i gets this + i."""
+        return self.run.seed + 10_000 if seed is None else seed
+
+    def record_video(self, path: str | Path, episodes: int = 1, seed: int | None = None
+                     ) -> list[tuple[float, int]]:
+        """The first `episodes` of `evaluate(seed=seed)`, rendered offscreen into the mp4 `path`
+        (see `ctrlrl.core.video`); each episode's (return, length)."""
+        from ctrlrl.core.video import record_video
+
+        return record_video(self.predict, self.run.env, path, episodes, self.evaluation_seed(seed))
 
     def eval_env(self, n: int) -> VecEnv:
         """A separate, unnormalised env of `n` copies for evaluation (kept between calls)."""

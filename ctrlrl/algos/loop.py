@@ -558,7 +558,7 @@ class AverageRewardAlgorithm(Algorithm):
         """Total reward of `eval_horizon` greedy steps from the start state, per "episode"."""
         n = self.run.eval_episodes if episodes is None else episodes
         env = self.eval_env(n)
-        seed = self.run.seed + 10_000 if seed is None else seed
+        seed = self.evaluation_seed(seed)
         obs, total = env.reset(seed), np.zeros(n)
         for _ in range(self.cfg.eval_horizon):
             step = env.step(self.predict(obs))
