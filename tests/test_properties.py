@@ -31,7 +31,7 @@ from ctrlrl import api
 from ctrlrl.algos.base import OfflineAlgorithm
 from ctrlrl.core.config import RunConfig, apply_overrides, config_fields, from_dict, load_preset, parse_set
 from ctrlrl.core.errors import UserError
-from ctrlrl.data import Dataset, load
+from ctrlrl.data import Dataset, dataset_env, load
 
 # the same examples on every run (no flaky CI) and no example database left in the repository;
 # tmp_path is shared by a test's examples, each of which works in its own folder below it
@@ -94,10 +94,11 @@ def damaged_file(draw: st.DrawFn, path: Path) -> None:
     """Leave `path` as written, cut short, with bytes overwritten, or replaced by arbitrary bytes."""
     damage = draw(st.sampled_from(["none", "none", "none", "truncate", "overwrite", "bytes"]))
     raw = path.read_bytes()
+    last = max(len(raw) - 1, 0)  # a file an earlier damage left empty stays in range
     if damage == "truncate":
-        path.write_bytes(raw[: draw(st.integers(0, len(raw) - 1))])
+        path.write_bytes(raw[: draw(st.integers(0, last))])
     elif damage == "overwrite":
-        at = draw(st.integers(0, len(raw) - 1))
+        at = draw(st.integers(0, last))
         patch = draw(st.binary(min_size=1, max_size=64))
         path.write_bytes(raw[:at] + patch + raw[at + len(patch):])
     elif damage == "bytes":
@@ -181,6 +182,7 @@ def test_any_d4rl_file_loads_valid_or_says_why_in_one_line(tmp_path, data, env_i
     path = folder / "data.hdf5"
     write_hdf5(path, data)
     damage.draw(damaged_file(path))
+    outcome(dataset_env, str(path), names=(str(path),))  # what `train --dataset` reads to pick the env
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a given env that differs from the one the file names
         dataset = outcome(load, str(path), env_id, names=(str(path),))
@@ -311,6 +313,7 @@ def test_any_damaged_minari_dataset_loads_valid_or_says_why_in_one_line(tmp_path
     damage.draw(damaged_minari(store / "test" / "fuzz-v0"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        outcome(dataset_env, "minari:test/fuzz-v0", names=("minari:test/fuzz-v0",))
         dataset = outcome(load, "minari:test/fuzz-v0", env_id, names=("minari:test/fuzz-v0",))
     if dataset is not None:
         check_dataset(dataset, env_id)
