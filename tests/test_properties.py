@@ -201,6 +201,15 @@ def test_d4rl_rewards_beyond_float32_are_refused(tmp_path):
         load(str(path))
 
 
+def test_d4rl_arrays_beyond_memory_are_refused(tmp_path):
+    """HDF5 keeps the size, not the data, of chunks never written: a small file can claim 8 TB."""
+    path = tmp_path / "huge.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("observations", shape=(10**12, 1), dtype="f8", chunks=(1024, 1))
+    with pytest.raises(UserError, match="larger than this machine's memory"):
+        load(str(path))
+
+
 # ---------------------------------------------------------------- Minari datasets
 
 
@@ -340,6 +349,8 @@ def _set_metadata(data: Path, key: str, value: Any) -> None:
      "episode 0 has observations (4, 3), actions (3, 2)"),
     (lambda d: _set_metadata(d, "ref_max_score", "high"), "ref_max_score='high' cannot normalise"),
     (lambda d: _set_metadata(d, "dataset_id", 7), "minari cannot read it"),
+    # minari would first allocate an index per claimed episode: 8 TB here
+    (lambda d: _set_metadata(d, "total_episodes", 10**12), "claims 1000000000000 episodes"),
 ])
 def test_minari_damage_the_properties_found(tmp_path, monkeypatch, minari_store, damage, needle):
     """Damage a load would otherwise accept silently (0.5 as a termination), or crash on."""

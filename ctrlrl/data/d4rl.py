@@ -121,6 +121,9 @@ def read_d4rl(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dic
     except H5_FAILURES as exc:
         raise UserError(f"dataset {path}: cannot read it as HDF5, it is damaged or another format "
                         f"({_one_line(exc)}); give a D4RL-format .hdf5 file") from None
+    except MemoryError:  # HDF5 stores sizes, not data, for unwritten (or damaged) chunks
+        raise UserError(f"dataset {path}: its arrays are larger than this machine's memory; use a "
+                        "smaller dataset (or check the file: a damaged one can claim any size)") from None
     return out
 
 

@@ -7,6 +7,7 @@ T actions, rewards, terminations and truncations. ctrlrl never downloads at run 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -53,8 +54,24 @@ def _open(dataset_id: str) -> Any:
         raise UserError(f"minari:{dataset_id}: not among the local Minari datasets ({where}){have}; "
                         f"download it with `minari download {dataset_id}` (needs network; ctrlrl never "
                         "downloads at run time)")
+    _check_episode_count(root / dataset_id / "data", dataset_id)
     with _minari_reads(dataset_id):
         return minari.load_dataset(dataset_id)
+
+
+def _check_episode_count(data: Path, dataset_id: str) -> None:
+    """Refuse a metadata.json claiming more episodes than the files could hold (an episode takes far
+    more than 64 bytes on disk): minari allocates an index per claimed episode before reading any, so
+    a damaged count of billions would take tens of GB of memory instead of failing."""
+    try:
+        claimed = json.loads((data / "metadata.json").read_text(encoding="utf-8")).get("total_episodes")
+    except (OSError, ValueError, AttributeError):
+        return  # minari itself reports a missing or unparsable metadata file
+    size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+    if isinstance(claimed, (int, float)) and claimed > size // 64:
+        raise UserError(f"minari:{dataset_id}: its metadata claims {claimed} episodes, more than its "
+                        f"{size} bytes of files can hold, so it is damaged; download it again with "
+                        f"`minari download {dataset_id}`")
 
 
 def _local_ids(minari: Any, root: Path) -> list[str]:
