@@ -149,7 +149,7 @@ def d4rl_data(draw: st.DrawFn) -> dict[str, Any]:
                 data[key] = value.astype(draw(DTYPES))
         elif mutation in ("nonfinite", "huge") and numeric and value.size:
             bad = draw(st.sampled_from([np.nan, np.inf, -np.inf])) if mutation == "nonfinite" else 1e300
-            value = value.astype(np.float64)
+            value = np.real(value).astype(np.float64)
             value.flat[draw(st.integers(0, value.size - 1))] = bad
             data[key] = value
         elif mutation == "extra":
