@@ -14,7 +14,7 @@ import yaml
 
 from ctrlrl.algos import REGISTRY
 from ctrlrl.algos.base import CHECKPOINT_NAME, Algorithm, is_run_dir
-from ctrlrl.core.config import RunConfig, apply_overrides, load_preset, to_dict
+from ctrlrl.core.config import YAML_FAILURES, RunConfig, apply_overrides, load_preset, to_dict
 from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
 
@@ -161,7 +161,7 @@ def _note_edited_config(config_file: Path, saved: dict[str, Any]) -> None:
         return
     try:
         text = yaml.safe_load(config_file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, *YAML_FAILURES):  # YAML_FAILURES' ValueError covers non-UTF-8 files
         text = None
     edited = [key for section in ("run", "config")
               for key, value in saved[section].items()

@@ -531,3 +531,16 @@ def test_any_saved_config_rebuilds_typed_or_says_why_in_one_line(algo, data):
     cfg = outcome(from_dict, cls, saved, "config.yaml config", names=("config.yaml config",))
     if cfg is not None:
         check_configs(RunConfig(), cfg)
+
+
+@pytest.mark.parametrize("content", [b"algo: ppo\nseed: 2001-13-45\n", b"\xff\xfe", b"[" * 2000])
+def test_a_folder_with_an_unreadable_config_yaml_is_not_taken_for_a_run(content, tmp_path, capsys):
+    """YAML the parser cannot read (an impossible date, not UTF-8, nested too deeply) in a
+    --run-dir's config.yaml: that folder is not a ctrlrl run, said in one line."""
+    from ctrlrl import cli
+
+    (tmp_path / "config.yaml").write_bytes(content)
+    code = cli.main(["train", "ppo", "--env", "Pendulum-v1", "--total-steps", "0", "--run-dir",
+                     str(tmp_path), "--set", "tensorboard=false"])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "is neither an empty folder nor a ctrlrl run")

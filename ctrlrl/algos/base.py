@@ -34,7 +34,7 @@ from ctrlrl.core.buffers import (
     explained_variance,
 )
 from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, misfit, save_checkpoint
-from ctrlrl.core.config import RunConfig, from_dict, resolve_device, to_dict
+from ctrlrl.core.config import YAML_FAILURES, RunConfig, from_dict, resolve_device, to_dict
 from ctrlrl.core.envs import Step, VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
@@ -528,7 +528,7 @@ def is_run_dir(path: Path) -> bool:
         return True
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, *YAML_FAILURES):  # YAML_FAILURES' ValueError covers non-UTF-8 files
         return False
     return isinstance(config, dict) and "algo" in config
 
