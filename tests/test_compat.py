@@ -99,14 +99,16 @@ def test_env_unavailable_names_the_retired_mujoco_py_ids():
 
 
 @pytest.mark.parametrize(("argv", "needles"), [
-    (("ppo", "--env", "CartPole-v1", "--dataset", "data.hdf5"), ("dataset='data.hdf5'", "learns online", "drop it")),
+    (("ppo", "--env", "CartPole-v1", "--dataset", "data.hdf5"),
+     ("dataset='data.hdf5'", "learns online", "drop it")),
     (("ppo", "--env", "CartPole-v1", "--set", "keep_timeouts=true"), ("keep_timeouts=True", "drop it")),
     (("ppo", "--env", "CartPole-v1", "--base-policy", "scripted"),
      ("base_policy is a setting of orpo, ppo-adreg", "not of ppo")),
     (("pg", "--env", "CartPole-v1", "--n-envs", "2"), ("n_envs=2 (pg learns from one env: n_envs=1)",)),
     (("loop", "--env", "ctrlrl/RiverSwim-v0", "--n-envs", "4"), ("n_envs=4",)),
     (("loop", "--env", "ctrlrl/RiverSwim-v0", "--compile"), ("compile=True", "torch.compile")),
-    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--device", "cuda"), ("device='cuda' (loop computes with numpy",)),
+    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--device", "cuda"),
+     ("device='cuda' (loop computes with numpy",)),
     (("bc", "--env", "Hopper-v5", "--dataset", str(OFFLINE_DATA), "--n-envs", "2"),
      ("n_envs=2",)),
     (("ppo", "--env", "ctrlrl/RiverSwim-v0", "--eval-every", "100"),
