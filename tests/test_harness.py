@@ -337,3 +337,19 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     assert cli.main(["sweep", *GRID, "--backend", "ray", "--out", str(tmp_path)]) == 2
     assert_one_line_error(capsys.readouterr().err, "pip install 'ctrlrl[ray]'")
+
+
+@pytest.mark.parametrize("text", ["algo: [ppo\n", "- a list\n", "algo: ppo\nrun: {}\nconfig: {}\n",
+                                  "\udcff".encode("utf-8", "surrogatepass").decode("latin-1")])
+def test_a_damaged_config_yaml_ends_plot_report_and_sweep_in_one_line(tmp_path, capsys, text):
+    run_dir = tmp_path / "runs" / "CartPole-v1" / "ppo" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(text)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "rollout/ep_rew_mean": 1.0}\n')
+    for argv in (["plot", str(run_dir), "-o", str(tmp_path / "c.png")],
+                 ["report", str(run_dir), "-o", str(tmp_path / "r")],
+                 ["sweep", "--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0",
+                  "--out", str(tmp_path / "runs"), "--workers", "1"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ctrlrl: error:") and "config.yaml" in err and "\n" not in err, err

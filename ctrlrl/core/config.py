@@ -236,6 +236,24 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run dir's config.yaml as ctrlrl writes it ({algo, run: {env, ...}, config}); a damaged or
+    hand-edited file ends in one line naming it."""
+    file = path / "config.yaml"
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, *YAML_FAILURES) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else yaml_problem(exc)
+        raise UserError(f"{file} cannot be read ({problem}); restore it from the run's checkpoint "
+                        "with `ctrlrl train ALGO --resume RUN_DIR`, or leave the run out") from None
+    if not (isinstance(data, dict) and isinstance(data.get("algo"), str)
+            and isinstance(data.get("run"), dict) and isinstance(data["run"].get("env"), str)
+            and isinstance(data.get("config"), dict)):
+        raise UserError(f"{file} is not a ctrlrl run config (needs algo, run.env and config); "
+                        "restore it with `ctrlrl train ALGO --resume RUN_DIR`, or leave the run out")
+    return data
+
+
 def apply_overrides(
     run: RunConfig, algo_cfg: Any, overrides: dict[str, Any], source: str
 ) -> tuple[RunConfig, Any]:

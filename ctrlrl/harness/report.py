@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from ctrlrl.core.config import read_run_config
 from ctrlrl.core.errors import UserError
 from ctrlrl.harness import stats
 
@@ -103,7 +103,7 @@ def load_run(path: Path) -> Run:
     cfg_file, metrics_file = path / "config.yaml", path / "metrics.jsonl"
     if not cfg_file.is_file() or not metrics_file.is_file():
         raise UserError(f"{path} is not a ctrlrl run dir (needs config.yaml and metrics.jsonl)")
-    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg = read_run_config(path)
     spec_file = path / "sweep.json"
     label = json.loads(spec_file.read_text())["label"] if spec_file.is_file() else cfg["algo"]
     # settings a run's version did not write yet count as their defaults

@@ -30,8 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ctrlrl.core.config import read_run_config
 from ctrlrl.core.errors import UserError
 
 DONE_FILE = "done.json"
@@ -166,7 +165,7 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
         spec = dataclasses.replace(spec, total_steps=run.total_steps)
         config_file = spec.run_dir / "config.yaml"
         if config_file.is_file():
-            saved = yaml.safe_load(config_file.read_text())
+            saved = read_run_config(spec.run_dir)
             diffs = api.config_diffs(saved, run, cfg) if saved.get("algo") == spec.algo else ["algo"]
             if diffs:
                 raise UserError(f"{spec.run_dir} holds a run with another configuration "
