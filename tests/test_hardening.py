@@ -514,10 +514,10 @@ def test_async_env_workers_ignore_sigterm_and_still_exit():
         "from ctrlrl.core.envs import VecEnv\n"
         "env = VecEnv('Pendulum-v1', 2, 'async')\n"
         "env.reset(0)\n"
-        "for p in env.envs.processes:\n"
+        "for p in env.envs.vector.processes:\n"
         "    os.kill(p.pid, signal.SIGTERM)\n"
         "time.sleep(0.5)\n"
-        "assert all(p.is_alive() for p in env.envs.processes)\n"
+        "assert all(p.is_alive() for p in env.envs.vector.processes)\n"
         "env.step(np.zeros((2, 1), np.float32))\n"
         "print('stepped')\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -234,7 +234,7 @@ def test_resume_applies_vec_mode(tmp_path):
     straight, resumed = _straight_and_resumed_with("ppo", tmp_path, {"n_envs": 2},
                                                    {"vec_mode": "async"})
     assert resumed.run.vec_mode == "async"
-    assert isinstance(resumed.env.envs, AsyncVectorEnv)
+    assert isinstance(resumed.env.envs.vector, AsyncVectorEnv)
     assert_same_state(straight, resumed)
     straight.close()
     resumed.close()

@@ -1,9 +1,10 @@
 """Vectorised gymnasium environments with the plumbing every algorithm needs.
 
-`VecEnv` wraps `gymnasium.vector.{Sync,Async}VectorEnv` and owns:
+`VecEnv` steps `n_envs` copies of one env, in this process (`SerialEnvs`) or one subprocess each
+(gymnasium's `AsyncVectorEnv`), and owns:
 - same-step autoreset: gymnasium ≥ 1.1 defaults to resetting a finished sub-env on the *next* step,
   whose transition is then not real; we use `AutoresetMode.SAME_STEP`, so every step is a real
-  transition and the true last observation of a finished episode arrives in `final_obs`;
+  transition and the true last observation of a finished episode is kept as `next_obs`;
 - observation / reward normalisation (running statistics that are part of the checkpoint);
 - episode statistics on the raw (unnormalised) reward;
 - exact snapshots of every sub-env (simulator state, RNG, wrapper counters) so a resumed run
@@ -18,12 +19,12 @@ import signal
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import load_env_creator
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 
 from ctrlrl.core.checkpoint import misfit
 from ctrlrl.core.errors import UserError
@@ -254,6 +255,102 @@ def is_continuing(env_id: str) -> bool:
     return spec.max_episode_steps is None and bool(getattr(spec.entry_point, "continuing", False))
 
 
+class EnvStep(NamedTuple):
+    """The raw result of stepping every sub-env once, before normalisation and statistics."""
+
+    obs: np.ndarray  # to act on next: the reset observation where an episode ended
+    reward: np.ndarray  # float64
+    terminated: np.ndarray
+    truncated: np.ndarray
+    next_obs: np.ndarray  # the true successor: `obs` with the final observations put back
+    true_reward: np.ndarray | None  # `info["true_reward"]` where some env reports it
+
+
+class SerialEnvs:
+    """`n` gymnasium envs stepped one after another in this process, with same-step autoreset.
+
+    It computes what `SyncVectorEnv(autoreset_mode=SAME_STEP)` does (the same calls on each
+    sub-env in the same order: `step`, then `reset()` where it ended), without its per-step
+    merging of every sub-env's info into one dict, which on a small env costs as much as a
+    fifth of the physics. tests/test_envs.py checks the two step by step, time limits included.
+    """
+
+    def __init__(self, env_fns: list[Any]):
+        self.envs = [fn() for fn in env_fns]
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self._closed = False
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        obs = np.empty((len(self.envs), *self.single_observation_space.shape),
+                       self.single_observation_space.dtype)
+        for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
+            obs[i] = env.reset(seed=seed)[0]
+        return obs
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        n, space = len(self.envs), self.single_observation_space
+        obs = np.empty((n, *space.shape), space.dtype)
+        reward = np.empty(n)
+        terminated, truncated = np.empty(n, np.bool_), np.empty(n, np.bool_)
+        true_reward, finals = None, {}
+        for i, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
+            o, reward[i], terminated[i], truncated[i], info = env.step(action)
+            if "true_reward" in info:
+                if true_reward is None:
+                    true_reward = np.zeros(n)
+                true_reward[i] = info["true_reward"]
+            if terminated[i] or truncated[i]:
+                finals[i] = o
+                o = env.reset()[0]
+            obs[i] = o
+        next_obs = obs
+        if finals:
+            next_obs = obs.copy()
+            for i, o in finals.items():
+                next_obs[i] = o
+        return EnvStep(obs, reward, terminated, truncated, next_obs, true_reward)
+
+    def call(self, name: str, *args: Any) -> tuple[Any, ...]:
+        return tuple(getattr(env, name)(*args) for env in self.envs)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for env in self.envs:
+                env.close()
+
+
+class GymnasiumEnvs:
+    """A gymnasium vector env (async: one subprocess per sub-env) behind `SerialEnvs`'s methods."""
+
+    def __init__(self, vector_cls: type[VectorEnv], env_fns: list[Any]):
+        self.vector = vector_cls(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.single_observation_space = self.vector.single_observation_space
+        self.single_action_space = self.vector.single_action_space
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        return self.vector.reset(seed=seeds)[0]
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        obs, reward, terminated, truncated, info = self.vector.step(actions)
+        terminated, truncated = np.asarray(terminated), np.asarray(truncated)
+        done = terminated | truncated
+        next_obs = obs
+        if done.any():
+            next_obs = obs.copy()
+            idx = np.flatnonzero(info["_final_obs"])
+            next_obs[idx] = np.stack(info["final_obs"][idx])
+        return EnvStep(obs, np.asarray(reward, np.float64), terminated, truncated, next_obs,
+                       _info_values(info, "true_reward", done))
+
+    def call(self, name: str, *args: Any) -> tuple[Any, ...]:
+        return self.vector.call(name, *args)
+
+    def close(self) -> None:
+        self.vector.close()
+
+
 def _info_values(info: dict[str, Any], key: str, done: np.ndarray) -> np.ndarray | None:
     """Per-env values of `info[key]` from a vector step; a finished env's come from its final
     info (with same-step autoreset its own entry holds the reset info). None if no env has it."""
@@ -288,8 +385,7 @@ class VecEnv:
         if n_envs < 1:
             raise UserError(f"n_envs={n_envs}: need at least one environment")
         fns = [partial(_make_one, env_id, i, env_kwargs or {}) for i in range(n_envs)]
-        vec_cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
-        self.envs = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.envs = SerialEnvs(fns) if mode == "sync" else GymnasiumEnvs(AsyncVectorEnv, fns)
         # async workers ignore SIGTERM (see `_make_one`), so the terminate() with which gymnasium
         # (on garbage collection) and multiprocessing (at exit) end them would not: an env that
         # is never closed is closed the orderly way instead, when collected or at exit
@@ -316,7 +412,7 @@ class VecEnv:
         self.raw_obs: np.ndarray | None = None  # the same, as the env gave it
 
     def reset(self, seed: int) -> np.ndarray:
-        raw, _ = self.envs.reset(seed=[seed + i for i in range(self.n_envs)])
+        raw = self.envs.reset([seed + i for i in range(self.n_envs)])
         self.raw_obs = raw
         if self.obs_rms is not None and self.training:
             self.obs_rms.update(raw)
@@ -334,14 +430,8 @@ class VecEnv:
         return np.clip(out, -self.clip_obs, self.clip_obs).astype(np.float32)
 
     def step(self, actions: np.ndarray) -> Step:
-        raw_obs, reward, terminated, truncated, info = self.envs.step(actions)
-        reward = np.asarray(reward, np.float64)
+        raw_obs, reward, terminated, truncated, raw_next, true_reward = self.envs.step(actions)
         done = terminated | truncated
-        raw_next = raw_obs
-        if done.any():
-            raw_next = raw_obs.copy()
-            idx = np.flatnonzero(info["_final_obs"])
-            raw_next[idx] = np.stack(info["final_obs"][idx])
         if self.obs_rms is not None and self.training:
             self.obs_rms.update(raw_obs)
         norm_reward = reward
@@ -353,7 +443,6 @@ class VecEnv:
             self._disc_return[done] = 0.0
         self._ep_return += reward
         self._ep_length += 1
-        true_reward = _info_values(info, "true_reward", done)
         has_true = true_reward is not None
         if has_true:
             self._ep_true_return += true_reward
@@ -365,9 +454,8 @@ class VecEnv:
             self._ep_return[i], self._ep_length[i], self._ep_true_return[i] = 0.0, 0, 0.0
         self.obs, self.raw_obs = self.normalize_obs(raw_obs), raw_obs
         next_obs = self.obs if raw_next is raw_obs else self.normalize_obs(raw_next)
-        return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward,
-                    np.asarray(terminated), np.asarray(truncated), episodes, true_returns,
-                    raw_next)
+        return Step(self.obs, next_obs, norm_reward.astype(np.float32), reward, terminated,
+                    truncated, episodes, true_returns, raw_next)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue stepping exactly where this env stands."""

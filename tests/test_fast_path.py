@@ -1,0 +1,160 @@
+"""The on-policy fast path: envs stepped without gymnasium's vector bookkeeping, acting in NumPy.
+
+Each is checked against what it replaces: `SerialEnvs` against gymnasium's `SyncVectorEnv` (same
+seeds and actions → the same observations, rewards, ends and episode statistics, step by step),
+`HostActorCritic` against the torch modules' forward pass.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import SyncVectorEnv
+from torch import nn
+
+from ctrlrl.core.acting import HostActorCritic
+from ctrlrl.core.envs import GymnasiumEnvs, SerialEnvs, VecEnv, _make_one
+from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+
+
+def _env_pair(env_id: str, n: int, env_kwargs: dict, **normalize) -> tuple[VecEnv, VecEnv]:
+    """The same VecEnv twice: stepping its sub-envs itself, and through SyncVectorEnv."""
+    fast = VecEnv(env_id, n, env_kwargs=env_kwargs, **normalize)
+    ref = VecEnv(env_id, n, env_kwargs=env_kwargs, **normalize)
+    ref.envs.close()
+    ref.envs = GymnasiumEnvs(SyncVectorEnv, [partial(_make_one, env_id, i, env_kwargs)
+                                            for i in range(n)])
+    assert isinstance(fast.envs, SerialEnvs)
+    return fast, ref
+
+
+def _random_actions(space: gym.Space, n: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, gym.spaces.Box):
+        return rng.uniform(space.low, space.high, (n, *space.shape)).astype(space.dtype)
+    return rng.integers(0, space.n, n)
+
+
+@pytest.mark.parametrize("env_id, env_kwargs, normalize", [
+    # terminations (falls) and time-limit truncations, with and without normalisation
+    ("Hopper-v5", {"max_episode_steps": 25}, {}),
+    ("Hopper-v5", {"max_episode_steps": 25}, {"normalize_obs": True, "normalize_reward": True}),
+    # discrete actions and terminations
+    ("CartPole-v1", {"max_episode_steps": 30}, {"normalize_obs": True}),
+    # `info["true_reward"]`: the episodes' true returns
+    ("ctrlrl/HalfCheetahEnergy-v0", {"max_episode_steps": 20}, {"normalize_reward": True}),
+])
+def test_serial_envs_step_as_gymnasium_sync_vector_env(env_id, env_kwargs, normalize):
+    n, steps = 3, 200
+    fast, ref = _env_pair(env_id, n, env_kwargs, **normalize)
+    try:
+        assert np.array_equal(fast.reset(7), ref.reset(7))
+        rng = np.random.default_rng(0)
+        ends = {"terminated": 0, "truncated": 0, "true returns": 0}
+        for _ in range(steps):
+            action = _random_actions(fast.action_space, n, rng)
+            a, b = fast.step(action), ref.step(action)
+            for key in ("obs", "next_obs", "reward", "raw_reward", "terminated", "truncated",
+                        "raw_next_obs"):
+                x, y = getattr(a, key), getattr(b, key)
+                assert x.dtype == y.dtype and np.array_equal(x, y), key
+            assert a.episodes == b.episodes and a.true_returns == b.true_returns
+            ends["terminated"] += int(a.terminated.sum())
+            ends["truncated"] += int((a.truncated & ~a.terminated).sum())
+            ends["true returns"] += len(a.true_returns)
+        # the run crossed episode ends of the kinds the env has
+        assert ends["truncated"] > 0 and (env_id == "ctrlrl/HalfCheetahEnergy-v0"
+                                          or ends["terminated"] > 0)
+        assert (ends["true returns"] > 0) == env_id.startswith("ctrlrl/")
+        sa, sb = fast.state_dict(), ref.state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if key != "envs":
+                assert str(sa[key]) == str(sb[key]), key
+        for x, y in zip(sa["envs"], sb["envs"], strict=True):
+            assert x["rng"] == y["rng"] and all(
+                np.array_equal(x["layers"][-1][k], y["layers"][-1][k]) for k in y["layers"][-1]
+                if isinstance(y["layers"][-1][k], np.ndarray))
+    finally:
+        fast.close()
+        ref.envs.close()
+
+
+def _actor_critic(space: gym.Space, obs_dim: int = 5, hidden=(16, 8), act: str = "tanh"):
+    torch.manual_seed(0)
+    policy = make_policy(space, obs_dim, hidden, act, log_std_init=-0.3)
+    value_fn = MLP(obs_dim, hidden, 1, act)
+    orthogonal_init(value_fn, last_gain=1.0)
+    with torch.no_grad():  # visible means and log-stds (the 0.01 last gain makes them tiny)
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy, value_fn
+
+
+SPACES = [gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4),
+          gym.spaces.MultiDiscrete([3, 2, 4])]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=["box", "discrete", "multidiscrete"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "elu", "leaky_relu"])
+def test_host_actor_matches_the_torch_modules(space, act):
+    """Values, log-probabilities of the drawn actions and the distribution's parameters equal the
+    torch forward within float32 rounding; after the weights change, `sync` follows them."""
+    policy, value_fn = _actor_critic(space, act=act)
+    host = HostActorCritic.for_modules(policy, value_fn)
+    assert host is not None
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((6, 5)).astype(np.float32)
+    for _ in range(2):
+        action, log_prob, value = host.act(obs, rng)
+        obs_t = torch.as_tensor(obs)
+        with torch.no_grad():
+            ref_log_prob, _ = policy.log_prob_entropy(obs_t, torch.as_tensor(action))
+            assert np.allclose(value, value_fn(obs_t).squeeze(-1).numpy(), atol=1e-5)
+            assert np.allclose(log_prob, ref_log_prob.numpy(), atol=1e-4)
+            params = host.forward(obs)[:, :-1]
+            ref = policy.net(obs_t).numpy()
+            assert np.allclose(params, ref, atol=1e-5)
+        assert log_prob.dtype == value.dtype == np.float32
+        assert action.shape == (6, *space.shape)
+        with torch.no_grad():  # an update moves the weights: the host copy follows on sync
+            for p in [*policy.parameters(), *value_fn.parameters()]:
+                p.add_(0.1)
+        host.sync()
+
+
+@pytest.mark.parametrize("space", SPACES, ids=["box", "discrete", "multidiscrete"])
+def test_host_actor_draws_from_the_policy_distribution(space):
+    """Many draws at one state: the Gaussian's standardised noise is N(0, 1); categorical
+    frequencies match the probabilities, and impossible (padded) actions are never drawn."""
+    policy, value_fn = _actor_critic(space)
+    host = HostActorCritic.for_modules(policy, value_fn)
+    rng = np.random.default_rng(1)
+    n = 20_000
+    obs = np.repeat(rng.standard_normal((1, 5)).astype(np.float32), n, 0)
+    action = host.act(obs, rng)[0]
+    with torch.no_grad():
+        params = policy.dist_params(torch.as_tensor(obs[:1]))
+    if isinstance(space, gym.spaces.Box):
+        mean, log_std = (x.detach().numpy()[0] for x in params)
+        z = (action - mean) / np.exp(log_std)
+        assert np.allclose(z.mean(0), 0, atol=0.04) and np.allclose(z.std(0), 1, atol=0.03)
+        return
+    probs = np.exp(params.numpy()[0]).reshape(-1, params.shape[-1])
+    action = action.reshape(n, -1)
+    for k in range(probs.shape[0]):
+        freq = np.bincount(action[:, k], minlength=probs.shape[1]) / n
+        assert np.allclose(freq, probs[k], atol=0.015)
+        assert (freq[probs[k] == 0] == 0).all()
+
+
+def test_host_actor_declines_what_it_does_not_compute():
+    box = SPACES[0]
+    policy, _ = _actor_critic(box)
+    assert HostActorCritic.for_modules(policy, MLP(5, (16,), 1, "tanh")) is None  # depth
+    assert HostActorCritic.for_modules(policy, MLP(5, (16, 8), 1, "relu")) is None  # activation
+    assert HostActorCritic.for_modules(policy, MLP(5, (16, 8), 1, "tanh", layer_norm=True)) is None
+    assert HostActorCritic.for_modules(policy, nn.Linear(5, 1)) is None
