@@ -46,7 +46,9 @@ def build(algo: str, device: str, dataset: Path, run_dir: str):
 
 
 def one_update(learner, algo: str):
-    return learner.train_iteration if algo in OFFLINE or algo == "ppo" else learner.update
+    if algo in OFFLINE or algo == "ppo":
+        return learner.train_iteration
+    return lambda: learner.update(learner.replay.sample(learner.cfg.batch_size))
 
 
 def rate(learner, algo: str, steps: int, device: str) -> float:

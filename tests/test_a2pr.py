@@ -83,27 +83,26 @@ def test_no_regularisation_where_every_q_is_below_v(tmp_path):
     b = algo.replay.sample(256)
     with torch.no_grad():
         advantage = algo.critic(b.obs, b.actions)[0] - algo.state_value(b.obs)
-    algo.vae_loss(b, advantage)
-    algo.actor_loss(b)
+    vae_info = algo.vae_loss(b, advantage)[1]
+    actor_info = algo.actor_loss(b)[1]
     # guards: before the shift both terms are on (this test could fail)
-    assert algo.metrics["recon_loss"] > 0 and algo.metrics["bc_loss"] > 0
+    assert vae_info["recon_loss"] > 0 and actor_info["bc_loss"] > 0
 
     with torch.no_grad():
         algo.value.layers[-1].bias.add_(1e4)
         advantage = algo.critic(b.obs, b.actions)[0] - algo.state_value(b.obs)
     assert (advantage < 0).all()
-    algo.vae_loss(b, advantage)
-    assert algo.metrics["recon_loss"].item() == 0.0
-    loss = algo.actor_loss(b)
-    assert algo.metrics["bc_loss"].item() == 0.0
+    assert algo.vae_loss(b, advantage)[1]["recon_loss"].item() == 0.0
+    loss, actor_info = algo.actor_loss(b)
+    assert actor_info["bc_loss"].item() == 0.0
     with torch.no_grad():
         q = algo.critic(b.obs, algo.actor(b.obs))[0]
     torch.testing.assert_close(loss.detach(), -2.5 * q.mean() / q.abs().mean())
     # and the same through a whole training step (an actor step: n_updates + 1 is even)
     algo.n_updates = 1
-    algo.update()
-    assert algo.metrics["recon_loss"].item() == 0.0
-    assert algo.metrics["bc_loss"].item() == 0.0
+    metrics = algo.update(b)
+    assert metrics["recon_loss"].item() == 0.0
+    assert metrics["bc_loss"].item() == 0.0
     algo.close()
 
 
@@ -116,8 +115,8 @@ def test_q_term_is_invariant_to_the_reward_scale(tmp_path):
 
     def terms():
         torch.manual_seed(1)  # the same VAE draw for ã each time
-        loss = algo.actor_loss(b)
-        bc = algo.metrics["bc_loss"]
+        loss, info = algo.actor_loss(b)
+        bc = info["bc_loss"]
         return loss.detach() - bc, bc
 
     q_before, bc_before = terms()
@@ -156,7 +155,7 @@ def test_actor_loss_and_its_gradient_path(trained, through_vae):
         algo.actor_flat.zero_grad()
         algo.vae_flat.zero_grad()
         torch.manual_seed(3)
-        loss = algo.actor_loss(b, v)
+        loss = algo.actor_loss(b, v)[0]
         loss.backward()
         got = algo.actor_flat.param.grad.clone()
         assert (algo.vae_flat.param.grad.abs().sum() > 0) == through_vae
@@ -183,7 +182,7 @@ def test_vae_loss_by_hand(trained):
         b = algo.replay.sample(128)
         advantage = torch.linspace(-1.0, 1.0, 128)[torch.randperm(128)]
         torch.manual_seed(4)
-        loss = algo.vae_loss(b, advantage)
+        loss = algo.vae_loss(b, advantage)[0]
         torch.manual_seed(4)
         recon, mean, log_std = algo.vae(b.obs, b.actions)
     finally:
@@ -230,7 +229,7 @@ def test_update_feeds_each_loss_its_defined_inputs(stepped, monkeypatch):
     spy(monkeypatch, algo.replay, "sample", rec)
     for name in ("bellman_target", "value_target", "vae_loss", "actor_loss"):
         spy(monkeypatch, algo, name, rec)
-    algo.update()
+    metrics = algo.update(algo.replay.sample(algo.cfg.batch_size))
 
     b = rec["sample"][1]
     next_action, y = rec["bellman_target"][1]
@@ -239,13 +238,13 @@ def test_update_feeds_each_loss_its_defined_inputs(stepped, monkeypatch):
         torch.testing.assert_close(
             y, b.rewards + keep * before["critic_target"](b.next_obs, next_action).min(0).values)
         q_sa = before["critic"](b.obs, b.actions)
-        torch.testing.assert_close(algo.metrics["critic_loss"], ((q_sa - y) ** 2).mean(1).sum())
+        torch.testing.assert_close(metrics["critic_loss"], ((q_sa - y) ** 2).mean(1).sum())
         online_y = b.rewards + keep * algo.critic(b.next_obs, next_action).min(0).values
         assert (online_y < y).any() and (online_y > y).any()  # the min binds both ways here
         value_target = rec["value_target"][1][0]
         torch.testing.assert_close(value_target, torch.minimum(y, online_y))
         v_before = before["value"](b.obs).squeeze(-1)
-        torch.testing.assert_close(algo.metrics["value_loss"], ((v_before - value_target) ** 2).mean())
+        torch.testing.assert_close(metrics["value_loss"], ((v_before - value_target) ** 2).mean())
         torch.testing.assert_close(rec["vae_loss"][0][1], algo.critic(b.obs, b.actions)[0] - v_before)
         torch.testing.assert_close(rec["actor_loss"][0][1], v_before)
     tau = algo.cfg.tau
@@ -266,7 +265,7 @@ def test_actor_and_targets_move_on_every_second_update(stepped):
         algo.n_updates = n
         before = {k: flat(getattr(algo, k)) for k in ("actor", "actor_target", "critic_target",
                                                        "critic", "value", "vae")}
-        algo.update()
+        algo.update(algo.replay.sample(algo.cfg.batch_size))
         for k, old in before.items():
             moved = not torch.equal(flat(getattr(algo, k)), old)
             assert moved == (steps_actor or k in ("critic", "value", "vae")), (n, k)

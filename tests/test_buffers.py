@@ -160,7 +160,7 @@ gym.register("CtrlrlTest/Both-v0", entry_point=CounterEnv, max_episode_steps=5,
 
 def _one_rollout(env_id, tmp_path, n_envs=1):
     algo = make_algo("ppo", tmp_path / "run", env=env_id, n_steps=8, batch_size=8, n_envs=n_envs)
-    algo.update = lambda data: None  # keep the value net as it was while collecting
+    algo.update = lambda data: {}  # keep the value net as it was while collecting
     algo.train_iteration()
     return algo
 

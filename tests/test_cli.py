@@ -254,9 +254,8 @@ def test_diverged_training_stops_with_a_clear_error_and_keeps_checkpoint(tmp_pat
     good = ckpt.read_bytes()
     real_update = SAC.update
 
-    def diverging_update(self):
-        real_update(self)
-        self.metrics["critic_loss"] = torch.tensor(float("nan"))
+    def diverging_update(self, batch):
+        return real_update(self, batch) | {"critic_loss": torch.tensor(float("nan"))}
 
     monkeypatch.setattr(SAC, "update", diverging_update)
     with pytest.raises(ctrlrl.UserError, match=r"diverged: train/critic_loss is nan at step 60"):

@@ -262,8 +262,7 @@ def test_off_policy_with_c_equal_lambda_is_sacs_actor_loss(c, tmp_path):
     losses, grads = [], []
     for algo in (mdpo, sac):
         torch.manual_seed(5)  # the same ε for both
-        action, log_prob, u = algo.actor.rsample(obs)
-        loss = algo.actor_loss(obs, action, log_prob, u, alpha)
+        loss = algo.actor_loss(obs, algo.actor.rsample(obs), alpha)[0]
         losses.append(loss)
         grads.append(policy_grad(algo.actor, loss))
     if c == 0.2:  # c = λ: SAC's loss, to float precision
@@ -298,9 +297,9 @@ def test_update_minimises_the_mirror_actor_loss(c, lam, eta, monkeypatch, tmp_pa
                      ent_coef=lam, **settings)
     checked, actor_loss = [], algo.actor_loss
 
-    def spy(obs, action, log_prob, pre_tanh, alpha):
-        loss = actor_loss(obs, action, log_prob, pre_tanh, alpha)
-        expected = expected_actor_loss(algo, obs, pre_tanh, c, lam, eta)
+    def spy(obs, pi, alpha):
+        loss, info = actor_loss(obs, pi, alpha)
+        expected = expected_actor_loss(algo, obs, pi.pre_tanh, c, lam, eta)
         grad = policy_grad(algo.actor, loss, retain_graph=True)  # the update still backprops it
         expected_grad = policy_grad(algo.actor, expected, retain_graph=True)  # shares ã with it
         moved = any(not torch.equal(o, p) for o, p in zip(algo.old_actor.parameters(),
@@ -309,7 +308,7 @@ def test_update_minimises_the_mirror_actor_loss(c, lam, eta, monkeypatch, tmp_pa
             reg = eta * output_regulariser(*algo.actor.dist_params(obs))
         checked.append((float(alpha), loss.detach(), expected.detach(), grad, expected_grad, moved,
                         float(reg)))
-        return loss
+        return loss, info
 
     monkeypatch.setattr(algo, "actor_loss", spy)
     algo.learn()
@@ -331,10 +330,11 @@ def test_old_policy_refresh_timing(phase, refreshed_after, monkeypatch, tmp_path
     initial = [p.clone() for p in algo.old_actor.parameters()]
     equal_after, update = [], algo.update
 
-    def spy():
-        update()
+    def spy(batch):
+        metrics = update(batch)
         equal_after.append(all(torch.equal(o, p) for o, p in zip(
             algo.old_actor.parameters(), algo.actor.parameters(), strict=True)))
+        return metrics
 
     monkeypatch.setattr(algo, "update", spy)
     algo.learn()

@@ -225,7 +225,7 @@ def spy_update(algo, monkeypatch) -> dict:
     monkeypatch.setattr(algo.v_opt, "step", spy_step)
     monkeypatch.setattr(odice_module, "f_star", spy_f)
     monkeypatch.setattr(algo, "_policy_loss", spy_policy_loss)
-    algo.update()
+    algo.update(algo.replay.sample(algo.cfg.batch_size))
     return rec
 
 
@@ -376,7 +376,7 @@ def test_rewards_are_scaled_by_the_return_range(tmp_path):
     scale = 1000.0 / (data.episode_returns.max() - data.episode_returns.min())
     rewards = algo.replay.storage[:, algo.obs_dim + algo.act_dim].numpy()
     np.testing.assert_allclose(rewards, data.rewards * scale, rtol=1e-5)
-    assert algo.metrics["reward_scale"] == pytest.approx(scale)
+    assert algo.reward_scale == pytest.approx(scale)
     algo.close()
     n = 64  # every episode returns 10: no range to scale by
     path = write_bandit(tmp_path / "flat.hdf5", np.ones(n), np.zeros(n), np.full(n, 10.0), np.ones(n))

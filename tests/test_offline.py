@@ -94,11 +94,11 @@ def test_td3bc_q_term_is_invariant_to_the_q_scale(tmp_path):
     algo.learn()
     b = algo.replay.sample(64)
     bc = torch.nn.functional.mse_loss(algo.actor(b.obs), b.actions)
-    before = algo.actor_loss(b) - bc
+    before = algo.actor_loss(b)[0] - bc
     with torch.no_grad():
         algo.critic.weights[-1].mul_(7.0)  # every Q, and so every reward, scaled by 7
         algo.critic.biases[-1].mul_(7.0)
-    after = algo.actor_loss(b) - bc
+    after = algo.actor_loss(b)[0] - bc
     torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)
     q = algo.critic(b.obs, algo.actor(b.obs))[0]
     torch.testing.assert_close(after, -2.5 * q.mean() / q.abs().mean(), rtol=1e-4, atol=1e-5)

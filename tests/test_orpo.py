@@ -191,17 +191,17 @@ def test_true_reward_is_logged(tmp_path):
 def gae_rewards(algo) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Spies on one orpo run: the env's rewards of each rollout, and the rewards GAE is given."""
     env_rewards, gae_input = [], []
-    on_full, finish = algo.on_rollout_full, algo.rollout.finish
+    shape, finish = algo.shape_rewards, algo.rollout.finish
 
-    def spy_full(rollout):
+    def spy_shape(rollout):
         env_rewards.append(rollout.rewards.copy())
-        on_full(rollout)
+        return shape(rollout)
 
     def spy_finish(*args, **kwargs):
         gae_input.append(algo.rollout.rewards.copy())
         return finish(*args, **kwargs)
 
-    algo.on_rollout_full, algo.rollout.finish = spy_full, spy_finish
+    algo.shape_rewards, algo.rollout.finish = spy_shape, spy_finish
     return env_rewards, gae_input
 
 
@@ -346,7 +346,7 @@ def test_base_steps_budget(in_budget, tmp_path, monkeypatch):
 
     def spy_update(rollout):
         schedules.append(algo.rollout_schedule())
-        update(rollout)
+        return update(rollout)
 
     algo.update = spy_update
     algo.learn()

@@ -81,7 +81,7 @@ def ppo_rollout(algo, monkeypatch, iterations: int = 1):
         return out
 
     monkeypatch.setattr(algo.env, "step", spy)
-    monkeypatch.setattr(algo, "update", lambda rollout: None)
+    monkeypatch.setattr(algo, "update", lambda rollout: {})
     for _ in range(iterations):
         algo.train_iteration()
     return steps
@@ -146,8 +146,9 @@ def test_ppo_learning_rate_annealing(tmp_path, monkeypatch):
     real_update = algo.update
 
     def spy(rollout):
-        real_update(rollout)
+        metrics = real_update(rollout)
         lrs.append(algo.optimizer.param_groups[0]["lr"])
+        return metrics
 
     monkeypatch.setattr(algo, "update", spy)
     for _ in range(4):
@@ -268,7 +269,7 @@ def test_ppo_kl_threshold():
 
 def run_update(algo, state, monkeypatch, seed=123):
     """`algo.update` from saved module states with the given RNG seed; returns the approx KLs its
-    losses reported and the number of optimiser steps."""
+    losses reported, the number of optimiser steps and the metrics it returned."""
     for key, module in algo.state_modules().items():
         module.load_state_dict(copy.deepcopy(state[key]))
     algo.n_updates = 0
@@ -288,27 +289,27 @@ def run_update(algo, state, monkeypatch, seed=123):
         m.setattr(algo, "_loss", loss_spy)
         m.setattr(algo.optimizer, "step", step_spy)
         torch.manual_seed(seed)
-        algo.update(algo.rollout)
-    return kls, n_steps[0]
+        metrics = algo.update(algo.rollout)
+    return kls, n_steps[0], metrics
 
 
 def test_ppo_target_kl_stops_before_the_minibatch_past_it(ppo, monkeypatch):
     """stable-baselines3's rule: the first minibatch whose approximate KL exceeds 1.5·target_kl
     takes no step and ends the update; train/approx_kl is the mean over every minibatch evaluated."""
     state = {k: copy.deepcopy(m.state_dict()) for k, m in ppo.state_modules().items()}
-    free_kls, free_steps = run_update(ppo, state, monkeypatch)
+    free_kls, free_steps, _ = run_update(ppo, state, monkeypatch)
     assert free_steps == len(free_kls) == 12
     # the first minibatch after the first epoch's whose KL is a new maximum; the threshold just
     # below it
     j = next(i for i in range(5, 12) if free_kls[i] > 1.01 * max(free_kls[:i]))
     ppo.cfg.target_kl = free_kls[j] * 0.999 / 1.5
-    kls, n_steps = run_update(ppo, state, monkeypatch)
+    kls, n_steps, metrics = run_update(ppo, state, monkeypatch)
     assert np.allclose(kls, free_kls[:j + 1])
     assert n_steps == ppo.n_updates == j
-    assert ppo.metrics["approx_kl"].item() == pytest.approx(np.mean(kls), rel=1e-5)
+    assert metrics["approx_kl"].item() == pytest.approx(np.mean(kls), rel=1e-5)
     # `kl_stop="epoch"`: the epoch's mean KL, checked after its steps
     ppo.cfg.kl_stop, ppo.cfg.target_kl = "epoch", np.mean(free_kls[:4]) * 0.999 / 1.5
-    kls, n_steps = run_update(ppo, state, monkeypatch)
+    kls, n_steps, _ = run_update(ppo, state, monkeypatch)
     assert n_steps == len(kls) == 4
 
 
@@ -359,7 +360,7 @@ def test_sac_update(sac, variant):
     actor0, critic0, target0 = (copy.deepcopy(m) for m in (sac.actor, sac.critic, sac.critic_target))
     log_alpha0 = sac.log_alpha.item()
     torch.manual_seed(5)
-    sac.update()
+    m = sac.update(sac.replay.sample(sac.cfg.batch_size))
 
     torch.manual_seed(5)
     b = sac.replay.sample(sac.cfg.batch_size)
@@ -382,7 +383,6 @@ def test_sac_update(sac, variant):
         else:
             alpha_loss = -(log_alpha0 * (logp_pi + h_target)).mean()
             grad = -(logp_pi + h_target).mean()
-    m = sac.metrics
     assert close(m["critic_loss"], critic_loss, rtol=1e-4)
     assert close(m["actor_loss"], actor_loss, rtol=1e-4)
     assert close(m["ent_coef"], alpha) and close(m["ent_coef_loss"], alpha_loss, rtol=1e-4)
@@ -443,9 +443,8 @@ def test_td3_update(td3):
     for k in range(1, 5):
         actor0, critic0 = copy.deepcopy(td3.actor), copy.deepcopy(td3.critic)
         a_targ0, c_targ0 = copy.deepcopy(td3.actor_target), copy.deepcopy(td3.critic_target)
-        td3.metrics.pop("actor_loss", None)
         torch.manual_seed(k)
-        td3.update()
+        m = td3.update(td3.replay.sample(cfg.batch_size))
         td3.n_updates += 1  # as the training loop counts
 
         torch.manual_seed(k)
@@ -456,15 +455,15 @@ def test_td3_update(td3):
             clipped_noise = noise.abs() == cfg.target_noise_clip
             assert (clipped_noise & (raw.abs() < 1)).any() and (raw.abs() > 1).any()
             assert (b.terminated == 1).any()
-        assert close(td3.metrics["critic_loss"], critic_loss, rtol=1e-4)
+        assert close(m["critic_loss"], critic_loss, rtol=1e-4)
         delayed = k % 2 == 0
-        assert delayed == ("actor_loss" in td3.metrics)
+        assert delayed == ("actor_loss" in m)
         assert delayed != all(torch.equal(p, q) for p, q in zip(snapshot(actor0), snapshot(td3.actor),
                                                                  strict=True))
         if delayed:
             with torch.no_grad():
                 actor_loss = -td3.critic(b.obs, actor0(b.obs))[0].mean()
-            assert close(td3.metrics["actor_loss"], actor_loss, rtol=1e-4)
+            assert close(m["actor_loss"], actor_loss, rtol=1e-4)
             pairs = ((a_targ0, td3.actor, td3.actor_target), (c_targ0, td3.critic, td3.critic_target))
         else:
             pairs = ((a_targ0, a_targ0, td3.actor_target), (c_targ0, c_targ0, td3.critic_target))
@@ -536,9 +535,9 @@ def test_td3bc_actor_loss(td3bc):
         lam = 2.5 / (scale.detach() if detach_lambda else scale)
         return -lam * q.mean() + ((pi - b.actions) ** 2).mean(), lam
 
-    loss = td3bc.actor_loss(b)
+    loss, info = td3bc.actor_loss(b)
     h_loss, h_lam = hand(True)
-    assert close(loss, h_loss) and close(td3bc.metrics["lambda"], h_lam)
+    assert close(loss, h_loss) and close(info["lambda"], h_lam)
     grads = torch.autograd.grad(loss, params)
     h_grads = torch.autograd.grad(h_loss, params)
     other = torch.autograd.grad(hand(False)[0], params)
@@ -548,7 +547,7 @@ def test_td3bc_actor_loss(td3bc):
     td3bc.n_updates = 1  # the next update is a delayed one
     actor0 = copy.deepcopy(td3bc.actor)
     torch.manual_seed(3)
-    td3bc.update()
+    m = td3bc.update(td3bc.replay.sample(td3bc.cfg.batch_size))
     torch.manual_seed(3)
     b = td3bc.replay.sample(td3bc.cfg.batch_size)
     with torch.no_grad():
@@ -556,7 +555,6 @@ def test_td3bc_actor_loss(td3bc):
         q = td3bc.critic(b.obs, pi)[0]
         lam = 2.5 / q.abs().mean()
         bc = ((pi - b.actions) ** 2).mean()
-    m = td3bc.metrics
     assert close(m["lambda"], lam, rtol=1e-4) and close(m["bc_loss"], bc, rtol=1e-4)
     assert close(m["actor_loss"], -lam * q.mean() + bc, rtol=1e-4)
 
@@ -574,12 +572,12 @@ def test_bc_update(tmp_path):
     algo.load_dataset()
     actor0 = copy.deepcopy(algo.actor)
     torch.manual_seed(4)
-    algo.update()
+    metrics = algo.update(algo.replay.sample(algo.cfg.batch_size))
     torch.manual_seed(4)
     b = algo.replay.sample(algo.cfg.batch_size)
     loss = ((actor0(b.obs) - b.actions) ** 2).mean()
     grads = torch.autograd.grad(loss, list(actor0.parameters()))
-    assert close(algo.metrics["bc_loss"], loss)
+    assert close(metrics["bc_loss"], loss)
     for p0, g, p in zip(actor0.parameters(), grads, algo.actor.parameters(), strict=True):
         assert close(p, adam_first_step(p0.detach(), g, 3e-4, 1e-8), atol=1e-7)
     algo.close()

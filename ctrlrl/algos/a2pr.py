@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlrl.algos.base import OfflineAlgorithm
+from ctrlrl.algos.base import Metrics, OfflineAlgorithm
 from ctrlrl.algos.td3 import TD3
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
@@ -208,9 +208,8 @@ class A2PR(OfflineAlgorithm, TD3):
     def state_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs).squeeze(-1)
 
-    def update(self) -> None:
+    def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
-        b = self.replay.sample(cfg.batch_size)
         next_action, y = self.bellman_target(b)
         critic_loss = self._critic_loss(b, y)
         self.critic_flat.zero_grad()
@@ -225,21 +224,22 @@ class A2PR(OfflineAlgorithm, TD3):
         self.value_opt.step()
         v = v.detach()
 
-        vae_loss = self.vae_loss(b, q_data - v)
+        vae_loss, vae_info = self.vae_loss(b, q_data - v)
         self.vae_flat.zero_grad()
         vae_loss.backward()
         self.vae_opt.step()
-        self.metrics.update(critic_loss=critic_loss.detach(), value_loss=value_loss.detach(),
-                            vae_loss=vae_loss.detach())
+        metrics = {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
+                   "vae_loss": vae_loss.detach(), **vae_info}
 
         if (self.n_updates + 1) % cfg.policy_delay == 0:
-            actor_loss = self.actor_loss(b, v)
+            actor_loss, actor_info = self.actor_loss(b, v)
             self.actor_flat.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             soft_update(self.actor_target, self.actor, cfg.tau)
             soft_update(self.critic_target, self.critic, cfg.tau)
-            self.metrics["actor_loss"] = actor_loss.detach()
+            metrics |= {**actor_info, "actor_loss": actor_loss.detach()}
+        return metrics
 
     def value_target(self, b: Batch, next_action: torch.Tensor, y: torch.Tensor):
         """(min(y, r + γ(1−d)·min_i Q_i(s', a')), Q1(s, a)) with the online critic, no gradient.
@@ -252,15 +252,15 @@ class A2PR(OfflineAlgorithm, TD3):
             online_y = b.rewards + self.cfg.gamma * (1 - b.terminated) * q[:, n:].min(0).values
             return torch.minimum(y, online_y), q[0, :n]
 
-    def vae_loss(self, b: Batch, advantage: torch.Tensor) -> torch.Tensor:
-        """ELBO loss whose reconstruction term counts only actions with A(s, a) > ε_A."""
+    def vae_loss(self, b: Batch, advantage: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """ELBO loss whose reconstruction term counts only actions with A(s, a) > ε_A; diagnostics:
+        that reconstruction term."""
         cfg = self.cfg
         recon, mean, log_std = self.vae(b.obs, b.actions)
         keep = cfg.vae_weight * (advantage > cfg.adv_threshold).float()
         recon_loss = (keep[:, None] * (recon - b.actions) ** 2).mean()
         kl = -0.5 * (1 + 2 * log_std - mean**2 - torch.exp(2 * log_std)).mean()
-        self.metrics["recon_loss"] = recon_loss.detach()
-        return recon_loss + 0.5 * kl
+        return recon_loss + 0.5 * kl, {"recon_loss": recon_loss.detach()}
 
     def bc_target(self, b: Batch, pi: torch.Tensor, v: torch.Tensor):
         """(target, weight, chose_vae) of the regulariser for policy actions `pi`, given V(s) = `v`.
@@ -284,8 +284,9 @@ class A2PR(OfflineAlgorithm, TD3):
         target = torch.where(chose_vae[:, None], recon, b.actions)
         return target, weight, chose_vae
 
-    def actor_loss(self, b: Batch, v: torch.Tensor | None = None) -> torch.Tensor:
-        """−λ·mean Q1(s, π(s)) + weighted squared distance to the advantage-selected target.
+    def actor_loss(self, b: Batch, v: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
+        """−λ·mean Q1(s, π(s)) + weighted squared distance to the advantage-selected target;
+        diagnostics: that distance term, the share of VAE targets and λ.
 
         `v`: V(s) of the batch (default: the value net's current output).
         """
@@ -297,6 +298,6 @@ class A2PR(OfflineAlgorithm, TD3):
         lam = self.cfg.alpha / q.abs().mean().detach()
         target, weight, chose_vae = self.bc_target(b, pi, v)
         bc_loss = (weight[:, None] * (pi - target) ** 2).mean()
-        self.metrics.update(bc_loss=bc_loss.detach(), vae_target_fraction=chose_vae.float().mean(),
-                            **{"lambda": lam})
-        return -lam * q.mean() + bc_loss
+        info = {"bc_loss": bc_loss.detach(), "vae_target_fraction": chose_vae.float().mean(),
+                "lambda": lam}
+        return -lam * q.mean() + bc_loss, info

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from ctrlrl.core.buffers import (
+    Batch,
     OfflineBuffer,
     ReplayBuffer,
     RolloutBatch,
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from ctrlrl.data import Dataset
 
 CHECKPOINT_NAME = "latest.pt"
+
+# what an update returns and the logs show as train/<key>: tensors stay on the device (no host
+# synchronisation inside an update); the log reads them when it writes
+Metrics = dict[str, torch.Tensor | float]
 
 
 class TrainingInterrupted(Exception):
@@ -137,7 +142,8 @@ class Algorithm:
         self.run_dir: Path | None = None
         self._eval_env: VecEnv | None = None
         self.last_evaluation: Evaluation | None = None  # the latest one `learn` logged
-        self.metrics: dict[str, torch.Tensor | float] = {}  # latest train/* values
+        # the latest value of each train/* metric, from what the training loop's updates return
+        self.metrics: Metrics = {}
         try:
             self.build()
         except BaseException as exc:
@@ -697,9 +703,9 @@ class OnPolicyAlgorithm(Algorithm):
             action_np = out[:, :-2].reshape(n, *buf.act_shape)
             if buf.discrete:
                 action_np = action_np.astype(np.int64)
-            self.on_action(action_np)
+            self.record_decision(action_np)
             step = self.env.step(self.to_env_action(action_np))
-            self.on_step(step)
+            self.record_outcome(step)
             reward = step.reward
             truncated = step.truncated & ~step.terminated
             if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
@@ -712,25 +718,31 @@ class OnPolicyAlgorithm(Algorithm):
             self.step += n
             self.episodes.extend(step.episodes)
             self.true_returns.extend(step.true_returns)
-        self.on_rollout_full(buf)
+        shaping = self.shape_rewards(buf)
         with torch.no_grad():
             last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
         buf.finish(last_values, gamma, self.cfg.gae_lambda)
-        self.update(buf)
+        self.metrics |= {**shaping, **self.update(buf)}
 
-    def on_action(self, action: np.ndarray) -> None:
-        """Called with each rollout action before the env steps (the env's current observation is
-        `self.env.obs`, raw `self.env.raw_obs`); PDPPO records the post-decision state here."""
+    def record_decision(self, action: np.ndarray) -> None:
+        """Keep what the algorithm needs of each decision beyond the rollout buffer's row; runs with
+        each rollout action, before the env steps (the env's observation is then `self.env.obs`,
+        raw `self.env.raw_obs`; the row `self.rollout.pos`). PDPPO records the post-decision state
+        and reward, ORPO and ppo-adreg the raw observation their base policy reads."""
 
-    def on_step(self, step: Step) -> None:
-        """Called with each vector step's result before it enters the rollout (row
-        `self.rollout.pos`); PDPPO bootstraps its post-decision return where an episode is cut."""
+    def record_outcome(self, step: Step) -> None:
+        """Keep what the algorithm needs of each vector step's result; runs after the env step,
+        before the step enters the rollout (row `self.rollout.pos`). PDPPO bootstraps its
+        post-decision return where a time limit cuts an episode."""
 
-    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
-        """Called once the rollout is full, before GAE: may change `rollout.rewards` in place
-        (ORPO subtracts its occupancy-measure penalty here; ppo-adreg queries its base policy)."""
+    def shape_rewards(self, rollout: RolloutBuffer) -> Metrics:
+        """Change `rollout.rewards` in place before GAE (runs once the rollout is full); returns
+        the shaping's metrics. The identity here; ORPO subtracts its occupancy-measure penalty,
+        PDPPO's `pre_reward: residual` the decisions' own rewards."""
+        return {}
 
-    def update(self, rollout: RolloutBuffer) -> None:
+    def update(self, rollout: RolloutBuffer) -> Metrics:
+        """Learn from a full rollout (returns and advantages computed); returns the metrics."""
         raise NotImplementedError
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
@@ -783,7 +795,9 @@ class OffPolicyAlgorithm(Algorithm):
         """Action in [-1, 1] taken while training (after warm-up)."""
         raise NotImplementedError
 
-    def update(self) -> None:
+    def update(self, batch: Batch) -> Metrics:
+        """One gradient step on `batch`, a minibatch the loop sampled from the replay buffer
+        (`batch_size` transitions); returns the metrics."""
         raise NotImplementedError
 
     def budget_note(self) -> str | None:
@@ -808,7 +822,7 @@ class OffPolicyAlgorithm(Algorithm):
         warm = min(self.cfg.learning_starts, self.replay.capacity)
         if self.step >= self.cfg.learning_starts and self.replay.size >= max(warm, 1):
             for _ in range(self.cfg.gradient_steps):
-                self.update()
+                self.metrics |= self.update(self.replay.sample(self.cfg.batch_size))
                 self.n_updates += 1
 
     def extra_state(self) -> dict[str, Any]:
@@ -893,7 +907,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return super().learn(total_steps)
 
     def train_iteration(self) -> None:
-        self.update()
+        self.metrics |= self.update(self.replay.sample(self.cfg.batch_size))
         self.n_updates += 1
         self.step += 1
 

@@ -67,11 +67,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ctrlrl.algos.base import OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
 from ctrlrl.algos.sac import SAC, SACConfig
-from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
+from ctrlrl.core.buffers import Batch, RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
-from ctrlrl.core.nets import FlatParams, adam
+from ctrlrl.core.nets import FlatParams, TanhSample, adam
 
 
 @dataclass
@@ -159,7 +159,7 @@ class MDPO(OnPolicyAlgorithm):
             loss = torch.maximum(loss, (clipped - b.returns).pow(2))
         return loss.mean()
 
-    def update(self, rollout: RolloutBuffer) -> None:
+    def update(self, rollout: RolloutBuffer) -> Metrics:
         cfg = self.cfg
         k, left = self.rollout_schedule()
         n_iterations = self.run.total_steps // (cfg.n_steps * self.run.n_envs)
@@ -192,9 +192,9 @@ class MDPO(OnPolicyAlgorithm):
                 self.value_opt.step()
                 value_losses.append(value_loss.detach())
         surrogate, kl, entropy = stats.detach()  # at the last inner step (KL after m − 1 steps)
-        self.metrics = {"policy_gradient_loss": -surrogate, "kl_mirror": kl, "step_size": t_k,
-                        "entropy": entropy, "value_loss": torch.stack(value_losses).mean(),
-                        "learning_rate": lr, **self.rollout_metrics(data)}
+        return {"policy_gradient_loss": -surrogate, "kl_mirror": kl, "step_size": t_k,
+                "entropy": entropy, "value_loss": torch.stack(value_losses).mean(),
+                "learning_rate": lr, **self.rollout_metrics(data)}
 
 
 # ---- off-policy ---------------------------------------------------------------------------------
@@ -237,30 +237,33 @@ class MDPOOff(SAC):
     def state_modules(self):
         return {**super().state_modules(), "old_actor": self.old_actor}
 
-    def actor_loss(self, obs, action, log_prob, pre_tanh, alpha):
+    def actor_loss(self, obs: torch.Tensor, pi: TanhSample,
+                   alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """`mirror_actor_loss` with c = `bregman_coef`, λ = α and Q = min_i Q_i, plus
-        η·`output_regulariser` of the current actor; with c = λ and η = 0, SAC's loss."""
+        η·`output_regulariser` of the current actor; with c = λ and η = 0, SAC's loss.
+        Diagnostics: KL(π_θ ‖ π_old), the step size 1/c and the entropy, from the same actions."""
         cfg = self.cfg
+        action, log_prob, pre_tanh = pi
         # π_old scored at ã itself, so its term's gradient reaches θ through ã (module docstring)
         old_log_prob = self.old_actor.log_prob_pre_tanh(obs, pre_tanh)
         q_pi = self.critic(obs, action, detach_params=True).min(0).values
-        self._mirror_stats = (log_prob.detach(), old_log_prob.detach())
         loss = mirror_actor_loss(log_prob, old_log_prob, q_pi, cfg.bregman_coef, alpha)
         if cfg.actor_reg_coef > 0:
             loss = loss + cfg.actor_reg_coef * output_regulariser(*self.actor.dist_params(obs))
-        return loss
+        with torch.no_grad():
+            # KL(π_θ ‖ π_old) from the batch's actions ã ~ π_θ: the unbiased, non-negative
+            # estimator E[(r − 1) − log r], r = π_old(ã)/π_θ(ã) (no closed form through the tanh)
+            log_r = old_log_prob - log_prob
+            info = {"kl_mirror": (torch.expm1(log_r) - log_r).mean(),
+                    "step_size": 1.0 / cfg.bregman_coef, "entropy": -log_prob.mean()}
+        return loss, info
 
-    def update(self) -> None:
-        super().update()
+    def update(self, b: Batch) -> Metrics:
+        metrics = super().update(b)
         step_number = self.n_updates + 1  # the base loop counts this step after update()
         if (step_number - self.cfg.old_update_phase) % self.cfg.old_update_every == 0:
             self.refresh_old()
-        log_prob, old_log_prob = self._mirror_stats
-        # KL(π_θ ‖ π_old) from the batch's actions ã ~ π_θ: the unbiased, non-negative
-        # estimator E[(r − 1) − log r], r = π_old(ã)/π_θ(ã) (no closed form through the tanh)
-        log_r = old_log_prob - log_prob
-        self.metrics.update({"kl_mirror": (torch.expm1(log_r) - log_r).mean(),
-                             "step_size": 1.0 / self.cfg.bregman_coef, "entropy": -log_prob.mean()})
+        return metrics
 
     def refresh_old(self) -> None:
         self.old_actor.load_state_dict(self.actor.state_dict())

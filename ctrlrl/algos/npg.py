@@ -90,7 +90,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrlrl.algos.base import Algorithm
+from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
@@ -426,6 +426,11 @@ class PG(Algorithm):
 
     # ---- one iteration ---------------------------------------------------------------------
     def train_iteration(self) -> None:
+        self.metrics |= self.update()
+
+    def update(self) -> Metrics:
+        """One iteration of `method` (`npg_update`), its batches sampled where the rule asks
+        (inside the oracles); returns the metrics."""
         cfg, t = self.cfg, self.n_updates
         theta = self.flat.param.detach().clone()
         stats: dict[str, Any] = {}
@@ -451,15 +456,16 @@ class PG(Algorithm):
             self.flat.param.copy_(new)
         self.theta_prev, self.d = theta, info.d
         self.n_updates += 1
-        self.metrics = {"step_size": info.gamma, "momentum": info.eta,
-                        "grad_norm": float(torch.linalg.vector_norm(info.g)),
-                        "direction_norm": float(torch.linalg.vector_norm(info.d)),
-                        "update_norm": float(torch.linalg.vector_norm(new - theta)),
-                        **{k: float(v) for k, v in stats.items()}}
+        metrics = {"step_size": info.gamma, "momentum": info.eta,
+                   "grad_norm": float(torch.linalg.vector_norm(info.g)),
+                   "direction_norm": float(torch.linalg.vector_norm(info.d)),
+                   "update_norm": float(torch.linalg.vector_norm(new - theta)),
+                   **{k: float(v) for k, v in stats.items()}}
         if info.correction is not None:
-            self.metrics["correction_norm"] = float(torch.linalg.vector_norm(info.correction))
+            metrics["correction_norm"] = float(torch.linalg.vector_norm(info.correction))
         if hasattr(self.policy, "log_std"):
-            self.metrics["std"] = float(self.policy.log_std.detach().exp().mean())
+            metrics["std"] = float(self.policy.log_std.detach().exp().mean())
+        return metrics
 
 
 class NPGMomentum(PG):

@@ -90,7 +90,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import OfflineAlgorithm
+from ctrlrl.algos.base import Metrics, OfflineAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
@@ -201,6 +201,7 @@ class ODICE(OfflineAlgorithm):
         self.v_opt = adam([self.v_flat.param], cfg.learning_rate)
         self.pi_opt = adam([self.pi_flat.param], cfg.learning_rate, weight_decay=cfg.weight_decay)
         self._policy_loss = self.maybe_compile(self.policy_loss)
+        self.reward_scale: float | None = None  # set by `prepare_dataset` under scale_rewards
 
     def state_modules(self):
         return {"vf": self.vf, "vf_target": self.vf_target, "policy": self.policy,
@@ -217,7 +218,7 @@ class ODICE(OfflineAlgorithm):
                             f"different returns (found {len(returns)} episode(s), return range "
                             f"{span:g}); pass --set scale_rewards=false")
         scale = SCALED_RETURN_RANGE / span
-        self.metrics["reward_scale"] = scale
+        self.reward_scale = scale
         return dataclasses.replace(data, rewards=(data.rewards * scale).astype(np.float32))
 
     # ---- acting --------------------------------------------------------------------------------
@@ -285,9 +286,8 @@ class ODICE(OfflineAlgorithm):
         flat.param.grad.add_(g_b_perp)
         return ValueGrad(loss.detach(), v.detach().mean(), residual.detach(), g_f, g_b, g_b_perp)
 
-    def update(self) -> None:
+    def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
-        b = self.replay.sample(cfg.batch_size)
         grad = self.value_gradient(b)
         self.v_opt.step()
         soft_update(self.vf_target, self.vf, cfg.tau)
@@ -298,7 +298,7 @@ class ODICE(OfflineAlgorithm):
         pi_loss.backward()
         self.pi_opt.step()
 
-        m = self.metrics
+        m: Metrics = {} if self.reward_scale is None else {"reward_scale": self.reward_scale}
         m["value_loss"] = grad.loss
         m["policy_loss"] = pi_loss.detach()
         m["v_mean"] = grad.v_mean
@@ -307,6 +307,7 @@ class ODICE(OfflineAlgorithm):
         m["weight_zero_frac"] = (w == 0).float().mean()
         if grad.g_f is not None:
             m["grad_cosine"] = F.cosine_similarity(grad.g_f, grad.g_b, dim=0, eps=1e-12)
+        return m
 
 
 @dataclass

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Algorithm
+from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.algos.ppo import PPO, PPOConfig
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
 from ctrlrl.core.config import RunConfig, check_ranges
@@ -240,7 +240,7 @@ class _BaseRegularized(PPO):
                 mine.load_state_dict(theirs.state_dict())
         self.obs = self.env.obs = self.env.normalize_obs(self.env.raw_obs)
 
-    def on_action(self, action: np.ndarray) -> None:
+    def record_decision(self, action: np.ndarray) -> None:
         self.raw_obs[self.rollout.pos] = self.env.raw_obs.reshape(self.run.n_envs, -1)
 
     def base_dist_of_rollout(self) -> Any:
@@ -272,24 +272,20 @@ class PPOADReg(_BaseRegularized):
     summary = "PPO regularised towards a safe policy's action distribution (ORPO's baseline)"
     Config = ADRegConfig
 
-    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
-        # no reward change: fetch the base's action distribution at every state of the rollout,
-        # rows in `rollout.all()` order, for the minibatch regulariser
-        self.rollout_base_dist = self.base_dist_of_rollout()
-        self.reg_values: list[torch.Tensor] = []
-
-    def regularizer(self, b: RolloutBatch, idx: torch.Tensor) -> torch.Tensor:
+    def regularizer(self, b: RolloutBatch, idx: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """(1/(1−γ))·λ·mean D(π ‖ π_base) over the minibatch's states; diagnostic: that D."""
         base = self.rollout_base_dist
         base_b = tuple(x[idx] for x in base) if isinstance(base, tuple) else base[idx]
         current = self.policy.dist_params(b.obs)
         div = action_divergence(self.cfg.divergence, self.policy, current, base_b).mean()
-        self.reg_values.append(div.detach())
-        return self.cfg.reg_coef / (1 - self.cfg.gamma) * div
+        return self.cfg.reg_coef / (1 - self.cfg.gamma) * div, {"action_divergence": div.detach()}
 
-    def update(self, rollout: RolloutBuffer) -> None:
-        super().update(rollout)
-        self.metrics["action_divergence"] = torch.stack(self.reg_values).mean()
-        self.metrics["action_kl"] = self.action_kl(rollout.all(), self.rollout_base_dist)
+    def update(self, rollout: RolloutBuffer) -> Metrics:
+        # the base's action distribution at every state of the rollout, rows in `rollout.all()`
+        # order, for the minibatch regulariser
+        self.rollout_base_dist = self.base_dist_of_rollout()
+        metrics = super().update(rollout)
+        return metrics | {"action_kl": self.action_kl(rollout.all(), self.rollout_base_dist)}
 
 
 # ---- orpo -------------------------------------------------------------------------------------
@@ -433,7 +429,9 @@ class ORPO(_BaseRegularized):
         started = self.step - learner
         return started // batch, max(0.0, 1.0 - started / self.run.total_steps)
 
-    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
+    def shape_rewards(self, rollout: RolloutBuffer) -> Metrics:
+        """Steps 2-4 above: fit the discriminator on this rollout and the base's, then subtract
+        the clipped λ·penalty from the rollout's rewards."""
         cfg = self.cfg
         n = cfg.n_steps * self.run.n_envs
         current = self.disc_input(torch.as_tensor(rollout.obs.reshape(n, -1), device=self.device),
@@ -445,13 +443,12 @@ class ORPO(_BaseRegularized):
             penalty, stats = om_penalty(cfg.divergence, d)
             shaped = (cfg.reg_coef * penalty).clamp(-cfg.penalty_clip, cfg.penalty_clip)
         rollout.rewards -= shaped.cpu().numpy().reshape(rollout.rewards.shape)
-        self._om_metrics = {"disc_loss": disc_loss, "penalty": shaped.mean(), **stats,
-                            "base_steps": float(self.base_steps_taken)}
+        return {"disc_loss": disc_loss, "penalty": shaped.mean(), **stats,
+                "base_steps": float(self.base_steps_taken)}
 
-    def update(self, rollout: RolloutBuffer) -> None:
-        super().update(rollout)
-        self.metrics.update(self._om_metrics)
-        self.metrics["action_kl"] = self.action_kl(rollout.all(), self.base_dist_of_rollout())
+    def update(self, rollout: RolloutBuffer) -> Metrics:
+        metrics = super().update(rollout)
+        return metrics | {"action_kl": self.action_kl(rollout.all(), self.base_dist_of_rollout())}
 
     def close(self) -> None:
         super().close()

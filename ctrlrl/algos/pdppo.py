@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.errors import UserError
@@ -187,7 +187,8 @@ class PDPPO(OnPolicyAlgorithm):
             return self.env.normalize_obs(post)
         return post
 
-    def on_action(self, action: np.ndarray) -> None:
+    def record_decision(self, action: np.ndarray) -> None:
+        """s^x_t and r^x_t of the decision about to be taken."""
         t, raw_obs = self.rollout.pos, self.env.raw_obs
         self.post_obs[t] = self.post_decision(raw_obs, action)
         if self.uses_post_rewards:
@@ -203,7 +204,8 @@ class PDPPO(OnPolicyAlgorithm):
             post = torch.as_tensor(self.post_decision(raw_obs, action), device=self.device)
             return self.post_value(post).cpu().numpy()
 
-    def on_step(self, step) -> None:
+    def record_outcome(self, step) -> None:
+        """γ·V^x(f(s', a')) where a time limit cut step t's episode (R^x's bootstrap there)."""
         t = self.rollout.pos
         self.post_bootstrap[t] = 0.0
         truncated = step.truncated & ~step.terminated
@@ -211,17 +213,23 @@ class PDPPO(OnPolicyAlgorithm):
             self.post_bootstrap[t, truncated] = self.cfg.gamma * self.next_post_value(
                 step.next_obs[truncated], step.raw_next_obs[truncated])
 
-    def on_rollout_full(self, rollout: RolloutBuffer) -> None:
+    def shape_rewards(self, rollout: RolloutBuffer) -> Metrics:
+        """`pre_reward: residual`: R sums r − r^x."""
         if self.cfg.pre_reward == "residual":
             rollout.rewards -= self.post_rewards
+        return {}
+
+    def bootstrap_post_returns(self) -> None:
+        """`post_last_values`: V^x(f(s', a')) where the rollout's end cuts an episode, else 0."""
         self.post_last_values[:] = 0.0
-        cut = rollout.dones[-1] == 0  # episodes the rollout's end cuts
-        if self.own_post_return and cut.any():
+        cut = self.rollout.dones[-1] == 0  # episodes the rollout's end cuts
+        if cut.any():
             self.post_last_values[cut] = self.next_post_value(self.env.obs[cut],
                                                               self.env.raw_obs[cut])
 
     def post_returns(self, post_values: torch.Tensor) -> torch.Tensor:
-        """R^x: the λ-return of the decisions' rewards r^x with V^x, per row of `rollout.all()`."""
+        """R^x: the λ-return of the decisions' rewards r^x with V^x, per row of `rollout.all()`
+        (bootstrapped with `post_last_values` at the rollout's end)."""
         buf = self.rollout
         values = post_values.cpu().numpy().reshape(buf.n_steps, buf.n_envs)
         returns = compute_gae(self.post_rewards + self.post_bootstrap, values, buf.dones,
@@ -280,8 +288,10 @@ class PDPPO(OnPolicyAlgorithm):
                                  approx_kl])
         return loss, stats
 
-    def update(self, rollout: RolloutBuffer) -> None:
+    def update(self, rollout: RolloutBuffer) -> Metrics:
         cfg = self.cfg
+        if self.own_post_return:
+            self.bootstrap_post_returns()
         if cfg.anneal_lr:
             left = self.rollout_schedule()[1]
             for name, opt in self.optimizers.items():
@@ -316,7 +326,7 @@ class PDPPO(OnPolicyAlgorithm):
                 self.n_updates += 1
                 stats.append(stats_row)
         means = torch.stack(stats).mean(0)
-        self.metrics = {
+        return {
             "policy_gradient_loss": means[0], "value_loss": means[1], "post_value_loss": means[2],
             "entropy_loss": means[3], "clip_fraction": means[4], "approx_kl": means[5],
             "learning_rate": self.optimizers["actor"].param_groups[0]["lr"],

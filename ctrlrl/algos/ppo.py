@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
@@ -117,17 +117,20 @@ class PPO(OnPolicyAlgorithm):
             stats = torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss])
         return loss, stats, approx_kl
 
-    def regularizer(self, b: RolloutBatch, idx: torch.Tensor) -> torch.Tensor | None:
-        """An extra loss term for minibatch `b` (rows `idx` of the rollout); none in PPO.
-        (ppo-adreg adds its action-distribution divergence to the base policy here.)"""
+    def regularizer(self, b: RolloutBatch, idx: torch.Tensor
+                    ) -> tuple[torch.Tensor, Metrics] | None:
+        """An extra loss term for minibatch `b` (rows `idx` of the rollout) and its diagnostics,
+        which the update averages over the minibatches that step; none in PPO. (ppo-adreg adds
+        its action-distribution divergence to the base policy here.)"""
         return None
 
-    def update(self, rollout: RolloutBuffer) -> None:
+    def update(self, rollout: RolloutBuffer) -> Metrics:
         cfg = self.cfg
         if cfg.anneal_lr:  # by the fraction of training left when this rollout began
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * self.rollout_schedule()[1]
         stats: list[torch.Tensor] = []
         kls: list[torch.Tensor] = []  # of every minibatch evaluated, the one that stops included
+        reg_infos: list[Metrics] = []
         per_minibatch = cfg.kl_stop == "minibatch"
         for _ in range(cfg.n_epochs):
             stopped = False
@@ -141,7 +144,8 @@ class PPO(OnPolicyAlgorithm):
                     break
                 reg = self.regularizer(b, idx)
                 if reg is not None:
-                    loss = loss + reg
+                    loss = loss + reg[0]
+                    reg_infos.append(reg[1])
                 self.flat.zero_grad()
                 loss.backward()
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)
@@ -152,9 +156,11 @@ class PPO(OnPolicyAlgorithm):
                            and kl_exceeded(torch.stack(epoch_kls).mean(), cfg.target_kl)):
                 break
         means = torch.stack(stats).mean(0)
-        self.metrics = {
+        reg_means = {key: torch.stack([info[key] for info in reg_infos]).mean()
+                     for key in (reg_infos[0] if reg_infos else {})}
+        return {
             "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
             "clip_fraction": means[3], "loss": means[4], "approx_kl": torch.stack(kls).mean(),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
-            **self.rollout_metrics(rollout.all()),
+            **reg_means, **self.rollout_metrics(rollout.all()),
         }

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ctrlrl.algos.base import OffPolicyAlgorithm
+from ctrlrl.algos.base import Metrics, OffPolicyAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, adam, soft_update
+from ctrlrl.core.nets import FlatParams, QEnsemble, TanhGaussianPolicy, TanhSample, adam, soft_update
 
 
 @dataclass
@@ -102,11 +102,13 @@ class SAC(OffPolicyAlgorithm):
         q = self.critic(b.obs, b.actions)
         return 0.5 * ((q - target) ** 2).mean(1).sum()
 
-    def actor_loss(self, obs: torch.Tensor, action: torch.Tensor, log_prob: torch.Tensor,
-                   pre_tanh: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """E[α log π(ã|s) − min_i Q_i(s, ã)] over reparameterised actions ã = tanh(u)."""
+    def actor_loss(self, obs: torch.Tensor, pi: TanhSample,
+                   alpha: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """E[α log π(ã|s) − min_i Q_i(s, ã)] over reparameterised actions ã = tanh(u) (`pi`);
+        no diagnostics of its own."""
+        action, log_prob = pi.action, pi.log_prob
         q_pi = self.critic(obs, action, detach_params=True).min(0).values
-        return (alpha * log_prob - q_pi).mean()
+        return (alpha * log_prob - q_pi).mean(), {}
 
     def temperature_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         """E[−α·(log π(a|s) + H̄)] with α = exp(log α) (log α itself under `alpha_update="sb3"`)."""
@@ -120,22 +122,21 @@ class SAC(OffPolicyAlgorithm):
         self.alpha_opt.step()
         return alpha_loss.detach()
 
-    def update(self) -> None:
+    def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
-        b = self.replay.sample(cfg.batch_size)
-        pi_action, log_prob, pre_tanh = self.actor.rsample(b.obs)
+        pi = self.actor.rsample(b.obs)
 
         alpha = self.log_alpha.detach().exp()  # the critic and the actor use α before its step
         alpha_first = cfg.autotune and cfg.alpha_update == "sb3"
         if alpha_first:
-            alpha_loss = self.step_temperature(log_prob)
+            alpha_loss = self.step_temperature(pi.log_prob)
 
         critic_loss = self._critic_loss(b, alpha)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
 
-        actor_loss = self.actor_loss(b.obs, pi_action, log_prob, pre_tanh, alpha)
+        actor_loss, actor_info = self.actor_loss(b.obs, pi, alpha)
         self.actor_flat.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()
@@ -146,10 +147,11 @@ class SAC(OffPolicyAlgorithm):
             alpha_loss = self.step_temperature(new_log_prob)
 
         soft_update(self.critic_target, self.critic, cfg.tau)
-        self.metrics = {"actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
-                        "ent_coef": alpha}
+        metrics = {"actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
+                   "ent_coef": alpha}
         if cfg.autotune:
-            self.metrics["ent_coef_loss"] = alpha_loss
+            metrics["ent_coef_loss"] = alpha_loss
+        return metrics | actor_info
 
 
 class _TensorHolder(torch.nn.Module):

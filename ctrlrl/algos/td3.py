@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ctrlrl.algos.base import OffPolicyAlgorithm
+from ctrlrl.algos.base import Metrics, OffPolicyAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, soft_update
@@ -102,24 +102,27 @@ class TD3(OffPolicyAlgorithm):
         q = self.critic(b.obs, b.actions)
         return ((q - target) ** 2).mean(1).sum()
 
-    def actor_loss(self, b: Batch) -> torch.Tensor:
-        """Deterministic policy gradient through the first Q head (critic weights held fixed)."""
-        return -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean()
+    def actor_loss(self, b: Batch) -> tuple[torch.Tensor, Metrics]:
+        """Deterministic policy gradient through the first Q head (critic weights held fixed);
+        no diagnostics of its own."""
+        return -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean(), {}
 
-    def update(self) -> None:
+    def update(self, b: Batch) -> Metrics:
+        """A critic step; every `policy_delay`-th call also an actor step and the target updates
+        (only those steps report `actor_loss`)."""
         cfg = self.cfg
-        b = self.replay.sample(cfg.batch_size)
         critic_loss = self._critic_loss(b)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
-        self.metrics["critic_loss"] = critic_loss.detach()
+        metrics = {"critic_loss": critic_loss.detach()}
 
         if (self.n_updates + 1) % cfg.policy_delay == 0:
-            actor_loss = self.actor_loss(b)
+            actor_loss, actor_info = self.actor_loss(b)
             self.actor_flat.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             soft_update(self.actor_target, self.actor, cfg.tau)
             soft_update(self.critic_target, self.critic, cfg.tau)
-            self.metrics["actor_loss"] = actor_loss.detach()
+            metrics |= {**actor_info, "actor_loss": actor_loss.detach()}
+        return metrics

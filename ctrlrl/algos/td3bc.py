@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import OfflineAlgorithm
+from ctrlrl.algos.base import Metrics, OfflineAlgorithm
 from ctrlrl.algos.td3 import TD3
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
@@ -55,14 +55,13 @@ class TD3BC(OfflineAlgorithm, TD3):
     summary = "TD3+BC: TD3 with a behaviour-cloning term in the actor loss (Fujimoto & Gu 2021)"
     Config = TD3BCConfig
 
-    def actor_loss(self, b: Batch) -> torch.Tensor:
+    def actor_loss(self, b: Batch) -> tuple[torch.Tensor, Metrics]:
+        """The loss above; diagnostics: its behaviour-cloning term and λ."""
         action = self.actor(b.obs)
         q = self.critic(b.obs, action, detach_params=True)[0]
         lam = self.cfg.alpha / q.abs().mean().detach()
         bc_loss = F.mse_loss(action, b.actions)
-        self.metrics["bc_loss"] = bc_loss.detach()
-        self.metrics["lambda"] = lam
-        return -lam * q.mean() + bc_loss
+        return -lam * q.mean() + bc_loss, {"bc_loss": bc_loss.detach(), "lambda": lam}
 
 
 @dataclass
@@ -90,10 +89,9 @@ class BC(OfflineAlgorithm):
     def state_modules(self):
         return {"actor": self.actor, "actor_opt": self.actor_opt, "obs_stats": self.obs_stats}
 
-    def update(self) -> None:
-        b = self.replay.sample(self.cfg.batch_size)
+    def update(self, b: Batch) -> Metrics:
         loss = F.mse_loss(self.actor(b.obs), b.actions)
         self.actor_flat.zero_grad()
         loss.backward()
         self.actor_opt.step()
-        self.metrics["bc_loss"] = loss.detach()
+        return {"bc_loss": loss.detach()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -222,6 +223,15 @@ def make_policy(space: gym.Space, obs_dim: int, hidden: Sequence[int], act: str,
     raise UserError(f"action space {space} is not supported; use Box, Discrete or MultiDiscrete")
 
 
+class TanhSample(NamedTuple):
+    """A reparameterised draw of `TanhGaussianPolicy`: the action tanh(u), its log-probability,
+    and the pre-tanh u (another policy scores the same action through it)."""
+
+    action: torch.Tensor
+    log_prob: torch.Tensor
+    pre_tanh: torch.Tensor
+
+
 class TanhGaussianPolicy(nn.Module):
     """Squashed Gaussian with state-dependent log-std (SAC); actions in [-1, 1]."""
 
@@ -245,11 +255,11 @@ class TanhGaussianPolicy(nn.Module):
         action, log_prob, _ = self.rsample(obs)
         return action, log_prob
 
-    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rsample(self, obs: torch.Tensor) -> TanhSample:
         """`sample` plus the pre-tanh draw u, so another policy can score the same action."""
         mean, log_std = self._params(obs)
         u = mean + torch.exp(log_std) * torch.randn_like(mean)
-        return torch.tanh(u), self._log_prob(u, mean, log_std), u
+        return TanhSample(torch.tanh(u), self._log_prob(u, mean, log_std), u)
 
     def log_prob_pre_tanh(self, obs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """log π(tanh(u) | obs) of an action given by its pre-tanh value u."""
