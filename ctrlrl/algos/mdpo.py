@@ -67,7 +67,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.on_policy import OnPolicyAlgorithm
 from ctrlrl.algos.sac import SAC, SACConfig
 from ctrlrl.core.buffers import Batch, RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges

@@ -61,7 +61,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.on_policy import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.errors import UserError

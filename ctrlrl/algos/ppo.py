@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Metrics, OnPolicyAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.on_policy import OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError

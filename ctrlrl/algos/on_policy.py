@@ -1,0 +1,126 @@
+"""The on-policy training loop: collect `n_steps` per env with the current policy, compute GAE,
+then hand the full rollout to the algorithm's `update`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from ctrlrl.algos.base import Algorithm, Metrics
+from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, explained_variance
+from ctrlrl.core.envs import Step
+from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+
+
+class OnPolicyAlgorithm(Algorithm):
+    """Collect `n_steps` per env with the current policy, compute GAE, then `update`.
+
+    Subclasses set `self.policy` and `self.value_fn` in `build` (`build_actor_critic` makes the
+    usual pair) and implement `update(rollout)`.
+    """
+
+    kind = "on-policy"
+
+    policy: nn.Module
+    value_fn: nn.Module
+
+    def build_actor_critic(self) -> None:
+        """`self.policy` (the head for the action space) and `self.value_fn`, from the config's
+        hidden_sizes, activation, ortho_init and log_std_init."""
+        cfg = self.cfg
+        self.policy = make_policy(self.env.action_space, self.obs_dim, cfg.hidden_sizes,
+                                  cfg.activation, cfg.ortho_init, cfg.log_std_init).to(self.device)
+        self.value_fn = MLP(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation).to(self.device)
+        if cfg.ortho_init:
+            orthogonal_init(self.value_fn, last_gain=1.0)
+
+    def make_rollout_buffer(self) -> RolloutBuffer:
+        space = self.env.action_space
+        discrete = not isinstance(space, gym.spaces.Box)
+        return RolloutBuffer(self.cfg.n_steps, self.run.n_envs, self.env.observation_space.shape,
+                             space.shape, self.device, discrete)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_fn(obs).squeeze(-1)
+
+    def budget_note(self) -> str | None:
+        n_steps, n_envs = self.cfg.n_steps, self.run.n_envs
+        return self.whole_iterations_note(n_steps * n_envs, f"n_steps × n_envs = {n_steps} × {n_envs}")
+
+    def rollout_schedule(self) -> tuple[int, float]:
+        """(index k of the rollout just collected, fraction of `total_steps` left when it began):
+        what annealed learning rates and MDPO's t_k depend on."""
+        batch = self.cfg.n_steps * self.run.n_envs
+        started = self.step - batch
+        return started // batch, max(0.0, 1.0 - started / self.run.total_steps)
+
+    def rollout_metrics(self, data: RolloutBatch) -> Metrics:
+        """Metrics every on-policy update logs: the value fit, and the Gaussian policy's std."""
+        with torch.no_grad():
+            metrics: Metrics = {
+                "explained_variance": explained_variance(data.returns, data.values)}
+        if hasattr(self.policy, "log_std"):
+            metrics["std"] = self.policy.log_std.exp().mean().detach()
+        return metrics
+
+    def train_iteration(self) -> None:
+        buf, gamma, n = self.rollout, self.cfg.gamma, self.run.n_envs
+        for _ in range(self.cfg.n_steps):
+            obs = torch.as_tensor(self.obs, device=self.device)
+            with torch.no_grad():
+                action, log_prob = self.policy.sample(obs)
+                # one device→host transfer per step for action, log-prob and value together
+                out = torch.cat([action.reshape(n, -1).float(), log_prob[:, None],
+                                 self.value(obs)[:, None]], 1).cpu().numpy()
+            action_np = out[:, :-2].reshape(n, *buf.act_shape)
+            if buf.discrete:
+                action_np = action_np.astype(np.int64)
+            self.record_decision(action_np)
+            step = self.env.step(self.to_env_action(action_np))
+            self.record_outcome(step)
+            reward = step.reward
+            truncated = step.truncated & ~step.terminated
+            if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
+                final = torch.as_tensor(step.next_obs[truncated], device=self.device)
+                with torch.no_grad():
+                    reward = reward.copy()
+                    reward[truncated] += gamma * self.value(final).cpu().numpy()
+            buf.add(self.obs, action_np, out[:, -2], out[:, -1], reward, step.done)
+            self.obs = step.obs
+            self.step += n
+            self.episodes.extend(step.episodes)
+            self.true_returns.extend(step.true_returns)
+        shaping = self.shape_rewards(buf)
+        with torch.no_grad():
+            last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
+        buf.finish(last_values, gamma, self.cfg.gae_lambda)
+        self.metrics |= {**shaping, **self.update(buf)}
+
+    def record_decision(self, action: np.ndarray) -> None:
+        """Keep what the algorithm needs of each decision beyond the rollout buffer's row; runs with
+        each rollout action, before the env steps (the env's observation is then `self.env.obs`,
+        raw `self.env.raw_obs`; the row `self.rollout.pos`). PDPPO records the post-decision state
+        and reward, ORPO and ppo-adreg the raw observation their base policy reads."""
+
+    def record_outcome(self, step: Step) -> None:
+        """Keep what the algorithm needs of each vector step's result; runs after the env step,
+        before the step enters the rollout (row `self.rollout.pos`). PDPPO bootstraps its
+        post-decision return where a time limit cuts an episode."""
+
+    def shape_rewards(self, rollout: RolloutBuffer) -> Metrics:
+        """Change `rollout.rewards` in place before GAE (runs once the rollout is full); returns
+        the shaping's metrics. The identity here; ORPO subtracts its occupancy-measure penalty,
+        PDPPO's `pre_reward: residual` the decisions' own rewards."""
+        return {}
+
+    def update(self, rollout: RolloutBuffer) -> Metrics:
+        """Learn from a full rollout (returns and advantages computed); returns the metrics."""
+        raise NotImplementedError
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.mode(obs)
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.sample(obs)[0]
