@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ctrlrl import api
-from ctrlrl.algos.base import OfflineAlgorithm
+from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.core.config import RunConfig, apply_overrides, config_fields, from_dict, load_preset, parse_set
 from ctrlrl.core.errors import UserError
 from ctrlrl.data import Dataset, dataset_env, load

@@ -75,7 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlrl.algos.base import Metrics, OfflineAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.algos.td3 import TD3
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges

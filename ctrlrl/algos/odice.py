@@ -90,7 +90,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Metrics, OfflineAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError

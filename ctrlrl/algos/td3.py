@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ctrlrl.algos.base import Metrics, OffPolicyAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.off_policy import OffPolicyAlgorithm
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, soft_update

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Metrics, OfflineAlgorithm
+from ctrlrl.algos.base import Metrics
+from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.algos.td3 import TD3
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
