@@ -27,11 +27,19 @@ import yaml
 from torch import nn
 
 from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, misfit, save_checkpoint
-from ctrlrl.core.config import YAML_FAILURES, RunConfig, from_dict, resolve_device, to_dict
+from ctrlrl.core.config import (
+    YAML_FAILURES,
+    RunConfig,
+    from_dict,
+    resolve_device,
+    resolve_precision,
+    to_dict,
+)
 from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
 from ctrlrl.core.logger import Logger, truncate_metrics
+from ctrlrl.core.nets import COMPUTE_DTYPES, set_compute_dtype
 
 CHECKPOINT_NAME = "latest.pt"
 
@@ -62,6 +70,9 @@ class Algorithm:
     vectorised: ClassVar[bool] = True  # learns from n_envs > 1 envs stepped together
     compiles: ClassVar[bool] = False  # has an update step that `compile` hands to torch.compile
     evaluates_continuing: ClassVar[bool] = False  # evaluates tasks whose episodes never end
+    # what `precision: auto` runs where the device has fast bf16 (fp32 elsewhere): bf16 only for
+    # an algorithm whose learning in bf16 was measured to be no worse than in fp32
+    default_precision: ClassVar[str] = "fp32"
 
     @classmethod
     def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
@@ -109,8 +120,11 @@ class Algorithm:
         return {key: why for key, (unused, why) in candidates.items() if unused}
 
     def __init__(self, run: RunConfig, cfg: Any):
-        self.run, self.cfg = run, cfg
         self.device = resolve_device(run.device)
+        # config.yaml and checkpoints record the precision that runs, so a resume keeps it
+        run = dataclasses.replace(run, precision=resolve_precision(
+            run.precision, self.default_precision, self.device))
+        self.run, self.cfg = run, cfg
         torch.set_num_threads(run.threads)
         # denormal floats (Adam's second moments of near-zero gradients decay into them) make
         # x86 CPU arithmetic ~10x slower; flushing them to zero changes nothing measurable
@@ -142,6 +156,17 @@ class Algorithm:
                                 f"asks for ({str(exc).splitlines()[0][:120]}); lower its sizes "
                                 "(buffer_size, n_steps, n_envs, hidden sizes)") from None
             raise
+        self.apply_precision()
+
+    def apply_precision(self) -> None:
+        """The run's precision on every network of the checkpoint (`set_compute_dtype`); on CUDA a
+        bf16 run also lets float32 matmuls (the output layers) use TF32."""
+        for module in self.state_modules().values():
+            if isinstance(module, nn.Module):
+                set_compute_dtype(module, COMPUTE_DTYPES[self.run.precision])
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.fp32_precision = (
+                "tf32" if self.run.precision == "bf16" else "ieee")
 
     # ---- to implement ------------------------------------------------------------------------
     def build(self) -> None:

@@ -21,6 +21,8 @@ import functools
 import inspect
 import io
 import math
+import platform
+import sys
 import textwrap
 import tokenize
 import types
@@ -64,6 +66,7 @@ def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[s
 
 
 MAX_THREADS = 1024
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -90,6 +93,9 @@ class RunConfig:
     log_every: int = 2_048  # env steps between metric dumps (on-policy: every iteration)
     threads: int = 1  # torch CPU threads; 1 is fastest for small MLPs
     compile: bool = False  # torch.compile the update step
+    # fp32 | bf16: hidden layers in bfloat16 (float32 weights, optimiser, output layers, losses)
+    # | auto: the algorithm's default, bf16 only where the device runs it fast
+    precision: str = "auto"
     run_dir: str = ""  # output folder; empty: runs/<env>/<algo>/<seed>-<time>
     tensorboard: bool = True  # write TensorBoard event files beside metrics.jsonl
     progress: bool = True  # console progress bar
@@ -98,6 +104,9 @@ class RunConfig:
         check_ranges(self, positive=("n_envs", "eval_episodes", "threads", "clip_obs"),
                      non_negative=("seed", "total_steps", "eval_every", "checkpoint_every",
                                    "log_every"))
+        if self.precision not in PRECISIONS:
+            raise UserError(f"setting precision={self.precision!r} is not known; use one of "
+                            f"{', '.join(PRECISIONS)}")
         if self.threads > MAX_THREADS:  # torch's OpenMP pool crashes the process far above it
             raise UserError(f"setting threads={self.threads} is out of range: need at most "
                             f"{MAX_THREADS} (more threads than cores only slows a run down)")
@@ -320,6 +329,34 @@ def resolve_device(requested: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {requested!r} is not supported; use auto, cpu or cuda")
     return device
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls beat float32 on `device`: CUDA with bf16 support, or a CPU with
+    bf16 instructions (x86 avx512_bf16 or AMX; measured 4x float32 at 256³, one thread)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:  # torch's check also passes plain AVX-512, where oneDNN converts to float32 and back
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: trust torch's check
+        return True
+    return platform.machine() not in ("x86_64", "AMD64") or any(
+        flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def resolve_precision(requested: str, default: str, device: torch.device) -> str:
+    """fp32 or bf16 for a run: `auto` is the algorithm's `default`, except that it falls back to
+    fp32 where bf16 would be slow; an explicit bf16 on such a device runs (in software) with a
+    note, so a checkpoint resumes bit for bit on any machine."""
+    if requested == "auto":
+        return default if default == "fp32" or bf16_is_fast(device) else "fp32"
+    if requested == "bf16" and not bf16_is_fast(device):
+        print(f"ctrlrl: note: precision=bf16 on {device}, which has no fast bfloat16 matmuls "
+              "(CPU: avx512_bf16 or AMX), runs slower than fp32; precision=fp32 is faster here",
+              file=sys.stderr)
+    return requested
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
