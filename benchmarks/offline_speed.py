@@ -3,6 +3,7 @@
     python benchmarks/offline_speed.py --dataset hopper-medium-v2.hdf5
     python benchmarks/offline_speed.py --dataset data.hdf5 --steps 5000 --warmup 500 --repeats 5
     python benchmarks/offline_speed.py --dataset data.hdf5 --device cuda
+    python benchmarks/offline_speed.py --dataset data.hdf5 --precision fp32,bf16 --also a2pr,odice
 
 d3rlpy 2.8.1 pins gymnasium 1.0.0, so it lives in its own venv (see benchmarks/d3rlpy_td3bc.py for
 the install line) and is timed in a subprocess of that venv's python; ctrlrl is timed in this
@@ -12,7 +13,9 @@ size, seed, torch thread count and device, and the TD3+BC paper's settings (d3rl
 d3rlpy_td3bc.py; ctrlrl's are its td3bc defaults). Each side first takes --warmup gradient steps
 untimed, then the figure is --steps / wall time of the next --steps gradient steps, batch sampling
 included (on CUDA, synchronised at the end). Evaluation, checkpoints, logging and progress bars are
-off on both sides. Writes a markdown table to stdout (and to --out if given).
+off on both sides. `--precision` sets ctrlrl's (d3rlpy runs float32); a list times each
+algorithm in each precision, alternating with the rest. Writes a markdown table to stdout (and to
+--out if given).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ D3RLPY_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_td3bc.py")
 
 
 def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
-                       device: str, seed: int, algo_name: str = "td3bc") -> float:
+                       device: str, seed: int, algo_name: str = "td3bc",
+                       precision: str = "auto") -> float:
     """A ctrlrl offline algorithm's gradient steps/s, in this process (its default networks);
     one gradient step per train_iteration."""
     import torch
@@ -46,7 +50,8 @@ def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, t
         algo = ctrlrl.make(algo_name, env=dataset_env(dataset) or "Hopper-v5",
                            overrides={"dataset": dataset, "batch_size": batch_size,
                                       "eval_every": 0, "checkpoint_every": 0, "progress": False,
-                                      "tensorboard": False, "threads": threads, "device": device},
+                                      "tensorboard": False, "threads": threads, "device": device,
+                                      "precision": precision},
                            seed=seed, total_steps=warmup + steps, run_dir=run_dir)
         if getattr(algo, "replay", None) is None:  # offline algorithms read the file in learn()
             algo.load_dataset()
@@ -104,25 +109,32 @@ def main() -> None:
                         help="python of the d3rlpy 2.8.1 venv (relative: to the repo root)")
     parser.add_argument("--also", default="",
                         help="more ctrlrl offline algorithms to time alongside, e.g. a2pr,odice")
+    parser.add_argument("--precision", default="auto",
+                        help="ctrlrl's precision: auto | fp32 | bf16, or a list: fp32,bf16")
     parser.add_argument("--out")
     args = parser.parse_args()
     also = [a for a in args.also.split(",") if a]
+    precisions = args.precision.split(",")
+    # each timed ctrlrl learner: (row label, algorithm, precision)
+    learners = [(f"{name}" + (f" {p}" if p != "auto" else ""), name, p)
+                for name in ["td3bc", *also] for p in precisions]
+    td3bc_rows = [label for label, name, _ in learners if name == "td3bc"]
 
     python = _d3rlpy_python(args.d3rlpy_python)
     dataset = str(Path(args.dataset).resolve())
     common = (dataset, args.steps, args.warmup, args.batch_size, args.threads, args.device,
               args.seed)
     load = os.getloadavg()[0]
-    fps: dict[str, list[float]] = {"ctrlrl": [], "d3rlpy": [], **{a: [] for a in also}}
+    fps: dict[str, list[float]] = {"d3rlpy": [], **{label: [] for label, _, _ in learners}}
     d3rlpy_update: list[float] = []
     d3rlpy_info: dict = {}
     for _ in range(args.repeats):
-        fps["ctrlrl"].append(ctrlrl_steps_per_s(*common))
-        d3rlpy_info = d3rlpy_run(python, *common)
-        fps["d3rlpy"].append(d3rlpy_info["steps_per_s"])
-        d3rlpy_update.append(d3rlpy_info["update_steps_per_s"])
-        for name in also:
-            fps[name].append(ctrlrl_steps_per_s(*common, algo_name=name))
+        for label, name, precision in learners:
+            fps[label].append(ctrlrl_steps_per_s(*common, algo_name=name, precision=precision))
+            if label == td3bc_rows[-1]:  # d3rlpy right after ctrlrl's td3bc
+                d3rlpy_info = d3rlpy_run(python, *common)
+                fps["d3rlpy"].append(d3rlpy_info["steps_per_s"])
+                d3rlpy_update.append(d3rlpy_info["update_steps_per_s"])
 
     import torch
 
@@ -139,24 +151,28 @@ def main() -> None:
              f"command: python benchmarks/offline_speed.py --dataset {args.dataset} "
              f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} "
              f"--threads {args.threads} --device {args.device} --seed {args.seed} "
-             f"--repeats {args.repeats}" + (f" --also {args.also}" if also else ""),
+             f"--repeats {args.repeats}" + (f" --also {args.also}" if also else "")
+             + (f" --precision {args.precision}" if args.precision != "auto" else ""),
              f"dataset: {dataset} ({d3rlpy_info.get('transitions', '?')} transitions as d3rlpy "
              "samples them)", "",
-             "| library | version | torch | batch | timed steps | steps/s (median) "
-             "| ctrlrl / d3rlpy | per-repeat steps/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for lib in ("ctrlrl", "d3rlpy"):
-        lines.append(f"| {lib} td3bc | {versions[lib]} | {torches[lib]} | {args.batch_size} | "
-                     f"{args.steps} | {med[lib]:.0f} | {med[lib] / med['d3rlpy']:.2f}x | "
-                     + ", ".join(f"{x:.0f}" for x in fps[lib]) + " |")
-    for name in also:
-        lines.append(f"| ctrlrl {name} | {versions['ctrlrl']} | {torches['ctrlrl']} | "
-                     f"{args.batch_size} | {args.steps} | {med[name]:.1f} | "
-                     f"{med[name] / med['d3rlpy']:.2f}x | "
-                     + ", ".join(f"{x:.1f}" for x in fps[name]) + " |")
+             "| learner | precision | version | torch | batch | timed steps | steps/s (median) "
+             "| vs d3rlpy td3bc | per-repeat steps/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    # (library, fps key, precision); d3rlpy's row after ctrlrl's td3bc rows
+    rows = [("ctrlrl", label, precision) for label, _, precision in learners]
+    rows.insert(len(td3bc_rows), ("d3rlpy", "d3rlpy", "fp32"))
+    for lib, key, precision in rows:
+        rate = fps[key]
+        title = "d3rlpy td3bc" if lib == "d3rlpy" else f"ctrlrl {key}"
+        digits = 0 if min(rate) >= 100 else 1
+        lines.append(f"| {title} | {precision} | {versions[lib]} | {torches[lib]} | "
+                     f"{args.batch_size} | {args.steps} | {statistics.median(rate):.{digits}f} | "
+                     f"{statistics.median(rate) / med['d3rlpy']:.2f}x | "
+                     + ", ".join(f"{x:.{digits}f}" for x in rate) + " |")
+    update_rate = statistics.median(d3rlpy_update)
     lines += ["", f"d3rlpy's update calls alone (without its per-transition batch sampling): "
-              f"median {statistics.median(d3rlpy_update):.0f} steps/s "
-              f"(ctrlrl / that: {med['ctrlrl'] / statistics.median(d3rlpy_update):.2f}x)"]
+              f"median {update_rate:.0f} steps/s (ctrlrl / that: "
+              + ", ".join(f"{label} {med[label] / update_rate:.2f}x" for label in td3bc_rows) + ")"]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -6,6 +6,8 @@
     python benchmarks/speed.py --algos ppo --compile --warmup 8192 --steps 32768
                                                      # steady state, incl. ctrlrl --compile
     python benchmarks/speed.py --pairs mdpo,mdpo-off # ctrlrl algorithm vs its ctrlrl baseline
+    python benchmarks/speed.py --algos sac,td3 --precision fp32,bf16
+                                                     # ctrlrl in both precisions vs sb3
 
 Each measurement is a fresh subprocess with one torch thread, so neither library warms the other's
 caches; rounds alternate sb3, ctrlrl, sb3, ctrlrl, ... so drift in machine load hits both alike.
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default per algo)")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--pairs", help="e.g. mdpo,mdpo-off: each against its ctrlrl baseline")
+    parser.add_argument("--precision", default="auto",
+                        help="ctrlrl's precision, or a list timed side by side: fp32,bf16")
     parser.add_argument("--out")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,7 +140,8 @@ def main() -> None:
              + f" --env {args.env} "
              f"--rounds {args.rounds}{' --compile' if args.compile else ''}"
              + (f" --warmup {args.warmup}" if args.warmup else "")
-             + (f" --steps {args.steps}" if args.steps else ""), ""]
+             + (f" --steps {args.steps}" if args.steps else "")
+             + (f" --precision {args.precision}" if args.precision != "auto" else ""), ""]
     if args.pairs:
         lines += ["| algo | baseline | timed steps | baseline fps (median) | algo fps (median) "
                   "| algo / baseline | per-round fps |", "|---|---|---|---|---|---|---|"]
@@ -157,7 +162,11 @@ def main() -> None:
         lines.append(f"SAC on {args.env}, 1M-transition buffer fully written: buffer "
                      f"{mem['buffer_mib']:.0f} MiB, process peak RSS {mem['peak_rss_mib']:.0f} MiB")
     else:
-        variants = ["sb3", "ctrlrl"] + (["ctrlrl-compile"] if args.compile else [])
+        precisions = args.precision.split(",")
+        # one ctrlrl variant per precision: ctrlrl-fp32, ctrlrl-bf16 (plain `ctrlrl` for auto)
+        precision_of = {"ctrlrl" if p == "auto" else f"ctrlrl-{p}": p for p in precisions}
+        own = list(precision_of)
+        variants = ["sb3", *own] + [f"{v}-compile" for v in own if args.compile]
         ratios = " | ".join(f"{v} / sb3" for v in variants[1:])
         lines += ["| algo | timed steps | " + " | ".join(f"{v} fps (median)" for v in variants)
                   + f" | {ratios} | per-round fps |",
@@ -168,9 +177,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for v in variants:
                     lib = "sb3" if v == "sb3" else "ctrlrl"
+                    settings = {**SETTINGS[algo]["ctrlrl"],
+                                "precision": precision_of.get(v.removesuffix("-compile"), "auto")}
                     fps[v].append(run_worker([lib, algo, args.env, str(steps),
-                                              "1" if v == "ctrlrl-compile" else "0",
-                                              str(args.warmup)]))
+                                              "1" if v.endswith("-compile") else "0",
+                                              str(args.warmup), json.dumps(settings)]))
             med = {v: statistics.median(x) for v, x in fps.items()}
             rounds = "; ".join(f"{v}: " + ", ".join(f"{x:.0f}" for x in xs) for v, xs in fps.items())
             ratio = " | ".join(f"{med[v] / med['sb3']:.2f}x" for v in variants[1:])

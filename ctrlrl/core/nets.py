@@ -35,6 +35,8 @@ class MLP(nn.Module):
 
     The forward pass calls `F.linear` in a loop rather than chaining submodules: for the small
     networks of RL, per-module call overhead is about half the cost of a CPU forward pass.
+    Hidden layers compute in `compute_dtype` (see `set_compute_dtype`); the output layer, and
+    the output itself, are float32.
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None,
@@ -45,16 +47,38 @@ class MLP(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden) if layer_norm else None
         self.act = activation(act)
         self.n_hidden = len(hidden)
+        self.compute_dtype = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.compute_dtype if self.compute_dtype != torch.float32 else None
         for i, layer in enumerate(self.layers):
-            x = F.linear(x, layer.weight, layer.bias)
-            if i < self.n_hidden:
+            hidden = i < self.n_hidden
+            w, b = layer.weight, layer.bias
+            if low is not None:  # casts are differentiable: float32 weights get float32 grads
+                x, w, b = (x.to(low), w.to(low), b.to(low)) if hidden else (x.float(), w, b)
+            x = F.linear(x, w, b)
+            if hidden:
                 if self.norms is not None:
                     norm = self.norms[i]
-                    x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+                    g, s = norm.weight, norm.bias
+                    if low is not None:
+                        g, s = g.to(low), s.to(low)
+                    x = F.layer_norm(x, norm.normalized_shape, g, s, norm.eps)
                 x = self.act(x)
-        return x
+        return x.float()  # the identity in float32; a trunk without output layer ends in bf16
+
+
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # of the `precision` setting
+
+
+def set_compute_dtype(module: nn.Module, dtype: torch.dtype) -> None:
+    """Mixed precision for every `MLP` and `QEnsemble` inside `module`: their hidden layers
+    multiply and activate in `dtype` (bfloat16) with the float32 weights cast on each forward;
+    the output layers, everything outside the networks (losses, targets, log-probabilities,
+    Polyak averaging, normalisers) and the weights and optimiser state stay float32."""
+    for m in module.modules():
+        if isinstance(m, (MLP, QEnsemble)):
+            m.compute_dtype = dtype
 
 
 
@@ -314,21 +338,30 @@ class QEnsemble(nn.Module):
         self.ln_shifts = nn.ParameterList(nn.Parameter(torch.zeros(n, 1, h)) for h in hidden) \
             if layer_norm else None
         self.act = activation(act)
+        self.compute_dtype = torch.float32  # of the hidden layers (`set_compute_dtype`)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor,
                 detach_params: bool = False) -> torch.Tensor:
         x = torch.cat([obs, action], -1)
         h = x.unsqueeze(0).expand(self.n, *x.shape)
+        low = self.compute_dtype if self.compute_dtype != torch.float32 else None
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
                 w, b = w.detach(), b.detach()
-            h = torch.baddbmm(b, h, w)
+            if low is None:
+                h = torch.baddbmm(b, h, w)
+            elif i < last:
+                h = torch.baddbmm(b.to(low), h.to(low), w.to(low))
+            else:  # the float32 head as a product and sum: baddbmm is ~5x slower for one output
+                h = (h.float() * w.transpose(1, 2)).sum(-1, keepdim=True) + b
             if i < last:
                 if self.ln_gains is not None:
                     g, s = self.ln_gains[i], self.ln_shifts[i]
                     if detach_params:
                         g, s = g.detach(), s.detach()
+                    if low is not None:
+                        g, s = g.to(low), s.to(low)
                     h = F.layer_norm(h, h.shape[-1:]) * g + s
                 h = self.act(h)
         return h.squeeze(-1)
