@@ -17,6 +17,7 @@ from gymnasium.vector import SyncVectorEnv
 from torch import nn
 
 from ctrlrl.core.acting import HostActorCritic
+from ctrlrl.core.buffers import compute_gae
 from ctrlrl.core.envs import GymnasiumEnvs, SerialEnvs, VecEnv, _make_one
 from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
 
@@ -158,3 +159,23 @@ def test_host_actor_declines_what_it_does_not_compute():
     assert HostActorCritic.for_modules(policy, MLP(5, (16, 8), 1, "relu")) is None  # activation
     assert HostActorCritic.for_modules(policy, MLP(5, (16, 8), 1, "tanh", layer_norm=True)) is None
     assert HostActorCritic.for_modules(policy, nn.Linear(5, 1)) is None
+
+
+def test_gae_equals_the_step_by_step_recursion_bit_for_bit():
+    rng = np.random.default_rng(3)
+    steps, n, gamma, lam = 300, 3, 0.99, 0.95
+    rewards = rng.standard_normal((steps, n)).astype(np.float32)
+    values = rng.standard_normal((steps, n)).astype(np.float32)
+    dones = (rng.random((steps, n)) < 0.05).astype(np.float32)
+    last_values = rng.standard_normal(n).astype(np.float32)
+    adv, ret = compute_gae(rewards, values, dones, last_values, gamma, lam)
+    ref = np.zeros_like(rewards)
+    last_gae, next_values = np.zeros_like(last_values), last_values
+    for t in range(steps - 1, -1, -1):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * not_done - values[t]
+        last_gae = delta + gamma * lam * not_done * last_gae
+        ref[t] = last_gae
+        next_values = values[t]
+    assert dones.any() and adv.dtype == np.float32
+    assert np.array_equal(adv, ref) and np.array_equal(ret, ref + values)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import OFFLINE_DATA, make_algo
 
-from ctrlrl.algos.ppo import PPOConfig, kl_exceeded
+from ctrlrl.algos.ppo import PPOConfig, kl_exceeded, ratio_diagnostics
 from ctrlrl.algos.sac import SACConfig
 from ctrlrl.algos.td3 import TD3Config
 from ctrlrl.algos.td3bc import TD3BCConfig
@@ -200,16 +200,17 @@ def off_policy_batch(algo) -> RolloutBatch:
 
 def test_ppo_loss_is_the_clipped_surrogate(ppo):
     b = off_policy_batch(ppo)
-    loss, stats, approx_kl = ppo.loss(b)
+    loss, stats, log_ratio = ppo.loss(b)
+    approx_kl, clip_fraction = ratio_diagnostics([log_ratio], ppo.cfg.clip_range)
     h_loss, h_pg, h_value, h_entropy, h_kl = ppo_loss_by_hand(ppo, b)
     ratio = torch.exp(ppo.policy.log_prob_entropy(b.obs, b.actions)[0] - b.log_probs)
     # guards: clipping binds on both sides, standardised advantages of both signs
     adv = b.advantages - b.advantages.mean()
     assert (ratio > 1.2).any() and (ratio < 0.8).any() and (adv > 0).any() and (adv < 0).any()
     assert close(loss, h_loss) and close(stats[0], h_pg) and close(stats[1], h_value)
-    assert close(stats[2], -h_entropy) and close(stats[4], h_loss)
-    assert close(stats[3], ((ratio - 1).abs() > 0.2).float().mean())
-    assert close(approx_kl, h_kl)
+    assert close(stats[2], -h_entropy) and close(stats[3], h_loss)
+    assert close(clip_fraction[0], ((ratio - 1).abs() > 0.2).float().mean())
+    assert close(approx_kl[0], h_kl)
 
 
 def test_ppo_value_clipping_when_configured(ppo):
@@ -278,7 +279,7 @@ def run_update(algo, state, monkeypatch, seed=123):
 
     def loss_spy(b):
         out = real_loss(b)
-        kls.append(out[2].item())
+        kls.append(ratio_diagnostics([out[2]], algo.cfg.clip_range)[0].item())
         return out
 
     def step_spy(*args, **kwargs):

@@ -3,13 +3,17 @@ then hand the full rollout to the algorithm's `update`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from ctrlrl.algos.base import Algorithm, Metrics
+from ctrlrl.core.acting import HostActorCritic
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, explained_variance
+from ctrlrl.core.config import RunConfig
 from ctrlrl.core.envs import Step
 from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
 
@@ -25,6 +29,10 @@ class OnPolicyAlgorithm(Algorithm):
 
     policy: nn.Module
     value_fn: nn.Module
+
+    def __init__(self, run: RunConfig, cfg: Any):
+        super().__init__(run, cfg)
+        self.acting = self.host_actor()  # after `build`, which makes the networks
 
     def build_actor_critic(self) -> None:
         """`self.policy` (the head for the action space) and `self.value_fn`, from the config's
@@ -65,37 +73,57 @@ class OnPolicyAlgorithm(Algorithm):
             metrics["std"] = self.policy.log_std.exp().mean().detach()
         return metrics
 
+    def host_actor(self) -> HostActorCritic | None:
+        """What the rollout acts with: the policy and critic in NumPy (`ctrlrl.core.acting`,
+        several times cheaper per step than torch on a few observations), or None to act with
+        the torch modules. None also where `value` is more than `value_fn`'s output."""
+        return HostActorCritic.for_modules(self.policy, self.value_fn)
+
+    def rollout_act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actions in the rollout's shape and dtype, their log-probabilities, V(obs)) on the host."""
+        buf, n = self.rollout, self.run.n_envs
+        if self.acting is not None:  # noise from `np_rng`, which checkpoints keep
+            action, log_prob, value = self.acting.act(obs, self.np_rng)
+        else:
+            obs_t = torch.as_tensor(obs, device=self.device)
+            with torch.no_grad():
+                action_t, log_prob_t = self.policy.sample(obs_t)
+                # one device→host transfer per step for action, log-prob and value together
+                out = torch.cat([action_t.reshape(n, -1).float(), log_prob_t[:, None],
+                                 self.value(obs_t)[:, None]], 1).cpu().numpy()
+            action, log_prob, value = out[:, :-2], out[:, -2], out[:, -1]
+            if buf.discrete:
+                action = action.astype(np.int64)
+        return action.reshape(n, *buf.act_shape), log_prob, value
+
+    def rollout_value(self, obs: np.ndarray) -> np.ndarray:
+        """V(obs) on the host, computed as `rollout_act` computes it."""
+        if self.acting is not None:
+            return self.acting.value(obs)
+        with torch.no_grad():
+            return self.value(torch.as_tensor(obs, device=self.device)).cpu().numpy()
+
     def train_iteration(self) -> None:
         buf, gamma, n = self.rollout, self.cfg.gamma, self.run.n_envs
+        if self.acting is not None:
+            self.acting.sync()  # the weights of the last update (or of a loaded checkpoint)
         for _ in range(self.cfg.n_steps):
-            obs = torch.as_tensor(self.obs, device=self.device)
-            with torch.no_grad():
-                action, log_prob = self.policy.sample(obs)
-                # one device→host transfer per step for action, log-prob and value together
-                out = torch.cat([action.reshape(n, -1).float(), log_prob[:, None],
-                                 self.value(obs)[:, None]], 1).cpu().numpy()
-            action_np = out[:, :-2].reshape(n, *buf.act_shape)
-            if buf.discrete:
-                action_np = action_np.astype(np.int64)
-            self.record_decision(action_np)
-            step = self.env.step(self.to_env_action(action_np))
+            action, log_prob, value = self.rollout_act(self.obs)
+            self.record_decision(action)
+            step = self.env.step(self.to_env_action(action))
             self.record_outcome(step)
             reward = step.reward
             truncated = step.truncated & ~step.terminated
             if truncated.any():  # bootstrap a time-limit cut from V(final obs); not a termination
-                final = torch.as_tensor(step.next_obs[truncated], device=self.device)
-                with torch.no_grad():
-                    reward = reward.copy()
-                    reward[truncated] += gamma * self.value(final).cpu().numpy()
-            buf.add(self.obs, action_np, out[:, -2], out[:, -1], reward, step.done)
+                reward = reward.copy()
+                reward[truncated] += gamma * self.rollout_value(step.next_obs[truncated])
+            buf.add(self.obs, action, log_prob, value, reward, step.done)
             self.obs = step.obs
             self.step += n
             self.episodes.extend(step.episodes)
             self.true_returns.extend(step.true_returns)
         shaping = self.shape_rewards(buf)
-        with torch.no_grad():
-            last_values = self.value(torch.as_tensor(self.obs, device=self.device)).cpu().numpy()
-        buf.finish(last_values, gamma, self.cfg.gae_lambda)
+        buf.finish(self.rollout_value(self.obs), gamma, self.cfg.gae_lambda)
         self.metrics |= {**shaping, **self.update(buf)}
 
     def record_decision(self, action: np.ndarray) -> None:

@@ -237,6 +237,9 @@ class PDPPO(OnPolicyAlgorithm):
                               self.post_last_values, self.cfg.gamma, self.cfg.gae_lambda)[1]
         return torch.as_tensor(returns.reshape(-1), device=self.device)
 
+    def host_actor(self) -> None:
+        return None  # `value` rescales the critic's output: the rollout acts with torch
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_fn(obs).squeeze(-1) * self.return_stats[1] + self.return_stats[0]
 

@@ -78,6 +78,19 @@ def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
     return target_kl is not None and approx_kl.item() > 1.5 * target_kl
 
 
+def ratio_diagnostics(log_ratios: list[torch.Tensor], clip_range: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per minibatch (one log π/π_old tensor each): the approximate KL mean((r − 1) − log r)
+    (Schulman's k3 estimator) and the fraction of ratios r outside [1 − ε, 1 + ε]. One pass
+    over all minibatches after the update rather than a few small ops in each step."""
+    log_ratio = torch.cat(log_ratios)
+    ratio_m1 = log_ratio.exp() - 1
+    per_sample = torch.stack([ratio_m1 - log_ratio, (ratio_m1.abs() > clip_range).float()], 1)
+    lengths = torch.tensor([len(x) for x in log_ratios], device=log_ratio.device)
+    means = torch.segment_reduce(per_sample, "mean", lengths=lengths)
+    return means[:, 0], means[:, 1]
+
+
 class PPO(OnPolicyAlgorithm):
     name = "ppo"
     summary = "Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)"
@@ -96,7 +109,8 @@ class PPO(OnPolicyAlgorithm):
         return {"policy": self.policy, "value_fn": self.value_fn, "optimizer": self.optimizer}
 
     def loss(self, b: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clipped-surrogate loss of one minibatch; also (stats row, approx KL) for logging."""
+        """Clipped-surrogate loss of one minibatch, and its diagnostics, detached: the stats row
+        (policy-gradient, value, entropy losses, total) and the log-ratios log π/π_old."""
         cfg = self.cfg
         adv = b.advantages
         if cfg.normalize_advantage and len(adv) > 1:
@@ -111,12 +125,13 @@ class PPO(OnPolicyAlgorithm):
             value = b.values + (value - b.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
         value_loss = F.mse_loss(value, b.returns)
         entropy_loss = -entropy.mean()
-        loss = pg_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+        loss = pg_loss
+        if cfg.ent_coef:  # with weight 0 the term would only add backward work
+            loss = loss + cfg.ent_coef * entropy_loss
+        loss = loss + cfg.vf_coef * value_loss
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clip_frac = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-            stats = torch.stack([pg_loss, value_loss, entropy_loss, clip_frac, loss])
-        return loss, stats, approx_kl
+            stats = torch.stack([pg_loss, value_loss, entropy_loss, loss])
+        return loss, stats, log_ratio.detach()
 
     def regularizer(self, b: RolloutBatch, idx: torch.Tensor
                     ) -> tuple[torch.Tensor, Metrics] | None:
@@ -129,18 +144,20 @@ class PPO(OnPolicyAlgorithm):
         cfg = self.cfg
         if cfg.anneal_lr:  # by the fraction of training left when this rollout began
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * self.rollout_schedule()[1]
+        # of every minibatch evaluated, the one that stops included
         stats: list[torch.Tensor] = []
-        kls: list[torch.Tensor] = []  # of every minibatch evaluated, the one that stops included
+        log_ratios: list[torch.Tensor] = []
         reg_infos: list[Metrics] = []
         per_minibatch = cfg.kl_stop == "minibatch"
         for _ in range(cfg.n_epochs):
             stopped = False
-            epoch_kls = []
+            epoch_start = len(log_ratios)
             for idx, b in rollout.indexed_minibatches(cfg.batch_size):
-                loss, stats_row, approx_kl = self._loss(b)
-                kls.append(approx_kl)
+                loss, stats_row, log_ratio = self._loss(b)
+                log_ratios.append(log_ratio)
                 stats.append(stats_row)
-                if per_minibatch and kl_exceeded(approx_kl, cfg.target_kl):
+                if per_minibatch and cfg.target_kl is not None and kl_exceeded(
+                        ratio_diagnostics([log_ratio], cfg.clip_range)[0][0], cfg.target_kl):
                     stopped = True  # before this minibatch's step
                     break
                 reg = self.regularizer(b, idx)
@@ -152,16 +169,17 @@ class PPO(OnPolicyAlgorithm):
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
-                epoch_kls.append(approx_kl)
-            if stopped or (not per_minibatch
-                           and kl_exceeded(torch.stack(epoch_kls).mean(), cfg.target_kl)):
+            if stopped or (not per_minibatch and cfg.target_kl is not None and kl_exceeded(
+                    ratio_diagnostics(log_ratios[epoch_start:], cfg.clip_range)[0].mean(),
+                    cfg.target_kl)):
                 break
         means = torch.stack(stats).mean(0)
+        kls, clip_fractions = ratio_diagnostics(log_ratios, cfg.clip_range)
         reg_means = {key: torch.stack([info[key] for info in reg_infos]).mean()
                      for key in (reg_infos[0] if reg_infos else {})}
         return {
             "policy_gradient_loss": means[0], "value_loss": means[1], "entropy_loss": means[2],
-            "clip_fraction": means[3], "loss": means[4], "approx_kl": torch.stack(kls).mean(),
+            "clip_fraction": clip_fractions.mean(), "loss": means[3], "approx_kl": kls.mean(),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             **reg_means, **self.rollout_metrics(rollout.all()),
         }
