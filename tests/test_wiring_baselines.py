@@ -5,6 +5,7 @@ targets, and the step it takes."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 import torch
 from conftest import OFFLINE_DATA, make_algo
 
+from ctrlrl.algos.a2pr import A2PRConfig
 from ctrlrl.algos.ppo import PPOConfig, kl_exceeded, ratio_diagnostics
 from ctrlrl.algos.sac import SACConfig
-from ctrlrl.algos.td3 import TD3Config
+from ctrlrl.algos.td3 import TD3Config, TD3LearnerConfig
 from ctrlrl.algos.td3bc import TD3BCConfig
 from ctrlrl.core.buffers import RolloutBatch, compute_gae
 from ctrlrl.core.errors import UserError
@@ -565,6 +567,17 @@ def test_td3bc_defaults_follow_the_paper():
     assert (cfg.alpha, cfg.normalize_states, cfg.learning_rate, cfg.batch_size, cfg.tau,
             cfg.policy_delay, cfg.target_policy_noise, cfg.target_noise_clip) == \
         (2.5, True, 3e-4, 256, 0.005, 2, 0.2, 0.5)
+
+
+@pytest.mark.parametrize("config", [TD3Config, TD3BCConfig, A2PRConfig])
+def test_td3_learner_settings_are_shared_and_checked(config):
+    """TD3+BC and A2PR inherit TD3's learner settings: one definition, one range check."""
+    assert issubclass(config, TD3LearnerConfig)
+    shared = {f.name: f.default for f in dataclasses.fields(TD3LearnerConfig)}
+    assert {key: getattr(config(), key) for key in shared} == shared
+    for bad in ({"policy_delay": 0}, {"gamma": 1.5}, {"target_noise_clip": -1.0}):
+        with pytest.raises(UserError, match=next(iter(bad))):
+            config(**bad)
 
 
 def test_bc_update(tmp_path):

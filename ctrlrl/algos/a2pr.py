@@ -77,7 +77,7 @@ from torch import nn
 
 from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.off_policy import OfflineAlgorithm
-from ctrlrl.algos.td3 import TD3
+from ctrlrl.algos.td3 import TD3, TD3LearnerConfig
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
@@ -109,15 +109,9 @@ def paper_settings_key(name: str) -> str:
 
 
 @dataclass
-class A2PRConfig:
-    batch_size: int = 256  # minibatch size
+class A2PRConfig(TD3LearnerConfig):
     learning_rate: float = 3e-4  # Adam step size of the actor, the critics and the value net
     vae_learning_rate: float = 1e-3  # Adam step size of the VAE
-    gamma: float = 0.99  # discount factor
-    tau: float = 0.005  # Polyak rate of the critic and actor targets
-    policy_delay: int = 2  # critic steps per actor (and target) update
-    target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
-    target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
     alpha: float = 2.5  # λ = α / mean|Q1(s, π(s))|: weight of the Q term against the regulariser
     vae_weight: float = 1.0  # w_vae, weight of the VAE's reconstruction of high-advantage actions
     mask: float = 1.0  # scale of the regulariser's weights (see bc_weight)
@@ -133,11 +127,9 @@ class A2PRConfig:
     def __post_init__(self) -> None:
         if self.paper_settings:
             self._apply_paper_settings()
-        check_ranges(self, positive=("batch_size", "learning_rate", "vae_learning_rate", "tau",
-                                     "policy_delay"),
-                     non_negative=("target_policy_noise", "target_noise_clip", "alpha",
-                                   "vae_weight", "mask"),
-                     fraction=("gamma", "tau"),
+        super().__post_init__()
+        check_ranges(self, positive=("vae_learning_rate",),
+                     non_negative=("alpha", "vae_weight", "mask"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes", "vae_hidden_sizes"))
         if self.bc_weight not in BC_WEIGHTS:
             raise UserError(f"setting bc_weight={self.bc_weight!r} is not known; use one of "

@@ -29,27 +29,36 @@ from ctrlrl.core.nets import DeterministicPolicy, FlatParams, QEnsemble, adam, s
 
 
 @dataclass
-class TD3Config:
-    buffer_size: int = 1_000_000  # replay buffer capacity in transitions
-    learning_starts: int = 25_000  # uniform-random steps before learning
+class TD3LearnerConfig:
+    """The settings of TD3's learner, which TD3+BC and A2PR share."""
+
     batch_size: int = 256  # minibatch size
-    gradient_steps: int = 1  # gradient steps per vector step (n_envs transitions)
     learning_rate: float = 3e-4  # Adam step size of the actor and the critics
     gamma: float = 0.99  # discount factor
     tau: float = 0.005  # Polyak rate of the target networks
     policy_delay: int = 2  # critic steps per actor (and target) update
     target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
     target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("batch_size", "learning_rate", "tau", "policy_delay"),
+                     non_negative=("target_policy_noise", "target_noise_clip"),
+                     fraction=("gamma", "tau"))
+
+
+@dataclass
+class TD3Config(TD3LearnerConfig):
+    buffer_size: int = 1_000_000  # replay buffer capacity in transitions
+    learning_starts: int = 25_000  # uniform-random steps before learning
+    gradient_steps: int = 1  # gradient steps per vector step (n_envs transitions)
     exploration_noise: float = 0.1  # std of Gaussian action noise while training
     hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of each critic
     save_replay: bool = True  # include the replay buffer in checkpoints (exact resume)
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("buffer_size", "batch_size", "gradient_steps", "learning_rate",
-                                     "tau", "policy_delay"),
-                     non_negative=("learning_starts", "target_policy_noise", "target_noise_clip",
-                                   "exploration_noise"),
-                     fraction=("gamma", "tau"), widths=("hidden_sizes",))
+        super().__post_init__()
+        check_ranges(self, positive=("buffer_size", "gradient_steps"),
+                     non_negative=("learning_starts", "exploration_noise"), widths=("hidden_sizes",))
 
 
 class TD3(OffPolicyAlgorithm):

@@ -24,29 +24,21 @@ import torch.nn.functional as F
 
 from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.off_policy import OfflineAlgorithm
-from ctrlrl.algos.td3 import TD3
+from ctrlrl.algos.td3 import TD3, TD3LearnerConfig
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import DeterministicPolicy, FlatParams, adam
 
 
 @dataclass
-class TD3BCConfig:
-    batch_size: int = 256  # minibatch size
-    learning_rate: float = 3e-4  # Adam step size of the actor and the critics
-    gamma: float = 0.99  # discount factor
-    tau: float = 0.005  # Polyak rate of the target networks
-    policy_delay: int = 2  # critic steps per actor (and target) update
-    target_policy_noise: float = 0.2  # std of the smoothing noise added to the target action
-    target_noise_clip: float = 0.5  # the smoothing noise is clipped to ± this
+class TD3BCConfig(TD3LearnerConfig):
     alpha: float = 2.5  # α in λ = α / mean|Q1(s, π(s))|: weight of the Q term against behaviour cloning
     normalize_states: bool = True  # standardise states by the dataset's mean and std + 1e-3
     hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor and of each critic
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("batch_size", "learning_rate", "tau", "policy_delay"),
-                     non_negative=("target_policy_noise", "target_noise_clip", "alpha"),
-                     fraction=("gamma", "tau"), widths=("hidden_sizes",))
+        super().__post_init__()
+        check_ranges(self, non_negative=("alpha",), widths=("hidden_sizes",))
 
 
 class TD3BC(OfflineAlgorithm, TD3):
