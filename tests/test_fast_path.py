@@ -7,15 +7,19 @@ seeds and actions → the same observations, rewards, ends and episode statistic
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import make_algo
 from gymnasium.vector import SyncVectorEnv
 from torch import nn
 
+from ctrlrl.algos import REGISTRY
+from ctrlrl.algos.on_policy import OnPolicyAlgorithm
 from ctrlrl.core.acting import HostActorCritic
 from ctrlrl.core.buffers import compute_gae
 from ctrlrl.core.envs import GymnasiumEnvs, SerialEnvs, VecEnv, _make_one
@@ -179,3 +183,42 @@ def test_gae_equals_the_step_by_step_recursion_bit_for_bit():
         next_values = values[t]
     assert dones.any() and adv.dtype == np.float32
     assert np.array_equal(adv, ref) and np.array_equal(ret, ref + values)
+
+
+ON_POLICY = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, OnPolicyAlgorithm))
+# actor and critic alike where a config lets them differ: the shapes the NumPy path would take
+SAME_NETS = {"pdppo": {"critic_activation": "relu"}}
+
+
+@pytest.mark.parametrize("name", ON_POLICY)
+def test_rollouts_act_as_the_algorithms_own_modules(name, tmp_path):
+    """Whatever each on-policy learner acts with, the rollout's values are its `value` and the
+    stored log-probabilities its policy's, after an update and with weights moved further."""
+    algo = make_algo(name, tmp_path, **SAME_NETS.get(name, {}))
+    try:
+        algo.train_iteration()  # an update: e.g. PDPPO's critic learns its return scale
+        with torch.no_grad():
+            for p in [*algo.policy.parameters(), *algo.value_fn.parameters()]:
+                p.add_(0.05 * torch.randn_like(p))
+        if algo.acting is not None:
+            algo.acting.sync()
+        obs = np.repeat(algo.obs, 4, 0) + np.random.default_rng(0).normal(
+            0, 0.5, (4 * len(algo.obs), algo.obs_dim)).astype(np.float32)
+        algo.run = dataclasses.replace(algo.run, n_envs=len(obs))
+        action, log_prob, value = algo.rollout_act(obs)
+        obs_t = torch.as_tensor(obs)
+        with torch.no_grad():
+            ref_value = algo.value(obs_t).numpy()
+            ref_log_prob = algo.policy.log_prob_entropy(obs_t, torch.as_tensor(action))[0].numpy()
+        assert np.allclose(value, ref_value, atol=1e-5)
+        assert np.allclose(algo.rollout_value(obs), ref_value, atol=1e-5)
+        assert np.allclose(log_prob, ref_log_prob, atol=1e-4)
+    finally:
+        algo.close()
+
+
+def test_ppo_acts_in_numpy_and_pdppo_with_torch(tmp_path):
+    ppo, pdppo = make_algo("ppo", tmp_path / "a"), make_algo("pdppo", tmp_path / "b")
+    assert isinstance(ppo.acting, HostActorCritic) and pdppo.acting is None
+    ppo.close()
+    pdppo.close()
