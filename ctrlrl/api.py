@@ -13,10 +13,12 @@ import gymnasium as gym
 import yaml
 
 from ctrlrl.algos import REGISTRY
-from ctrlrl.algos.base import CHECKPOINT_NAME, Algorithm, is_run_dir
+from ctrlrl.algos.base import Algorithm
+from ctrlrl.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from ctrlrl.core.config import YAML_FAILURES, RunConfig, apply_overrides, load_preset, to_dict
 from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.run_dir import is_run_dir
 
 PRESET_DIR = Path(__file__).parent / "algos" / "presets"
 # run settings that may differ when a run is resumed: they do not change what is computed
@@ -111,7 +113,7 @@ def load(path: str | Path, device: str | None = None, replay: bool = True) -> Al
 
     `replay=False` skips the stored replay buffer: quicker and lighter when only acting.
     """
-    ckpt = Algorithm.read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     cls = algo_class(ckpt["algo"])
     check_fit(cls, *cls.checkpoint_config(ckpt))  # an edited env or setting: one line, not a crash
     return cls.from_checkpoint(ckpt, device, extra=replay)
@@ -192,7 +194,7 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
             "pass the run dir that `ctrlrl train` printed (it holds config.yaml and checkpoints/)"))
     # the checkpoint's own config is what its weights were trained with; config.yaml is a copy
     # for people and tools to read, and may have been edited since
-    ckpt = Algorithm.read_checkpoint(run_dir)
+    ckpt = read_checkpoint(run_dir)
     if algo is not None and algo != ckpt["algo"]:
         raise UserError(f"--resume {run_dir}: that run is {ckpt['algo']!r}, not {algo!r}")
     cls = algo_class(ckpt["algo"])

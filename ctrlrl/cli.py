@@ -474,7 +474,7 @@ def _ignore_further_interrupts() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ctrlrl.algos.base import TrainingInterrupted
+    from ctrlrl.core.signals import TrainingInterrupted
 
     commands = {"list": _cmd_list, "train": _cmd_train, "describe": _cmd_describe, "eval": _cmd_eval,
                 "plot": _cmd_plot, "collect": _cmd_collect, "sweep": _cmd_sweep, "bench": _cmd_sweep,

@@ -25,12 +25,12 @@ from conftest import REPO, assert_one_line_error
 import ctrlrl
 from ctrlrl import cli
 from ctrlrl.algos import REGISTRY
-from ctrlrl.algos.base import is_run_dir
 from ctrlrl.core import checkpoint as ckpt_module
 from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import truncate_metrics
+from ctrlrl.core.run_dir import is_run_dir
 from ctrlrl.harness import sweep
 
 TINY = ["--env", "Pendulum-v1", "--device", "cpu", "--n-envs", "1", "--eval-every", "0",
@@ -428,7 +428,7 @@ def test_config_yaml_and_checkpoints_are_written_atomically(tmp_path, monkeypatc
         return real(path, mode)
 
     monkeypatch.setattr(ckpt_module, "atomic_write", spy)
-    monkeypatch.setattr("ctrlrl.algos.base.atomic_write", spy)
+    monkeypatch.setattr("ctrlrl.core.run_dir.atomic_write", spy)
     assert _train(tmp_path / "run", 64) == 0
     assert written[0] == "config.yaml" and "latest.pt" in written
 

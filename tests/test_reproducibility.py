@@ -18,7 +18,8 @@ from conftest import (
 
 import ctrlrl
 from ctrlrl import api
-from ctrlrl.algos.base import CHECKPOINT_NAME, TrainingInterrupted, request_stop
+from ctrlrl.core.checkpoint import CHECKPOINT_NAME
+from ctrlrl.core.signals import TrainingInterrupted, request_stop
 
 ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo", "td3bc", "bc", "a2pr", "odice",
          "pg", "npg-momentum", "npg-igt", "n-harpg", "harpg", "orpo", "ppo-adreg",

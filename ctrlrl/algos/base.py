@@ -8,53 +8,31 @@ An algorithm module is a Config dataclass plus a subclass of `OnPolicyAlgorithm`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import signal
-import sys
-import threading
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from ctrlrl.core.checkpoint import atomic_write, load_checkpoint, misfit, save_checkpoint
-from ctrlrl.core.config import (
-    YAML_FAILURES,
-    RunConfig,
-    from_dict,
-    resolve_device,
-    resolve_precision,
-    to_dict,
-)
+from ctrlrl.core.checkpoint import CHECKPOINT_NAME, misfit, save_checkpoint, stored_numbers
+from ctrlrl.core.config import RunConfig, from_dict, resolve_device, resolve_precision, to_dict
 from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
-from ctrlrl.core.logger import Logger, truncate_metrics
+from ctrlrl.core.logger import Logger
 from ctrlrl.core.nets import COMPUTE_DTYPES, set_compute_dtype
-
-CHECKPOINT_NAME = "latest.pt"
+from ctrlrl.core.run_dir import default_run_dir, prepare_run_dir
+from ctrlrl.core.signals import TrainingInterrupted, deferred_sigint
 
 # what an update returns and the logs show as train/<key>: tensors stay on the device (no host
 # synchronisation inside an update); the log reads them when it writes
 Metrics = dict[str, torch.Tensor | float]
-
-
-class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C or SIGTERM once the final checkpoint is on disk; `signum` is the
-    signal that asked to stop (the CLI exits with 128 + signum, the shell convention)."""
-
-    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT):
-        super().__init__(f"{_signal_name(signum)}: stopped; checkpoint saved to {checkpoint}")
-        self.checkpoint, self.signum = checkpoint, signum
 
 
 class Algorithm:
@@ -220,41 +198,13 @@ class Algorithm:
 
     # ---- training loop -----------------------------------------------------------------------
     def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
-        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml.
-
-        A fresh run goes into a new or empty folder, or a run dir that never reached its first
-        checkpoint (`is_run_dir`); never into a folder that holds a checkpoint or anything else.
-        Resuming drops the metrics.jsonl rows past the checkpoint's step: the steps after it are
-        trained again, and no step is logged twice.
-        """
+        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml
+        (`ctrlrl.core.run_dir.prepare_run_dir` says which folders a run may use)."""
         if run_dir is None and not self.run.run_dir:
-            base = Path("runs") / self.run.env / self.name / (
-                f"{self.run.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-            path, k = base, 0
-            while path.exists():  # two runs started in the same second
-                k += 1
-                path = base.with_name(f"{base.name}-{k}")
+            path = default_run_dir(self.run.env, self.name, self.run.seed)
         else:
             path = Path(run_dir or self.run.run_dir)
-        if not resuming and (path / "checkpoints" / CHECKPOINT_NAME).exists():
-            raise UserError(f"run dir {path} already holds a run; continue it with "
-                            f"--resume {path} or pass another --run-dir")
-        if not resuming and path.exists() and not is_run_dir(path) and (
-                not path.is_dir() or any(path.iterdir())):
-            raise UserError(f"--run-dir {path} is neither an empty folder nor a ctrlrl run (a "
-                            "config.yaml with an algo, or checkpoints/); pass a new or empty folder")
-        try:
-            if resuming:
-                truncate_metrics(path / "metrics.jsonl", self.step)
-            else:  # a run that died before its first checkpoint leaves only logs: start afresh
-                for log in [path / "metrics.jsonl", *path.glob("events.out.tfevents.*")]:
-                    log.unlink(missing_ok=True)
-            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            with atomic_write(path / "config.yaml", "w") as f:  # a half file would not parse
-                f.write(yaml.safe_dump(self.config_dict(), sort_keys=False))
-        except OSError as exc:
-            raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
-                            "pass --run-dir with a writable folder") from None
+        prepare_run_dir(path, self.config_dict(), resuming, self.step)
         self.run_dir = path
         self.run = dataclasses.replace(self.run, run_dir=str(path))
         return path
@@ -281,7 +231,7 @@ class Algorithm:
         start_step, start_time = self.step, time.perf_counter()
         self._session = (start_time, self.wall_time)
         try:
-            with _deferred_sigint() as interrupted:
+            with deferred_sigint() as interrupted:
                 while self.step < run.total_steps and not interrupted():
                     before = self.step
                     self.train_iteration()
@@ -509,26 +459,12 @@ class Algorithm:
             raise UserError(f"checkpoint config says n_envs={run.n_envs} but the file holds "
                             f"{len(ckpt['env']['envs'])} env states; it is damaged or was edited")
         # a layer of width w stores at least w numbers (its bias or its weights)
-        stored = _numel(ckpt["modules"])
+        stored = stored_numbers(ckpt["modules"])
         for key, value in to_dict(cfg).items():
             if key.endswith("hidden_sizes") and max(value, default=0) > stored:
                 raise UserError(f"checkpoint config says {key}={value} but the file stores "
                                 f"{stored} numbers in all; it is damaged or was edited")
         return run, cfg
-
-    @staticmethod
-    def read_checkpoint(path: str | Path) -> dict[str, Any]:
-        """A checkpoint from a file, or from a run dir's checkpoints/latest.pt, with every
-        entry of the expected type (`CHECKPOINT_ENTRIES`)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoints" / CHECKPOINT_NAME
-        ckpt = load_checkpoint(path)
-        problem = _checkpoint_problem(ckpt)
-        if problem:
-            raise UserError(f"{path} is not a complete ctrlrl checkpoint ({problem}); it is "
-                            "damaged or was not written by ctrlrl")
-        return ckpt
 
     def close(self) -> None:
         self.env.close()
@@ -540,114 +476,3 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
-def is_run_dir(path: Path) -> bool:
-    """A folder ctrlrl wrote a run into: it has checkpoints/, or a config.yaml that maps `algo`
-    (what `setup_run_dir` writes first). The one kind of non-empty folder a run may reuse."""
-    if (path / "checkpoints").is_dir():
-        return True
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, *YAML_FAILURES):  # YAML_FAILURES' ValueError covers non-UTF-8 files
-        return False
-    return isinstance(config, dict) and "algo" in config
-
-
-# what `Algorithm.save` writes, by type; wall_time and true_returns may be absent (older files)
-CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
-    "algo": str, "run": dict, "config": dict, "step": int, "n_updates": int,
-    "wall_time": (int, float), "episodes": list, "true_returns": list, "modules": dict,
-    "env": dict, "rng": dict, "extra": dict, "obs": np.ndarray, "metrics": dict}
-
-
-def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
-    """What makes `ckpt` other than `Algorithm.save` output, in a few words; None if nothing."""
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    for key, types in CHECKPOINT_ENTRIES.items():
-        if key not in ckpt:
-            if key not in ("wall_time", "true_returns"):
-                return f"no {key!r} entry"
-        elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
-            return f"{key!r} is a {type(ckpt[key]).__name__}"
-    if ckpt["step"] < 0 or ckpt["n_updates"] < 0:
-        return "a negative step count"
-    if not all(isinstance(key, str) for key in [*ckpt["run"], *ckpt["config"]]):
-        return "settings not named by strings"
-    if "env" not in ckpt["run"]:
-        return "no env in its run config"
-    if not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
-               for e in ckpt["episodes"]):
-        return "'episodes' are not (return, length) pairs"
-    if not all(map(number, [*ckpt.get("true_returns", []), *ckpt["metrics"].values()])):
-        return "'true_returns' or 'metrics' hold other than numbers"
-    if not all(isinstance(m, dict) for m in ckpt["modules"].values()):
-        return "'modules' hold other than state dicts"
-    if not isinstance(ckpt["env"].get("envs"), list):
-        return "'env' holds no list of env states"
-    return None
-
-
-def _numel(tree: Any) -> int:
-    """Numbers in all the tensors and arrays of a nested state."""
-    if torch.is_tensor(tree) or isinstance(tree, np.ndarray):
-        return int(np.prod(tree.shape))
-    if isinstance(tree, dict):
-        return sum(_numel(v) for v in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return sum(_numel(v) for v in tree)
-    return 0
-
-
-_stop = threading.Event()  # a stop was asked for (Ctrl-C, SIGTERM, a sweep shutting down)
-_stop_signal = [0]  # the signal that asked for it; 0: asked without one (a sweep stopping)
-
-
-def request_stop(signum: int | None = None, frame: Any = None) -> None:
-    """Ask the training loop of this process to checkpoint and stop after its current iteration.
-
-    Usable as a signal handler; a request that comes before `learn` starts is honoured when it does.
-    """
-    _stop_signal[0] = signum or _stop_signal[0]
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
-
-
-def stop_signal() -> int:
-    """The signal that asked this process to stop (SIGINT for a request without one); 0: none."""
-    return (_stop_signal[0] or signal.SIGINT) if _stop.is_set() else 0
-
-
-def _signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
-@contextlib.contextmanager
-def _deferred_sigint():
-    """First Ctrl-C (or SIGTERM, e.g. a preempted job): finish the current iteration,
-    checkpoint, stop. A second one aborts at once.
-
-    Either way the checkpoint on disk stays intact: it is only ever replaced atomically.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield stop_signal
-        return
-
-    def handler(signum, frame):
-        if _stop_signal[0]:  # a second signal (a stop asked without one still waits for its first)
-            raise KeyboardInterrupt
-        request_stop(signum)
-        print(f"\n{_signal_name(signum)}: finishing this iteration and saving a checkpoint "
-              "(again to abort)", file=sys.stderr, flush=True)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop_signal
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        _stop.clear()
-        _stop_signal[0] = 0

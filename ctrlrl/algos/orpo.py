@@ -64,9 +64,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrlrl.algos.base import Algorithm, Metrics
+from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.ppo import PPO, PPOConfig
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer
+from ctrlrl.core.checkpoint import read_checkpoint
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import VecEnv
 from ctrlrl.core.errors import UserError
@@ -119,7 +120,7 @@ class CheckpointBase(BasePolicy):
     def __init__(self, path: str, env: VecEnv, device: torch.device):
         from ctrlrl.algos import REGISTRY
 
-        ckpt = Algorithm.read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         if ckpt["algo"] not in REGISTRY:
             raise UserError(f"base policy {path} is a {ckpt['algo']!r} run, an algorithm this ctrlrl "
                             "does not have; use a checkpoint of one of its on-policy learners")

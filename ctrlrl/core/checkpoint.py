@@ -26,6 +26,7 @@ from torch.torch_version import TorchVersion
 from ctrlrl.core.errors import UserError
 
 FORMAT = 1
+CHECKPOINT_NAME = "latest.pt"  # a run dir's checkpoint: <run dir>/checkpoints/latest.pt
 # `weights_only` refuses code from torch 2.6 (CVE-2025-32434) and is memory-safe against crafted
 # files from 2.10; pyproject.toml requires it, this guards environments installed otherwise
 SAFE_TORCH = "2.10"
@@ -129,6 +130,67 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return _from_safe(state)
     except (RuntimeError, TypeError) as exc:  # a tagged array NumPy cannot hold (e.g. bfloat16)
         raise _unreadable(path, exc) from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint (what `Algorithm.save` writes) from a file, or from a run dir's
+    checkpoints/latest.pt, with every entry of the expected type (`CHECKPOINT_ENTRIES`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path)
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"{path} is not a complete ctrlrl checkpoint ({problem}); it is "
+                        "damaged or was not written by ctrlrl")
+    return ckpt
+
+
+# what `Algorithm.save` writes, by type; wall_time and true_returns may be absent (older files)
+CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "algo": str, "run": dict, "config": dict, "step": int, "n_updates": int,
+    "wall_time": (int, float), "episodes": list, "true_returns": list, "modules": dict,
+    "env": dict, "rng": dict, "extra": dict, "obs": np.ndarray, "metrics": dict}
+
+
+def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What makes `ckpt` other than `Algorithm.save` output, in a few words; None if nothing."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    for key, types in CHECKPOINT_ENTRIES.items():
+        if key not in ckpt:
+            if key not in ("wall_time", "true_returns"):
+                return f"no {key!r} entry"
+        elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
+            return f"{key!r} is a {type(ckpt[key]).__name__}"
+    if ckpt["step"] < 0 or ckpt["n_updates"] < 0:
+        return "a negative step count"
+    if not all(isinstance(key, str) for key in [*ckpt["run"], *ckpt["config"]]):
+        return "settings not named by strings"
+    if "env" not in ckpt["run"]:
+        return "no env in its run config"
+    if not all(isinstance(e, list) and len(e) == 2 and all(map(number, e))
+               for e in ckpt["episodes"]):
+        return "'episodes' are not (return, length) pairs"
+    if not all(map(number, [*ckpt.get("true_returns", []), *ckpt["metrics"].values()])):
+        return "'true_returns' or 'metrics' hold other than numbers"
+    if not all(isinstance(m, dict) for m in ckpt["modules"].values()):
+        return "'modules' hold other than state dicts"
+    if not isinstance(ckpt["env"].get("envs"), list):
+        return "'env' holds no list of env states"
+    return None
+
+
+def stored_numbers(tree: Any) -> int:
+    """Numbers in all the tensors and arrays of a nested state."""
+    if torch.is_tensor(tree) or isinstance(tree, np.ndarray):
+        return int(np.prod(tree.shape))
+    if isinstance(tree, dict):
+        return sum(stored_numbers(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(stored_numbers(v) for v in tree)
+    return 0
 
 
 def _check_archive(path: Path) -> None:

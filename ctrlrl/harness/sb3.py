@@ -82,11 +82,12 @@ def train_sb3(spec) -> tuple[int, float]:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from ctrlrl.algos.base import crossed, stop_requested
+    from ctrlrl.algos.base import crossed
     from ctrlrl.core.config import resolve_device, to_dict
     from ctrlrl.core.envs import VecEnv
     from ctrlrl.core.evaluation import evaluate
     from ctrlrl.core.logger import Logger
+    from ctrlrl.core.signals import stop_requested
     from ctrlrl.harness.sweep import resolve_spec, write_spec
 
     run, cfg = resolve_spec(spec)

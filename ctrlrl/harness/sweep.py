@@ -157,7 +157,7 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
     """Each run with its state: `complete`, `resume` or `start`. Checks every setting first, and
     refuses a run dir that was made with a different configuration (it would be mixed up)."""
     from ctrlrl import api
-    from ctrlrl.algos.base import CHECKPOINT_NAME
+    from ctrlrl.core.checkpoint import CHECKPOINT_NAME
 
     out = []
     for spec in specs:
@@ -189,7 +189,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     Returns {"status": "done" | "stopped" | "failed", "message", "steps", "wall_time"}.
     """
-    from ctrlrl.algos.base import TrainingInterrupted, stop_requested
+    from ctrlrl.core.signals import TrainingInterrupted, stop_requested
 
     if stop_requested():  # queued before the sweep was stopped
         return {"status": "stopped", "message": "not started"}
@@ -220,7 +220,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
 def _train_ctrlrl(spec: RunSpec) -> tuple[int, float]:
     from ctrlrl import api
-    from ctrlrl.algos.base import CHECKPOINT_NAME
+    from ctrlrl.core.checkpoint import CHECKPOINT_NAME
 
     if (spec.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file():
         algo = api.resume(spec.run_dir, spec.algo, spec.env, spec.overrides, **spec.flags())
@@ -257,7 +257,7 @@ def _worker_init(parent_pid: int, stop) -> None:
     `stop` is a lock-free shared byte, polled: an `mp.Event` would deadlock the sweep's `set()`
     on the waits of workers that have already exited.
     """
-    from ctrlrl.algos.base import request_stop
+    from ctrlrl.core.signals import request_stop
 
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
