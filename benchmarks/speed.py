@@ -72,7 +72,8 @@ def worker(lib: str, algo: str, env_id: str, steps: int, compile_: bool, warmup:
 
         overrides = {**(SETTINGS[algo]["ctrlrl"] if settings is None else settings),
                      "eval_every": 0, "checkpoint_every": 0,
-                     "progress": False, "tensorboard": False, "compile": compile_}
+                     "progress": False, "tensorboard": False,
+                     "compile": "step" if compile_ else "eager"}
         model = ctrlrl.make(algo, env_id, overrides, seed=0, device="cpu", total_steps=warmup,
                             run_dir=tempfile.mkdtemp(prefix="ctrlrl-speed-"))
         model.learn()

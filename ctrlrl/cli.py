@@ -50,8 +50,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", dest="run_dir", help="default runs/<env>/<algo>/<seed>-<time>")
     p.add_argument("--dataset", help="offline algorithms: PATH.hdf5, d4rl:<task> or minari:<id> "
                    "(the env defaults to the dataset's)")
-    p.add_argument("--compile", action="store_const", const=True, default=None,
-                   help="torch.compile the update")
+    p.add_argument("--compile", nargs="?", const="step", default=None, metavar="MODE",
+                   help="eager (default) | step: torch.compile the update (the flag alone) | "
+                        "graph: replay off-policy and offline updates from CUDA graphs")
     p.add_argument("--base-policy", dest="base_policy", metavar="PATH",
                    help="orpo, ppo-adreg: the safe policy, a ctrlrl run dir or checkpoint "
                         "(default: the env's scripted one)")

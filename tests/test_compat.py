@@ -15,7 +15,9 @@ from conftest import ENV, FAST, OFFLINE_DATA, QUIET, assert_one_line_error
 import ctrlrl
 from ctrlrl import api
 from ctrlrl.algos.base import Algorithm
+from ctrlrl.algos.off_policy import OffPolicyAlgorithm
 from ctrlrl.cli import main
+from ctrlrl.core.compiled_step import training_step
 from ctrlrl.core.envs import env_unavailable
 from ctrlrl.core.errors import UserError
 
@@ -106,7 +108,7 @@ def test_env_unavailable_names_the_retired_mujoco_py_ids():
      ("base_policy is a setting of orpo, ppo-adreg", "not of ppo")),
     (("pg", "--env", "CartPole-v1", "--n-envs", "2"), ("n_envs=2 (pg learns from one env: n_envs=1)",)),
     (("loop", "--env", "ctrlrl/RiverSwim-v0", "--n-envs", "4"), ("n_envs=4",)),
-    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--compile"), ("compile=True", "torch.compile")),
+    (("loop", "--env", "ctrlrl/RiverSwim-v0", "--compile"), ("compile='step'", "compile=eager")),
     (("loop", "--env", "ctrlrl/RiverSwim-v0", "--device", "cuda"),
      ("device='cuda' (loop computes with numpy",)),
     (("bc", "--env", "Hopper-v5", "--dataset", str(OFFLINE_DATA), "--n-envs", "2"),
@@ -140,13 +142,18 @@ def test_continuing_task_without_eval_every_trains_without_evaluating(tmp_path):
 
 
 @pytest.mark.parametrize("algo", api.list_algos())
-def test_compiles_declares_what_torch_compile_is_given(algo, monkeypatch):
-    """`compiles` (which decides whether --compile is refused) matches what `build` compiles."""
+def test_compile_modes_declare_what_torch_compile_is_given(algo, monkeypatch):
+    """`compile_modes` (which decides whether compile=step is refused) matches what is handed to
+    torch.compile: a loss when the learner is built, or the whole update when the off-policy loop
+    builds its training step."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **_: compiled.append(fn) or fn)
     cls, run, cfg = api.resolve(algo, fitting_env(algo), tiny(algo))
-    cls(dataclasses.replace(run, compile=True), cfg).close()
-    assert bool(compiled) == cls.compiles
+    learner = cls(dataclasses.replace(run, compile="step"), cfg)
+    if isinstance(learner, OffPolicyAlgorithm) and "step" in cls.compile_modes:
+        training_step(learner, "step")  # what the loop's first `train_step` builds
+    learner.close()
+    assert bool(compiled) == ("step" in cls.compile_modes)
 
 
 def test_resume_refuses_options_it_would_ignore(capsys, tmp_path):

@@ -347,7 +347,7 @@ def test_old_policy_refresh_timing(phase, refreshed_after, monkeypatch, tmp_path
 
 def test_critic_regresses_to_the_soft_twin_q_target_with_lambda(monkeypatch, tmp_path):
     algo = make_algo("mdpo-off", tmp_path, total_steps=55, ent_coef=0.3)
-    checked, critic_loss = [], algo._critic_loss
+    checked, critic_loss = [], algo.critic_loss
     gamma = algo.cfg.gamma
 
     def spy(b, alpha):
@@ -363,7 +363,7 @@ def test_critic_regresses_to_the_soft_twin_q_target_with_lambda(monkeypatch, tmp
         checked.append((float(alpha), loss.detach(), expected))
         return loss
 
-    monkeypatch.setattr(algo, "_critic_loss", spy)
+    monkeypatch.setattr(algo, "critic_loss", spy)
     algo.learn()
     assert len(checked) == 6  # steps 50, …, 55
     for alpha, loss, expected in checked:

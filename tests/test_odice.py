@@ -203,7 +203,7 @@ def spy_update(algo, monkeypatch) -> dict:
     """Run one `update()`, recording its batch, f*'s inputs, the gradient the value optimiser
     steps with, and what the policy loss is given; returns them with V and V̄ before the step."""
     rec: dict = {"f_star": [], "vf": copy.deepcopy(algo.vf), "vf_target": copy.deepcopy(algo.vf_target)}
-    sample, step, f, policy_loss = algo.replay.sample, algo.v_opt.step, odice_module.f_star, algo._policy_loss
+    sample, step, f, policy_loss = algo.replay.sample, algo.v_opt.step, odice_module.f_star, algo.policy_loss
 
     def spy_sample(n):
         rec["batch"] = sample(n)
@@ -224,7 +224,7 @@ def spy_update(algo, monkeypatch) -> dict:
     monkeypatch.setattr(algo.replay, "sample", spy_sample)
     monkeypatch.setattr(algo.v_opt, "step", spy_step)
     monkeypatch.setattr(odice_module, "f_star", spy_f)
-    monkeypatch.setattr(algo, "_policy_loss", spy_policy_loss)
+    monkeypatch.setattr(algo, "policy_loss", spy_policy_loss)
     algo.update(algo.replay.sample(algo.cfg.batch_size))
     return rec
 

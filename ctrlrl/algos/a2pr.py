@@ -161,18 +161,20 @@ class VAE(nn.Module):
         self.encoder = MLP(obs_dim + act_dim, hidden, 2 * latent_dim)  # → (μ, log σ)
         self.decoder = MLP(obs_dim + latent_dim, hidden, act_dim)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor):
-        """(reconstruction from z ~ N(μ, σ²), μ, log σ) of `action` at `obs`."""
-        mean, log_std = self.encoder(torch.cat([obs, action], -1)).chunk(2, -1)
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False):
+        """(reconstruction from z ~ N(μ, σ²), μ, log σ) of `action` at `obs`; `detach_params`:
+        gradients reach the inputs only (`MLP.forward`)."""
+        mean, log_std = self.encoder(torch.cat([obs, action], -1), detach_params).chunk(2, -1)
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
         z = mean + torch.exp(log_std) * torch.randn_like(mean)
-        return self.decode(obs, z), mean, log_std
+        return self.decode(obs, z, detach_params), mean, log_std
 
-    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None,
+               detach_params: bool = False) -> torch.Tensor:
         """Action for latent `z`; without one, z ~ N(0, 1) clipped to ±0.5 (BCQ's sampling)."""
         if z is None:
             z = torch.randn(*obs.shape[:-1], self.latent_dim, device=obs.device).clamp(-0.5, 0.5)
-        return torch.tanh(self.decoder(torch.cat([obs, z], -1)))
+        return torch.tanh(self.decoder(torch.cat([obs, z], -1), detach_params))
 
 
 class A2PR(OfflineAlgorithm, TD3):
@@ -204,7 +206,7 @@ class A2PR(OfflineAlgorithm, TD3):
     def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
         next_action, y = self.bellman_target(b)
-        critic_loss = self._critic_loss(b, y)
+        critic_loss = self.critic_loss(b, y)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
@@ -224,7 +226,7 @@ class A2PR(OfflineAlgorithm, TD3):
         metrics = {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
                    "vae_loss": vae_loss.detach(), **vae_info}
 
-        if (self.n_updates + 1) % cfg.policy_delay == 0:
+        if self.update_variant():
             actor_loss, actor_info = self.actor_loss(b, v)
             self.actor_flat.zero_grad()
             actor_loss.backward()
@@ -264,7 +266,8 @@ class A2PR(OfflineAlgorithm, TD3):
         """
         n = pi.shape[0]
         with torch.set_grad_enabled(self.cfg.vae_target_grad and torch.is_grad_enabled()):
-            recon = self.vae(b.obs, pi)[0]
+            # the actor loss does not step the VAE: no gradients for its weights
+            recon = self.vae(b.obs, pi, detach_params=True)[0]
         with torch.no_grad():
             q = self.critic(torch.cat([b.obs, b.obs]), torch.cat([recon, b.actions]))[0]
             adv_vae, adv_data = q[:n] - v, q[n:] - v

@@ -46,7 +46,7 @@ class Algorithm:
     action_spaces: ClassVar[tuple[type[gym.Space], ...]] = (
         gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete)
     vectorised: ClassVar[bool] = True  # learns from n_envs > 1 envs stepped together
-    compiles: ClassVar[bool] = False  # has an update step that `compile` hands to torch.compile
+    compile_modes: ClassVar[tuple[str, ...]] = ("eager",)  # the `compile` settings it runs
     evaluates_continuing: ClassVar[bool] = False  # evaluates tasks whose episodes never end
     # what `precision: auto` runs where the device has fast bf16 (fp32 elsewhere): bf16 only for
     # an algorithm whose learning in bf16 was measured to be no worse than in fp32
@@ -74,6 +74,7 @@ class Algorithm:
         choice); the base covers what the class attributes declare, an override adds its own to
         `super()`'s."""
         name, online = cls.name, cls.kind != "offline"
+        graph_off_cuda = run.compile == "graph" and resolve_device(run.device).type != "cuda"
         candidates = {
             "dataset": (online and bool(run.dataset),
                         f"{name} learns online from its env; `ctrlrl list` shows the offline "
@@ -82,8 +83,10 @@ class Algorithm:
                               f"it reads offline datasets, and {name} learns online"),
             "n_envs": (run.n_envs > 1 and not cls.vectorised,
                        f"{name} learns from one env: n_envs=1"),
-            "compile": (run.compile and not cls.compiles,
-                        f"{name} has no update step for torch.compile"),
+            "compile": (run.compile not in cls.compile_modes or graph_off_cuda,
+                        f"{name} runs compile={' | '.join(cls.compile_modes)}"
+                        if run.compile not in cls.compile_modes else
+                        f"CUDA graphs need --device cuda; this run computes on {run.device}"),
             "eval_every": (run.eval_every > 0 and not cls.evaluates_continuing
                            and is_continuing(run.env),
                            f"{run.env} is a continuing task: its episodes never end, so {name} "
@@ -171,8 +174,9 @@ class Algorithm:
         pass
 
     def maybe_compile(self, fn):
-        """`torch.compile(fn)` when the run asks for it (`--compile`), else `fn` unchanged."""
-        return torch.compile(fn, dynamic=False) if self.run.compile else fn
+        """`torch.compile(fn)` under `compile: step`, else `fn` unchanged (an on-policy learner's
+        loss; the off-policy loops compile the whole update themselves)."""
+        return torch.compile(fn, dynamic=False) if self.run.compile == "step" else fn
 
     # ---- acting ------------------------------------------------------------------------------
     def to_env_action(self, action: np.ndarray) -> np.ndarray:

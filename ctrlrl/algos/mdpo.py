@@ -128,7 +128,7 @@ class MDPO(OnPolicyAlgorithm):
     name = "mdpo"
     summary = "Mirror Descent Policy Optimization, on-policy (Tomar et al. 2022)"
     Config = MDPOConfig
-    compiles = True
+    compile_modes = ("eager", "step")
 
     def build(self) -> None:
         cfg = self.cfg
@@ -261,10 +261,14 @@ class MDPOOff(SAC):
 
     def update(self, b: Batch) -> Metrics:
         metrics = super().update(b)
-        step_number = self.n_updates + 1  # the base loop counts this step after update()
-        if (step_number - self.cfg.old_update_phase) % self.cfg.old_update_every == 0:
+        if self.update_variant():
             self.refresh_old()
         return metrics
+
+    def update_variant(self) -> bool:
+        """Whether this update ends with the hard copy π_old ← π_θ."""
+        step_number = self.n_updates + 1  # the loop counts this step after update()
+        return (step_number - self.cfg.old_update_phase) % self.cfg.old_update_every == 0
 
     def refresh_old(self) -> None:
         self.old_actor.load_state_dict(self.actor.state_dict())

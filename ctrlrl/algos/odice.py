@@ -187,7 +187,6 @@ class ODICE(OfflineAlgorithm):
     name = "odice"
     summary = "O-DICE: DICE value learning with the orthogonal-gradient update (Mao et al. 2024)"
     Config = ODICEConfig
-    compiles = True
 
     def build(self) -> None:
         cfg = self.cfg
@@ -201,7 +200,6 @@ class ODICE(OfflineAlgorithm):
         self.v_flat, self.pi_flat = FlatParams(self.vf), FlatParams(self.policy)
         self.v_opt = adam([self.v_flat.param], cfg.learning_rate)
         self.pi_opt = adam([self.pi_flat.param], cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self._policy_loss = self.maybe_compile(self.policy_loss)
         self.reward_scale: float | None = None  # set by `prepare_dataset` under scale_rewards
 
     def state_modules(self):
@@ -279,7 +277,7 @@ class ODICE(OfflineAlgorithm):
         loss_f.backward(retain_graph=True)
         g_f = flat.param.grad.clone()
         flat.zero_grad()
-        loss_b.backward()
+        loss_b.backward(retain_graph=True)  # compiled, the three losses share one graph
         g_b = flat.param.grad.clone()
         flat.zero_grad()
         loss.backward()
@@ -294,7 +292,7 @@ class ODICE(OfflineAlgorithm):
         soft_update(self.vf_target, self.vf, cfg.tau)
 
         w = self.weights(b, grad.residual)
-        pi_loss = self._policy_loss(b.obs, b.actions, w)
+        pi_loss = self.policy_loss(b.obs, b.actions, w)
         self.pi_flat.zero_grad()
         pi_loss.backward()
         self.pi_opt.step()

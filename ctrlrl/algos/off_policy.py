@@ -3,6 +3,7 @@ minibatches) and the offline one (gradient steps on minibatches of a fixed datas
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.core.buffers import Batch, OfflineBuffer, ReplayBuffer
+from ctrlrl.core.compiled_step import training_step
 from ctrlrl.core.config import RunConfig
 from ctrlrl.core.nets import Standardizer
 
@@ -29,6 +31,7 @@ class OffPolicyAlgorithm(Algorithm):
 
     kind = "off-policy"
     action_spaces = (gym.spaces.Box,)
+    compile_modes = ("eager", "step", "graph")  # `train_step` builds each from `update`
 
     @classmethod
     def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
@@ -68,6 +71,22 @@ class OffPolicyAlgorithm(Algorithm):
         (`batch_size` transitions); returns the metrics."""
         raise NotImplementedError
 
+    def update_variant(self) -> Hashable:
+        """Which of its branches the next `update` takes, where that depends on more than the
+        batch and the config (TD3's delayed actor step): `compile=graph` captures one CUDA graph
+        per variant. One variant here."""
+        return None
+
+    _train_step: Callable[[Batch], Metrics] | None = None
+
+    def train_step(self, batch: Batch) -> Metrics:
+        """`update`, or its compiled or CUDA-graphed form (`compile: step | graph`), built at the
+        first step: after any checkpoint is loaded, since a graph records the optimiser state it
+        finds."""
+        if self._train_step is None:
+            self._train_step = training_step(self, self.run.compile)
+        return self._train_step(batch)
+
     def budget_note(self) -> str | None:
         n = self.run.n_envs
         return self.whole_iterations_note(n, f"one step in each of n_envs={n} envs")
@@ -90,8 +109,12 @@ class OffPolicyAlgorithm(Algorithm):
         warm = min(self.cfg.learning_starts, self.replay.capacity)
         if self.step >= self.cfg.learning_starts and self.replay.size >= max(warm, 1):
             for _ in range(self.cfg.gradient_steps):
-                self.metrics |= self.update(self.replay.sample(self.cfg.batch_size))
+                self.metrics |= self.train_step(self.replay.sample(self.cfg.batch_size))
                 self.n_updates += 1
+
+    def load_state(self, ckpt: dict[str, Any], extra: bool = True) -> None:
+        super().load_state(ckpt, extra)
+        self._train_step = None  # a graph replays the optimiser state it was captured with
 
     def extra_state(self) -> dict[str, Any]:
         return {"replay": self.replay.state_dict()} if self.cfg.save_replay else {}
@@ -111,8 +134,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     (`eval/mean_reward`, and `eval/normalized_score` where the dataset carries reference scores,
     as Minari's may, or the env has D4RL's).
 
-    Dataset actions are rescaled from the env's box to the policy's [-1, 1]. With
-    `normalize_states` in the config, observations are standardised with the dataset's mean and
+    Dataset actions are rescaled from the env's box to the policy's [-1, 1]. Every offline config
+    has `normalize_states`: when set, observations are standardised with the dataset's mean and
     std (+1e-3, TD3+BC's rule); the statistics are part of the checkpoint, so a loaded policy acts
     without the dataset. The dataset is read when training starts (`learn`), not when a checkpoint
     is loaded to act, and it is not stored in checkpoints: a resumed run reads it again.
@@ -152,7 +175,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             torch.as_tensor(x, dtype=torch.float32, device=self.device)
             for x in (data.observations, data.next_observations, actions, data.rewards,
                       data.terminals))
-        if getattr(self.cfg, "normalize_states", False):
+        if self.cfg.normalize_states:
             self.obs_stats.fit(obs)
         with torch.no_grad():
             obs, next_obs = self.obs_stats(obs), self.obs_stats(next_obs)
@@ -175,7 +198,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return super().learn(total_steps)
 
     def train_iteration(self) -> None:
-        self.metrics |= self.update(self.replay.sample(self.cfg.batch_size))
+        self.metrics |= self.train_step(self.replay.sample(self.cfg.batch_size))
         self.n_updates += 1
         self.step += 1
 

@@ -95,7 +95,7 @@ class PPO(OnPolicyAlgorithm):
     name = "ppo"
     summary = "Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)"
     Config = PPOConfig
-    compiles = True
+    compile_modes = ("eager", "step")
 
     def build(self) -> None:
         cfg = self.cfg

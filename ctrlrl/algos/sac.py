@@ -64,7 +64,9 @@ class SAC(OffPolicyAlgorithm):
     name = "sac"
     summary = "Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018)"
     Config = SACConfig
-    compiles = True
+    # not `step`: the policy sample drawn before the critic step feeds the actor loss after it,
+    # two backward passes through one forward, which torch.compile's autograd cannot run
+    compile_modes = ("eager", "graph")
 
     def build(self) -> None:
         cfg = self.cfg
@@ -80,7 +82,6 @@ class SAC(OffPolicyAlgorithm):
         self.actor_opt = adam([self.actor_flat.param], cfg.learning_rate)
         self.critic_opt = adam([self.critic_flat.param], cfg.learning_rate)
         self.alpha_opt = adam([self.log_alpha], cfg.learning_rate)
-        self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
@@ -132,7 +133,7 @@ class SAC(OffPolicyAlgorithm):
         if alpha_first:
             alpha_loss = self.step_temperature(pi.log_prob)
 
-        critic_loss = self._critic_loss(b, alpha)
+        critic_loss = self.critic_loss(b, alpha)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()

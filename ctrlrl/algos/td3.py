@@ -65,7 +65,6 @@ class TD3(OffPolicyAlgorithm):
     name = "td3"
     summary = "TD3: twin critics, target policy smoothing, delayed actor (Fujimoto et al. 2018)"
     Config = TD3Config
-    compiles = True
 
     def build(self) -> None:
         self.build_replay()
@@ -81,7 +80,6 @@ class TD3(OffPolicyAlgorithm):
         self.actor_flat, self.critic_flat = FlatParams(self.actor), FlatParams(self.critic)
         self.actor_opt = adam([self.actor_flat.param], lr)
         self.critic_opt = adam([self.critic_flat.param], lr)
-        self._critic_loss = self.maybe_compile(self.critic_loss)
 
     def state_modules(self):
         return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,
@@ -117,17 +115,21 @@ class TD3(OffPolicyAlgorithm):
         no diagnostics of its own."""
         return -self.critic(b.obs, self.actor(b.obs), detach_params=True)[0].mean(), {}
 
+    def update_variant(self) -> bool:
+        """Whether this update also steps the actor and the targets: every `policy_delay`-th."""
+        return (self.n_updates + 1) % self.cfg.policy_delay == 0
+
     def update(self, b: Batch) -> Metrics:
         """A critic step; every `policy_delay`-th call also an actor step and the target updates
         (only those steps report `actor_loss`)."""
         cfg = self.cfg
-        critic_loss = self._critic_loss(b)
+        critic_loss = self.critic_loss(b)
         self.critic_flat.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
         metrics = {"critic_loss": critic_loss.detach()}
 
-        if (self.n_updates + 1) % cfg.policy_delay == 0:
+        if self.update_variant():
             actor_loss, actor_info = self.actor_loss(b)
             self.actor_flat.zero_grad()
             actor_loss.backward()

@@ -66,6 +66,7 @@ def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[s
 
 
 MAX_THREADS = 1024
+COMPILE_MODES = ("eager", "step", "graph")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -92,7 +93,9 @@ class RunConfig:
     checkpoint_every: int = 100_000  # env steps between checkpoints (also written at the end)
     log_every: int = 2_048  # env steps between metric dumps (on-policy: every iteration)
     threads: int = 1  # torch CPU threads; 1 is fastest for small MLPs
-    compile: bool = False  # torch.compile the update step
+    # eager | step: torch.compile the update (off-policy and offline learners: the whole
+    # gradient step) | graph: off-policy and offline updates replayed from CUDA graphs (CUDA)
+    compile: str = "eager"
     # fp32 | bf16: hidden layers in bfloat16 (float32 weights, optimiser, output layers, losses)
     # | auto: the algorithm's default, bf16 only where the device runs it fast
     precision: str = "auto"
@@ -107,6 +110,9 @@ class RunConfig:
         if self.precision not in PRECISIONS:
             raise UserError(f"setting precision={self.precision!r} is not known; use one of "
                             f"{', '.join(PRECISIONS)}")
+        if self.compile not in COMPILE_MODES:
+            raise UserError(f"setting compile={self.compile!r} is not known; use one of "
+                            f"{', '.join(COMPILE_MODES)}")
         if self.threads > MAX_THREADS:  # torch's OpenMP pool crashes the process far above it
             raise UserError(f"setting threads={self.threads} is out of range: need at most "
                             f"{MAX_THREADS} (more threads than cores only slows a run down)")
