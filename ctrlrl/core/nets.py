@@ -36,7 +36,8 @@ class MLP(nn.Module):
     The forward pass calls `F.linear` in a loop rather than chaining submodules: for the small
     networks of RL, per-module call overhead is about half the cost of a CPU forward pass.
     Hidden layers compute in `compute_dtype` (see `set_compute_dtype`); the output layer, and
-    the output itself, are float32.
+    the output itself, are float32. `detach_params=True` evaluates with the weights cut from the
+    graph: gradients reach the input only (as `QEnsemble`'s).
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None,
@@ -49,11 +50,13 @@ class MLP(nn.Module):
         self.n_hidden = len(hidden)
         self.compute_dtype = torch.float32
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
         low = self.compute_dtype if self.compute_dtype != torch.float32 else None
         for i, layer in enumerate(self.layers):
             hidden = i < self.n_hidden
             w, b = layer.weight, layer.bias
+            if detach_params:
+                w, b = w.detach(), b.detach()
             if low is not None:  # casts are differentiable: float32 weights get float32 grads
                 x, w, b = (x.to(low), w.to(low), b.to(low)) if hidden else (x.float(), w, b)
             x = F.linear(x, w, b)
@@ -61,6 +64,8 @@ class MLP(nn.Module):
                 if self.norms is not None:
                     norm = self.norms[i]
                     g, s = norm.weight, norm.bias
+                    if detach_params:
+                        g, s = g.detach(), s.detach()
                     if low is not None:
                         g, s = g.to(low), s.to(low)
                     x = F.layer_norm(x, norm.normalized_shape, g, s, norm.eps)
