@@ -112,8 +112,11 @@ class Algorithm:
         torch.set_flush_denormal(True)
         torch.manual_seed(run.seed)
         self.np_rng = np.random.default_rng(run.seed)
+        # normalize_reward divides by the std of the γ-discounted return: a setting of the
+        # learners with a discount γ (`incompatibility` refuses it to the others)
+        discount = {"gamma": cfg.gamma} if run.normalize_reward else {}
         self.env = VecEnv(run.env, run.n_envs, run.vec_mode, run.normalize_obs,
-                          run.normalize_reward, getattr(cfg, "gamma", 0.99), run.clip_obs)
+                          run.normalize_reward, clip_obs=run.clip_obs, **discount)
         self.obs = self.env.reset(run.seed)
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
         self.step = 0  # env steps taken (all envs together)

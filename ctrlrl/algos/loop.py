@@ -99,11 +99,9 @@ Practical notes: one env (n_envs 1), no observation or reward normalisation; `bl
 steps per training iteration (the policy may change inside a block: the switching rule is checked
 every step, but the plans' time index t — in the widths' log term, the accuracy 1/√t and UCRL2's
 t_k — is the step count at the start of the block, so t is underestimated by < `block_steps`
-inside a block; this matters only in the first blocks). The tasks never end, so the vector
-env's autoreset and episode bookkeeping never act: with `vec_mode: sync` the loop steps the sub-env
-itself (~10× cheaper per step; the same env and RNG, so the same transitions as through
-`VecEnv.step`, which async mode uses). Evaluation (`eval_every` > 0, `ctrlrl eval`) plays the
-greedy policy for `eval_horizon` steps per "episode" and reports the total reward.
+inside a block; this matters only in the first blocks). Evaluation (`eval_every` > 0,
+`ctrlrl eval`) plays the greedy policy for `eval_horizon` steps per "episode" and reports the
+total reward.
 """
 
 from __future__ import annotations
@@ -479,32 +477,21 @@ class AverageRewardAlgorithm(Algorithm):
         n = max(1, min(self.cfg.block_steps, self.run.total_steps - self.step))
         s = int(self.obs[0].argmax())
         regret, j_star = self.scalars["regret"], self.optimal_gain
-        # the tasks never end, so the vector env's autoreset and episode bookkeeping never act:
-        # step the (sync) sub-env itself, ~10x cheaper; same env, same RNG, same transitions
-        sub = self.env.envs.envs[0] if isinstance(self.env.envs, gym.vector.SyncVectorEnv) else None
         action = np.zeros(1, np.int64)
         for _ in range(n):
             if self.should_plan():
                 self._plan()
             a = self.act(s)
-            if sub is not None:
-                obs, r, terminated, truncated, _ = sub.step(a)
-                r = float(r)
-            else:
-                action[0] = a
-                step = self.env.step(action)
-                obs, r = step.obs[0], float(step.raw_reward[0])
-                terminated, truncated = step.terminated[0], step.truncated[0]
-            if terminated or truncated:
+            action[0] = a
+            step = self.env.step(action)
+            obs, r = step.obs[0], float(step.raw_reward[0])
+            if step.terminated[0] or step.truncated[0]:
                 raise UserError(f"{self.run.env} ended an episode; {self.name} needs a continuing "
                                 "task (no termination, no time limit)")
             s2 = int(obs.argmax())
             self.observe(s, a, r, s2)
             regret += j_star - r
             s = s2
-        if sub is not None:
-            self.env.raw_obs = obs[None]
-            self.env.obs = self.env.normalize_obs(self.env.raw_obs)
         self.obs = self.env.obs
         self.step += n
         self.scalars["regret"] = regret

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 
 from ctrlrl.algos.base import Metrics
-from ctrlrl.algos.on_policy import OnPolicyAlgorithm
+from ctrlrl.algos.on_policy import ActorCriticConfig, OnPolicyAlgorithm
 from ctrlrl.algos.sac import SAC, SACConfig
 from ctrlrl.core.buffers import Batch, RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
@@ -76,7 +76,7 @@ from ctrlrl.core.nets import FlatParams, TanhSample, adam
 
 
 @dataclass
-class MDPOConfig:
+class MDPOConfig(ActorCriticConfig):
     n_steps: int = 2048  # steps per env per rollout (one mirror-descent iteration)
     sgd_steps: int = 10  # m: full-batch policy steps per iteration
     learning_rate: float = 3e-4  # Adam step size of the policy and the value net (constant unless anneal_lr)
@@ -84,8 +84,6 @@ class MDPOConfig:
     anneal_step_size: bool = True  # t_k = 1 − (k − offset)/K; off: t_k = 1 (a fixed KL weight of 1)
     step_size_offset: int = 1  # the reference's 1: t_0 = 1 + 1/K; 0: t_k = 1 − k/K
     adam_eps: float = 1e-5  # policy Adam's ε
-    gamma: float = 0.99  # discount factor
-    gae_lambda: float = 0.95  # GAE λ
     normalize_advantage: bool = True  # standardise advantages over the full batch
     max_grad_norm: float = 0.5  # clip the policy gradient's global norm to this
     vf_epochs: int = 5  # value-net passes over each rollout
@@ -93,16 +91,12 @@ class MDPOConfig:
     clip_range_vf: float | None = 0.2  # clip V − V_old to ± this in the value loss; null: unclipped
     vf_max_grad_norm: float | None = None  # clip the value gradients' global norm to this; null: unclipped
     vf_adam_eps: float = 1e-8  # value Adam's ε
-    hidden_sizes: tuple[int, ...] = (64, 64)  # hidden layer widths of the policy and of the value net
-    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
-    ortho_init: bool = True  # orthogonal weight initialisation; off: PyTorch's default
-    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("n_steps", "sgd_steps", "learning_rate", "adam_eps",
-                                     "vf_epochs", "vf_batch_size", "vf_adam_eps"),
-                     non_negative=("max_grad_norm", "step_size_offset"),
-                     fraction=("gamma", "gae_lambda"), widths=("hidden_sizes",))
+        super().__post_init__()
+        check_ranges(self, positive=("sgd_steps", "learning_rate", "adam_eps", "vf_epochs",
+                                     "vf_batch_size", "vf_adam_eps"),
+                     non_negative=("max_grad_norm", "step_size_offset"))
         if self.vf_max_grad_norm is not None:
             check_ranges(self, non_negative=("vf_max_grad_norm",))
 

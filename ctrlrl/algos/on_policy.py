@@ -3,6 +3,7 @@ then hand the full rollout to the algorithm's `update`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -13,16 +14,44 @@ from torch import nn
 from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.core.acting import HostActorCritic
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, explained_variance
-from ctrlrl.core.config import RunConfig
+from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import Step
 from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+
+
+@dataclass
+class RolloutConfig:
+    """The settings the on-policy loop reads: every on-policy learner's config inherits them."""
+
+    n_steps: int = 2048  # steps per env per rollout
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE λ (1: Monte-Carlo returns, 0: one-step TD)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("n_steps",), fraction=("gamma", "gae_lambda"))
+
+
+@dataclass
+class ActorCriticConfig(RolloutConfig):
+    """`RolloutConfig` and the actor and critic that `build_actor_critic` makes (PPO, MDPO, ORPO)."""
+
+    # hidden layer widths of the actor and of the critic (separate nets)
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
+    ortho_init: bool = True  # orthogonal weight initialisation (ppo2's); off: PyTorch's default
+    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, widths=("hidden_sizes",))
 
 
 class OnPolicyAlgorithm(Algorithm):
     """Collect `n_steps` per env with the current policy, compute GAE, then `update`.
 
     Subclasses set `self.policy` and `self.value_fn` in `build` (`build_actor_critic` makes the
-    usual pair) and implement `update(rollout)`.
+    usual pair) and implement `update(rollout)`; their configs inherit `RolloutConfig`
+    (`ActorCriticConfig` where `build_actor_critic` makes the networks).
     """
 
     kind = "on-policy"

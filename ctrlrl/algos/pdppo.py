@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import Metrics
-from ctrlrl.algos.on_policy import OnPolicyAlgorithm
+from ctrlrl.algos.on_policy import OnPolicyAlgorithm, RolloutConfig
 from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.errors import UserError
@@ -74,7 +74,7 @@ PRE_REWARDS = ("total", "residual")
 
 
 @dataclass
-class PDPPOConfig:
+class PDPPOConfig(RolloutConfig):
     n_steps: int = 4000  # steps per env per rollout (the paper updates every 4000 steps)
     batch_size: int = 0  # minibatch size; 0: the full rollout in one batch, as the paper
     n_epochs: int = 60  # passes over each rollout
@@ -82,7 +82,6 @@ class PDPPOConfig:
     critic_lr: float = 1e-3  # Adam step size of each critic (V and V^x)
     anneal_lr: bool = False  # linear decay of all three learning rates to 0 over total_steps
     adam_eps: float = 1e-8  # Adam's ε
-    gamma: float = 0.99  # discount factor
     gae_lambda: float = 1.0  # λ of both λ-returns (1: Monte-Carlo returns)
     clip_range: float = 0.2  # ε of the clipped probability ratio, clip(r, 1 − ε, 1 + ε)
     ratio: str = "factor"  # factor | joint (MultiDiscrete policies; others are always joint)
@@ -101,9 +100,9 @@ class PDPPOConfig:
     log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box action spaces)
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("n_steps", "n_epochs", "actor_lr", "critic_lr", "adam_eps"),
+        super().__post_init__()
+        check_ranges(self, positive=("n_epochs", "actor_lr", "critic_lr", "adam_eps"),
                      non_negative=("batch_size", "clip_range", "ent_coef", "max_grad_norm"),
-                     fraction=("gamma", "gae_lambda"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes"))
         for key, allowed in (("ratio", ("factor", "joint")), ("critics", ADVANTAGES),
                              ("post_return", POST_RETURNS), ("pre_reward", PRE_REWARDS)):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ctrlrl.algos.base import Metrics
-from ctrlrl.algos.on_policy import OnPolicyAlgorithm
+from ctrlrl.algos.on_policy import ActorCriticConfig, OnPolicyAlgorithm
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
@@ -38,15 +38,12 @@ from ctrlrl.core.nets import FlatParams, adam
 
 
 @dataclass
-class PPOConfig:
-    n_steps: int = 2048  # steps per env per rollout
+class PPOConfig(ActorCriticConfig):
     batch_size: int = 64  # minibatch size
     n_epochs: int = 10  # passes over each rollout
     learning_rate: float = 3e-4  # Adam step size of the actor and the critic
     anneal_lr: bool = False  # linear decay to 0 over total_steps
     adam_eps: float = 1e-5  # Adam's ε
-    gamma: float = 0.99  # discount factor
-    gae_lambda: float = 0.95  # GAE λ (1: Monte-Carlo returns, 0: one-step TD)
     clip_range: float = 0.2  # ε of the clipped probability ratio, clip(r, 1 − ε, 1 + ε)
     clip_range_vf: float | None = None  # clip V − V_old to ± this in the value loss; null: unclipped
     normalize_advantage: bool = True  # standardise advantages per minibatch
@@ -56,16 +53,11 @@ class PPOConfig:
     # stop the update at a minibatch whose approx KL > 1.5·target_kl; null: never
     target_kl: float | None = None
     kl_stop: str = "minibatch"  # minibatch (stable-baselines3's rule) | epoch (the epoch's mean KL)
-    # hidden layer widths of the actor and of the critic (separate nets)
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"  # hidden activation: tanh | relu | elu | leaky_relu
-    ortho_init: bool = True  # orthogonal weight initialisation (ppo2's); off: PyTorch's default
-    log_std_init: float = 0.0  # initial log-std of the Gaussian policy (Box actions)
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("n_steps", "batch_size", "n_epochs", "learning_rate", "adam_eps"),
-                     non_negative=("clip_range", "ent_coef", "vf_coef", "max_grad_norm"),
-                     fraction=("gamma", "gae_lambda"), widths=("hidden_sizes",))
+        super().__post_init__()
+        check_ranges(self, positive=("batch_size", "n_epochs", "learning_rate", "adam_eps"),
+                     non_negative=("clip_range", "ent_coef", "vf_coef", "max_grad_norm"))
         if self.target_kl is not None and not self.target_kl > 0:
             raise UserError(f"setting target_kl={self.target_kl!r}: use a value > 0, or null for "
                             "no early stopping")
