@@ -160,3 +160,19 @@ def test_unknown_precision_is_one_line(tmp_path):
                   "--set", "precision=fp16", "--run-dir", str(tmp_path / "cli"))
     assert out.returncode != 0
     assert_one_line_error(out.stderr, "precision='fp16'")
+
+
+def test_on_policy_bf16_acts_with_the_networks_it_learns_with(tmp_path):
+    """PPO in bf16 collects with its torch modules, not the float32 NumPy copy, so the rollout's
+    log-probabilities are the learning policy's; and it repeats itself for a seed."""
+    fp32 = make_algo("ppo", tmp_path / "fp32", precision="fp32")
+    assert fp32.acting is not None
+    fp32.close()
+    a = make_algo("ppo", tmp_path / "a", seed=2, **BF16)
+    assert a.acting is None
+    a.learn()
+    b = make_algo("ppo", tmp_path / "b", seed=2, **BF16).learn()
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert_same_state(a, b)
+    a.close()
+    b.close()

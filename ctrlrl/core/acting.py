@@ -56,11 +56,13 @@ class HostActorCritic:
     def for_modules(cls, policy: nn.Module, value_fn: nn.Module) -> HostActorCritic | None:
         """The host actor of these torch modules, or None where they are not a plain MLP head
         (`GaussianPolicy`, `CategoricalPolicy`, `MultiCategoricalPolicy`) and an MLP critic
-        with one output, the same depth and the same activation."""
+        with one output, the same depth and the same activation, both in float32 (a network in
+        mixed precision acts as it learns: in torch)."""
         if type(policy) not in _HEADS or type(value_fn) is not MLP:
             return None
         actor = policy.net
         if (type(actor) is not MLP or actor.norms is not None or value_fn.norms is not None
+                or actor.compute_dtype != torch.float32 or value_fn.compute_dtype != torch.float32
                 or actor.act is not value_fn.act or actor.act not in _ACTIVATIONS
                 or len(actor.layers) != len(value_fn.layers) or actor.n_hidden != value_fn.n_hidden
                 or value_fn.layers[-1].out_features != 1):
