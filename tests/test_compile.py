@@ -18,7 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ctrlrl
 from ctrlrl import api
+from ctrlrl.core.compiled_step import CapturedUpdate, capturable
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.nets import adam
 
 aten = torch.ops.aten
 
@@ -131,6 +133,34 @@ def test_compiled_step_equals_eager(algo, tmp_path):
     assert_same_training(eager, compiled, 4, rtol=1e-4, atol=1e-5)
     eager.close()
     compiled.close()
+
+
+def test_graph_metrics_unpack_and_outlive_the_next_replay():
+    """A replay rewrites the graph's one output tensor; each call hands out its own copy."""
+    packed = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+    class Graph:  # stands in for a CUDA graph: a replay recomputes the static output in place
+        def replay(self):
+            packed.add_(10.0)
+
+    layout = [("loss", 1, torch.Size([])), ("q", 3, torch.Size([3]))]
+    replay = CapturedUpdate(Graph(), packed, layout, {"step_size": 0.5})
+    first, second = replay(), replay()
+    assert float(first["loss"]) == 11.0 and first["q"].tolist() == [12.0, 13.0, 14.0]
+    assert float(second["loss"]) == 21.0 and first["step_size"] == second["step_size"] == 0.5
+
+
+def test_optimisers_are_capturable_only_inside_the_block():
+    """Capture needs capturable optimisers; checkpoints must not keep the flag (capturable Adam
+    refuses to step on the CPU)."""
+    fused = adam([torch.nn.Parameter(torch.zeros(2))], 1e-3)
+    plain = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], 1e-3)
+    with capturable([fused, plain]):
+        assert fused.param_groups[0]["capturable"] and plain.param_groups[0]["capturable"]
+    with capturable([fused, plain], unfused_only=True):  # fused Adam keeps its steps on the device
+        assert not fused.param_groups[0]["capturable"] and plain.param_groups[0]["capturable"]
+    assert not any(o.param_groups[0]["capturable"] for o in (fused, plain))
+    assert not fused.state_dict()["param_groups"][0]["capturable"]
 
 
 @pytest.mark.parametrize(("algo", "mode", "needles"), [

@@ -63,10 +63,14 @@ def training_step(learner: Learner, mode: str) -> Callable[[Batch], Metrics]:
 
 
 @contextlib.contextmanager
-def capturable(optimizers: list[torch.optim.Optimizer]) -> Iterator[None]:
+def capturable(optimizers: list[torch.optim.Optimizer], unfused_only: bool = False
+               ) -> Iterator[None]:
     """Optimisers in capturable mode (state and step counts on the device, no host reads) while
-    the block runs; their own setting back afterwards, so a checkpoint loads on any device."""
-    groups = [group for opt in optimizers for group in opt.param_groups]
+    the block runs; their own setting back afterwards, so a checkpoint loads on any device.
+    `unfused_only`: only the groups that need it to keep their step counts on the device (fused
+    Adam keeps them there anyway, and warns when capturable runs outside a capture)."""
+    groups = [group for opt in optimizers for group in opt.param_groups
+              if not (unfused_only and group.get("fused"))]
     before = [group["capturable"] for group in groups]
     for group in groups:
         group["capturable"] = True
@@ -107,24 +111,22 @@ class GraphedStep:
 
     def __call__(self, batch: Batch) -> Metrics:
         variant = self.learner.update_variant()
-        captured = self.captured.get(variant)
-        if captured is None:
+        if variant not in self.captured:
             calls = self.eager_calls.get(variant, 0)
             if calls < GRAPH_WARMUP:
                 self.eager_calls[variant] = calls + 1
                 return self.eager(batch)
-            self.load(batch)
-            captured = self.captured[variant] = self.capture()
-        else:
-            self.load(batch)
-        return captured()
+        self.load(batch)
+        if variant not in self.captured:
+            self.captured[variant] = self.capture()
+        return self.captured[variant]()
 
     def eager(self, batch: Batch) -> Metrics:
         """One update run eagerly on the side stream (the warm-up capture needs: lazy state such
         as Adam's moments and cuBLAS workspaces exists before the graph records)."""
         main = torch.cuda.current_stream(self.learner.device)
         self.side_stream.wait_stream(main)
-        with torch.cuda.stream(self.side_stream), capturable(self.optimizers):
+        with torch.cuda.stream(self.side_stream), capturable(self.optimizers, unfused_only=True):
             metrics = self.learner.update(batch)
         main.wait_stream(self.side_stream)
         return metrics
