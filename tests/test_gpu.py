@@ -15,13 +15,14 @@ from conftest import FAST, make_algo
 from test_compile import OFF_POLICY, WHOLE_STEP, assert_same_training, tiny_learner, train_steps
 
 import ctrlrl
+from ctrlrl.algos import REGISTRY
 from ctrlrl.core.compiled_step import GRAPH_WARMUP
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 # tabular learners keep numpy tables: no tensors to place
-TORCH_ALGOS = [a for a in FAST if a not in ("loop", "ucrl2")]
+TORCH_ALGOS = [a for a in FAST if REGISTRY[a].kind != "average-reward"]  # not numpy's
 
 
 def tensors(obj, prefix: str = ""):
@@ -65,6 +66,10 @@ def test_checkpoint_moves_between_devices(algo, train_on, tmp_path):
     path = learner.save(tmp_path / "ckpt.pt")
     other = "cpu" if train_on == "cuda" else "cuda"
     moved = ctrlrl.load(path, device=other)
+    for name, module in moved.state_modules().items():  # weights and optimiser state moved
+        for key, t in tensors(module.state_dict(), name):
+            if not (key.endswith(".step") and t.dim() == 0):  # see above: Adam's step counter
+                assert t.is_cuda == (other == "cuda"), f"{algo}: {key} is on {t.device}"
     obs = np.stack([learner.env.observation_space.sample() for _ in range(8)]).astype(np.float32)
     a, b = learner.predict(obs), moved.predict(obs)
     assert np.allclose(a, b, atol=1e-4), f"{algo} {train_on}->{other}: {np.abs(a - b).max()}"
