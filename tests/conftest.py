@@ -51,6 +51,7 @@ FAST: dict[str, dict[str, Any]] = {
              "actor_hidden_sizes": [32, 32], "critic_hidden_sizes": [32, 32],
              "vae_hidden_sizes": [32, 32]},
     "odice": {**OFFLINE, "policy_hidden_sizes": [32, 32]},
+    "odice-il": {**OFFLINE, "policy_hidden_sizes": [32, 32]},
     "orpo": {**QUIET, "n_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 2,
              "hidden_sizes": [32, 32], "disc_hidden_sizes": [32, 32], "disc_epochs": 2,
              "disc_batch_size": 64, "log_every": 128},
@@ -63,10 +64,11 @@ FAST: dict[str, dict[str, Any]] = {
 # at the same steps as a straight one
 ENV = {"ppo": "Pendulum-v1", "sac": "Pendulum-v1", "td3": "Pendulum-v1", "mdpo": "Pendulum-v1",
        "mdpo-off": "Pendulum-v1", "pdppo": "ctrlrl/LotSizing-15x5-v0", "td3bc": "Hopper-v5",
-       "bc": "Hopper-v5", "a2pr": "Hopper-v5", "odice": "Hopper-v5", "orpo": "ctrlrl/Tomato-v0",
-       "ppo-adreg": "ctrlrl/Tomato-v0"}
+       "bc": "Hopper-v5", "a2pr": "Hopper-v5", "odice": "Hopper-v5", "odice-il": "Hopper-v5",
+       "orpo": "ctrlrl/Tomato-v0", "ppo-adreg": "ctrlrl/Tomato-v0"}
 STEPS = {"ppo": 128, "sac": 100, "td3": 100, "mdpo": 128, "mdpo-off": 100, "pdppo": 128,
-         "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100, "orpo": 512, "ppo-adreg": 256}
+         "td3bc": 100, "bc": 100, "a2pr": 100, "odice": 100, "odice-il": 100, "orpo": 512,
+         "ppo-adreg": 256}
 # the PG family: iterations are whole trajectories (≤ 50 steps here) until ≥ 100 steps
 # (Pendulum: fixed-length trajectories, so every iteration takes the same steps and the budgets
 # below fall on iteration boundaries; tests/test_npg.py covers discrete envs)
@@ -75,7 +77,7 @@ _NPG: dict[str, Any] = {**QUIET, "batch_steps": 100, "horizon": 50, "gamma0": 1e
 for _algo in ("pg", "npg-momentum", "npg-igt", "n-harpg", "harpg"):
     FAST[_algo], ENV[_algo], STEPS[_algo] = _NPG, "Pendulum-v1", 600
 # the average-reward learners: RiverSwim, 50-step blocks (the linear LOOP is in test_loop.py)
-for _algo in ("loop", "ucrl2"):
+for _algo in ("loop", "ucrl2", "random-policy"):
     FAST[_algo] = {**QUIET, "block_steps": 50, "log_every": 50}
     ENV[_algo], STEPS[_algo] = "ctrlrl/RiverSwim-v0", 200
 

@@ -21,9 +21,7 @@ from ctrlrl import api
 from ctrlrl.core.checkpoint import CHECKPOINT_NAME
 from ctrlrl.core.signals import TrainingInterrupted, request_stop
 
-ALGOS = ["ppo", "sac", "td3", "mdpo", "mdpo-off", "pdppo", "td3bc", "bc", "a2pr", "odice",
-         "pg", "npg-momentum", "npg-igt", "n-harpg", "harpg", "orpo", "ppo-adreg",
-         "loop", "ucrl2"]
+ALGOS = api.list_algos()  # every registered algorithm, with conftest's fast settings
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -45,8 +43,9 @@ def test_different_seed_different_run(algo, tmp_path):
     a = make_algo(algo, tmp_path / "a", seed=3).learn()
     b = make_algo(algo, tmp_path / "b", seed=4).learn()
     assert read_metrics(tmp_path / "a") != read_metrics(tmp_path / "b")
-    with pytest.raises(AssertionError):
-        assert_same_state(a, b)
+    if algo != "random-policy":  # it learns nothing: no state for the seed to change
+        with pytest.raises(AssertionError):
+            assert_same_state(a, b)
     a.close()
     b.close()
 
@@ -119,20 +118,25 @@ def test_save_load_predict(algo, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / CHECKPOINT_NAME).is_file()
     obs = np.random.default_rng(0).normal(size=(16, *a.env.observation_space.shape))
     obs = obs.astype(np.float32)
-    act = a.predict(obs)
+
+    def predict(algo, x):  # from the same RNG state: random-policy's actions are draws
+        torch.manual_seed(0)
+        return algo.predict(x)
+
+    act = predict(a, obs)
     assert act.shape == (16, *a.env.action_space.shape)
     space = a.env.action_space
     if isinstance(space, gym.spaces.Box):
         assert np.all(act >= space.low) and np.all(act <= space.high)
     else:
         assert all(space.contains(x) for x in act)
-    assert np.array_equal(act, b.predict(obs))
-    assert np.array_equal(act, c.predict(obs))
-    single = b.predict(obs[0])
+    assert np.array_equal(act, predict(b, obs))
+    assert np.array_equal(act, predict(c, obs))
+    single = predict(b, obs[0])
     assert single.shape == a.env.action_space.shape
     # a batch of one may take another BLAS path than a batch of 16: equal up to rounding
     np.testing.assert_allclose(single, act[0], rtol=1e-5, atol=1e-6)
-    assert np.array_equal(single, c.predict(obs[0]))
+    assert np.array_equal(single, predict(c, obs[0]))
     assert b.name == algo and b.step == a.step
     assert_same_state(a, b)
     for x in (a, b, c):
