@@ -1,9 +1,11 @@
-"""The Algorithm base class and the on-policy / off-policy training loops.
+"""The algorithm contract (`Algorithm`) and the loop every algorithm trains in (`learn`).
 
-An algorithm module is a Config dataclass plus a subclass of `OnPolicyAlgorithm` or
-`OffPolicyAlgorithm` that builds its networks (`build`) and implements `update`. Everything else
-(env stepping, buffers, logging, evaluation, checkpoints, exact resume, Ctrl-C) lives here and in
-`ctrlrl.core`.
+An algorithm module is a Config dataclass plus a subclass of a training loop that builds its
+networks (`build`) and implements `update`: `ctrlrl.algos.on_policy.OnPolicyAlgorithm` hands it
+each full rollout, `ctrlrl.algos.off_policy.OffPolicyAlgorithm` and `OfflineAlgorithm` a sampled
+minibatch per gradient step. An update returns its metrics (`Metrics`); the loop keeps them in
+`self.metrics`, which the log reads. The rest is machinery: acting and evaluation here; run dirs,
+checkpoints, signals, envs, buffers and logging in `ctrlrl.core`.
 """
 
 from __future__ import annotations
