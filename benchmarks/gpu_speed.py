@@ -71,12 +71,11 @@ def training_step(learner, algo: str):
     return gradient_step
 
 
-def rate(learner, algo: str, steps: int, warmup: int) -> float:
-    """Steps per second over `steps` (PPO: env steps, in whole iterations) after `warmup` calls
+def rate(learner, algo: str, calls: int, warmup: int) -> float:
+    """Steps per second (PPO: env steps) over `calls` timed calls after `warmup` untimed ones
     (torch.compile's build, the eager updates before a graph capture, cuBLAS handles)."""
     step = training_step(learner, algo)
     per_call = learner.run.n_envs * learner.cfg.n_steps if algo == "ppo" else 1
-    calls = max(1, steps // per_call)
     for _ in range(warmup):
         step()
     cuda = learner.device.type == "cuda"
@@ -113,8 +112,10 @@ def main() -> None:
     p.add_argument("--algos", default=",".join(ALGOS))
     p.add_argument("--modes", default="eager,step,graph", help="compile settings to time")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--steps", type=int, default=300, help="timed gradient steps (PPO: ×100 env steps)")
+    p.add_argument("--steps", type=int, default=300, help="timed gradient steps per cell")
     p.add_argument("--cpu-steps", type=int, default=60, help="timed steps of the CPU column; 0: none")
+    p.add_argument("--ppo-iterations", type=int, default=2,
+                   help="timed PPO iterations (n_steps env steps and an update each) per cell")
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a run without a GPU")
     p.add_argument("--out")
     args = p.parse_args()
@@ -130,12 +131,13 @@ def main() -> None:
         dataset = Path(tmp) / "hopper-random.hdf5"
         collect("Hopper-v5", "random", dataset, size=20000, seed=0, progress=False)
         for algo in args.algos.split(","):
-            scale = 100 if algo == "ppo" else 1
+            calls, cpu_calls = ((args.ppo_iterations, 1) if algo == "ppo"
+                                else (args.steps, args.cpu_steps))
             unit = "env steps/s" if algo == "ppo" else "gradient steps/s"
             cpu_rate = sync = "—"
             if cuda and args.cpu_steps:
                 learner = build(algo, "cpu", "eager", "fp32", dataset, f"{tmp}/{algo}-cpu")
-                cpu_rate = f"{rate(learner, algo, args.cpu_steps * scale, 1):.0f}"
+                cpu_rate = f"{rate(learner, algo, cpu_calls, 1):.0f}"
                 learner.close()
             for precision in precisions:
                 cells = {}
@@ -148,7 +150,7 @@ def main() -> None:
                         cells[mode] = None
                         continue
                     warmup = 1 if mode == "eager" else (2 if algo == "ppo" else 12)
-                    cells[mode] = rate(learner, algo, args.steps * scale, warmup)
+                    cells[mode] = rate(learner, algo, calls, warmup)
                     if cuda and mode == "eager" and precision == "fp32":
                         sync = first_sync(learner, algo)
                     learner.close()
@@ -162,7 +164,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if cuda else "none (CPU cells only)"
     lines = [f"GPU: {device_name}; CPU: {cpu_name()} (1 torch thread); torch {torch.__version__}; "
              f"Python {platform.python_version()}; Hopper-v5, default networks and batch sizes; "
-             f"{args.steps} timed steps per cell (PPO: ×100 env steps)", "",
+             f"{args.steps} timed gradient steps per cell (PPO: whole iterations, "
+             f"{args.ppo_iterations} per cell)", "",
              f"| Algorithm | Precision | Unit | CPU eager fp32 | {' | '.join(modes)} | "
              "best / eager | Host syncs (eager fp32) |",
              "|---" * (6 + len(modes)) + "|", *rows]
