@@ -117,7 +117,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrlrl.algos.base import Algorithm
+from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.core.config import RunConfig, check_ranges
 from ctrlrl.core.envs import is_continuing
 from ctrlrl.core.errors import UserError
@@ -495,12 +495,17 @@ class AverageRewardAlgorithm(Algorithm):
         self.obs = self.env.obs
         self.step += n
         self.scalars["regret"] = regret
+        self.metrics |= self.progress()
+
+    def progress(self) -> Metrics:
+        """The run so far, as the logs show it: the regret, the plans, the gains (module docstring)."""
         sc = self.scalars
-        self.metrics = {"regret": regret, "switches": sc["switches"],
-                        "policy_gain": sc["policy_gain"], "optimal_gain": j_star}
+        metrics: Metrics = {"regret": sc["regret"], "switches": sc["switches"],
+                            "policy_gain": sc["policy_gain"], "optimal_gain": self.optimal_gain}
         if sc["switches"] > 0:
-            self.metrics["optimistic_gain"] = sc["optimistic_gain"]
-            self.metrics["optimism_fraction"] = sc["optimism_hits"] / sc["switches"]
+            metrics["optimistic_gain"] = sc["optimistic_gain"]
+            metrics["optimism_fraction"] = sc["optimism_hits"] / sc["switches"]
+        return metrics
 
     def _plan(self) -> None:
         gain = self.plan()
