@@ -42,6 +42,9 @@ PRECISION_SETTING = "precision" in {f.name for f in dataclasses.fields(RunConfig
 
 def build(algo: str, device: str, mode: str, precision: str, dataset: Path, run_dir: str):
     """The learner ready to time, or a UserError when the run settings refuse this cell."""
+    # compiled code is cached per function and guarded on the learner: many learners of one class
+    # in a process would reach torch.compile's recompile limit and fall back to eager
+    torch._dynamo.reset()
     overrides = {**QUIET, "device": device, "threads": 1, "compile": mode}
     if PRECISION_SETTING:
         overrides["precision"] = precision
