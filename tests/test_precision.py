@@ -176,3 +176,19 @@ def test_on_policy_bf16_acts_with_the_networks_it_learns_with(tmp_path):
     assert_same_state(a, b)
     a.close()
     b.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", OFF_POLICY)
+def test_bf16_on_cuda_keeps_fp32_weights_and_lets_fp32_matmuls_use_tf32(algo, tmp_path):
+    a = make_algo(algo, tmp_path / "bf16", device="cuda", **BF16).learn()
+    assert a.run.precision == "bf16"
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    params = [p for m in a.state_modules().values() if isinstance(m, torch.nn.Module)
+              for p in m.parameters()]
+    assert params and all(p.is_cuda and p.dtype == torch.float32 for p in params)
+    a.close()
+    b = make_algo(algo, tmp_path / "fp32", device="cuda", precision="fp32")
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"  # fp32 means IEEE float32
+    b.close()
