@@ -20,10 +20,11 @@ from torch import nn
 
 from ctrlrl.algos import REGISTRY
 from ctrlrl.algos.on_policy import OnPolicyAlgorithm
+from ctrlrl.algos.ppo import PPO
 from ctrlrl.core.acting import HostActorCritic
 from ctrlrl.core.buffers import compute_gae
 from ctrlrl.core.envs import GymnasiumEnvs, SerialEnvs, VecEnv, _make_one
-from ctrlrl.core.nets import MLP, make_policy, orthogonal_init
+from ctrlrl.core.nets import MLP, GaussianPolicy, make_policy, orthogonal_init
 
 
 def _env_pair(env_id: str, n: int, env_kwargs: dict, **normalize) -> tuple[VecEnv, VecEnv]:
@@ -222,3 +223,62 @@ def test_ppo_acts_in_numpy_and_pdppo_with_torch(tmp_path):
     assert isinstance(ppo.acting, HostActorCritic) and pdppo.acting is None
     ppo.close()
     pdppo.close()
+
+
+def _ppo_subclasses() -> list[str]:
+    return sorted(name for name, cls in REGISTRY.items() if issubclass(cls, PPO))
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"activation": "relu"}, {"clip_range_vf": 0.1, "ent_coef": 0.01},
+    {"normalize_advantage": False, "vf_coef": 0.7, "clip_range": 0.1}])
+def test_ppo_hand_gradients_equal_autograd(settings, tmp_path):
+    """`loss_gradients` writes autograd's gradient of `loss` (policy, log-std and critic), with
+    the ratio clipped on both sides and the value clip binding, and returns `loss`'s diagnostics."""
+    algo = make_algo("ppo", tmp_path, **settings)
+    try:
+        algo.train_iteration()
+        assert algo.uses_hand_gradients()
+        b = algo.rollout.all()
+        g = torch.Generator().manual_seed(1)
+        b = b._replace(log_probs=b.log_probs + 1.2 * torch.rand(len(b.obs), generator=g) - 0.6,
+                       values=b.values + 2 * torch.rand(len(b.obs), generator=g) - 1)
+        loss, stats, log_ratio = algo.loss(b)
+        ratio = log_ratio.exp()
+        assert (ratio > 1 + algo.cfg.clip_range).any() and (ratio < 1 - algo.cfg.clip_range).any()
+        algo.flat.zero_grad()
+        loss.backward()
+        expected = algo.flat.param.grad.clone()
+        algo.flat.param.grad.fill_(123.0)  # replaced, not added to
+        hand_stats, hand_log_ratio = algo.loss_gradients(b)
+        torch.testing.assert_close(algo.flat.param.grad, expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(hand_stats, stats)
+        torch.testing.assert_close(hand_log_ratio, log_ratio)
+    finally:
+        algo.close()
+
+
+@pytest.mark.parametrize("name", _ppo_subclasses())
+def test_update_gradient_by_hand_is_the_autograd_one_for_every_ppo(name, tmp_path):
+    """Where a PPO learner takes the hand-written gradient, it is its own `loss`'s (a subclass
+    that changed `loss` would show here), regulariser included."""
+    algo = make_algo(name, tmp_path)
+    try:
+        algo.train_iteration()
+        if not algo.uses_hand_gradients():
+            assert type(algo.policy) is not GaussianPolicy  # e.g. discrete actions: autograd
+            return
+        idx = torch.arange(len(algo.rollout.all().obs))[:64]
+        b = algo.rollout._batch(algo.rollout.data[idx])
+        grads = []
+        for by_hand in (True, False):
+            algo.flat.zero_grad()
+            loss = algo.minibatch_loss(b, by_hand)[0]
+            reg = algo.regularizer(b, idx)
+            total = [x for x in (loss, None if reg is None else reg[0]) if x is not None]
+            if total:
+                sum(total).backward()
+            grads.append(algo.flat.param.grad.clone())
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    finally:
+        algo.close()

@@ -225,22 +225,26 @@ def test_ppo_value_clipping_when_configured(ppo):
     assert not close(h_value, unclipped)  # guard: the clip binds
 
 
-def test_ppo_update_steps_on_each_minibatch_loss(ppo, monkeypatch):
+@pytest.mark.parametrize("by_hand", [True, False], ids=["hand-gradients", "autograd"])
+def test_ppo_update_steps_on_each_minibatch_loss(ppo, monkeypatch, by_hand):
     """Every optimiser step's gradient is that of the hand loss of the minibatch just drawn, at the
-    parameters of that moment, clipped to global norm 0.5; n_epochs passes over the rollout."""
+    parameters of that moment, clipped to global norm 0.5; n_epochs passes over the rollout. With
+    the gradient written out (`loss_gradients`, the default here) and with autograd's."""
+    assert ppo.uses_hand_gradients()
+    monkeypatch.setattr(ppo, "uses_hand_gradients", lambda: by_hand)
     batches, grads, params = [], [], []
-    real_loss, real_step = ppo._loss, ppo.optimizer.step
+    real_loss, real_step = ppo.minibatch_loss, ppo.optimizer.step
 
-    def loss_spy(b):
+    def loss_spy(b, by_hand):
         batches.append(b)
-        return real_loss(b)
+        return real_loss(b, by_hand)
 
     def step_spy(*args, **kwargs):
         grads.append(ppo.flat.param.grad.clone())
         params.append(ppo.flat.param.detach().clone())
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "_loss", loss_spy)
+    monkeypatch.setattr(ppo, "minibatch_loss", loss_spy)
     monkeypatch.setattr(ppo.optimizer, "step", step_spy)
     ppo.update(ppo.rollout)
     n = ppo.cfg.n_steps
@@ -277,10 +281,10 @@ def run_update(algo, state, monkeypatch, seed=123):
         module.load_state_dict(copy.deepcopy(state[key]))
     algo.n_updates = 0
     kls, n_steps = [], [0]
-    real_loss, real_step = algo._loss, algo.optimizer.step
+    real_loss, real_step = algo.minibatch_loss, algo.optimizer.step
 
-    def loss_spy(b):
-        out = real_loss(b)
+    def loss_spy(b, by_hand):
+        out = real_loss(b, by_hand)
         kls.append(ratio_diagnostics([out[2]], algo.cfg.clip_range)[0].item())
         return out
 
@@ -289,7 +293,7 @@ def run_update(algo, state, monkeypatch, seed=123):
         return real_step(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(algo, "_loss", loss_spy)
+        m.setattr(algo, "minibatch_loss", loss_spy)
         m.setattr(algo.optimizer, "step", step_spy)
         torch.manual_seed(seed)
         metrics = algo.update(algo.rollout)

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.on_policy import ActorCriticConfig, OnPolicyAlgorithm
+from ctrlrl.core import handgrad
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.nets import FlatParams, adam
+from ctrlrl.core.nets import FlatParams, GaussianPolicy, adam
 
 
 @dataclass
@@ -125,6 +126,66 @@ class PPO(OnPolicyAlgorithm):
             stats = torch.stack([pg_loss, value_loss, entropy_loss, loss])
         return loss, stats, log_ratio.detach()
 
+    def uses_hand_gradients(self) -> bool:
+        """Whether the update takes `loss`'s gradient from `loss_gradients` instead of autograd:
+        in eager runs of the Gaussian policy with plain float32 MLPs (`ctrlrl.core.handgrad`)."""
+        return (self.run.compile == "eager" and type(self.policy) is GaussianPolicy
+                and handgrad.covers(self.policy.net) and handgrad.covers(self.value_fn))
+
+    @torch.no_grad()
+    def loss_gradients(self, b: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss(b)`'s diagnostics, with its gradient written into the parameters' `.grad` by hand
+        (replacing it) instead of by autograd. The forward pass is `loss`'s; its derivatives,
+        with z = (a − μ)/σ and B the minibatch size:
+        ∂L/∂log π_i = −Â_i·r_i/B where min picks the unclipped term (or the two are equal), else 0;
+        ∂log π/∂μ = z/σ, ∂log π/∂log σ = z² − 1, and the entropy bonus adds −c2 to ∂L/∂log σ;
+        ∂L/∂V_i = c1·2(V_i − V_targ,i)/B, 0 where the value clip binds."""
+        cfg, policy = self.cfg, self.policy
+        adv = b.advantages
+        if cfg.normalize_advantage and len(adv) > 1:
+            adv = standardize(adv)
+        actor, critic = handgrad.forward(policy.net, b.obs), handgrad.forward(self.value_fn, b.obs)
+        mean, log_std = actor[-1], policy.log_std
+        log_prob, entropy = policy.log_prob_entropy_of((mean, log_std.expand_as(mean)), b.actions)
+        log_ratio = log_prob - b.log_probs
+        ratio = log_ratio.exp()
+        clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+        surrogate, surrogate_clipped = adv * ratio, adv * clipped
+        pg_loss = -torch.min(surrogate, surrogate_clipped).mean()
+        value = critic[-1].squeeze(-1)
+        if cfg.clip_range_vf is not None:
+            shift = value - b.values
+            value = b.values + shift.clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+        value_loss = F.mse_loss(value, b.returns)
+        entropy_loss = -entropy.mean()
+        loss = pg_loss
+        if cfg.ent_coef:
+            loss = loss + cfg.ent_coef * entropy_loss
+        loss = loss + cfg.vf_coef * value_loss
+        n = len(ratio)
+        grad_log_prob = (surrogate <= surrogate_clipped) * surrogate * (-1.0 / n)
+        inv_std = torch.exp(-log_std)
+        z = (b.actions - mean) * inv_std
+        handgrad.backward_into_grads(policy.net, actor, grad_log_prob[:, None] * z * inv_std)
+        grad_log_std = (grad_log_prob[:, None] * (z.square() - 1)).sum(0)
+        if cfg.ent_coef:
+            grad_log_std -= cfg.ent_coef
+        policy.log_std.grad.copy_(grad_log_std)
+        grad_value = (value - b.returns) * (2 * cfg.vf_coef / n)
+        if cfg.clip_range_vf is not None:
+            grad_value *= shift.abs() <= cfg.clip_range_vf
+        handgrad.backward_into_grads(self.value_fn, critic, grad_value[:, None])
+        return torch.stack([pg_loss, value_loss, entropy_loss, loss]), log_ratio
+
+    def minibatch_loss(self, b: RolloutBatch, by_hand: bool
+                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, stats row, log-ratios) of a minibatch, as `loss` returns them;
+        `by_hand`: from `loss_gradients`, its gradient already in `.grad` and no loss to
+        back-propagate (None)."""
+        if by_hand:
+            return None, *self.loss_gradients(b)
+        return self._loss(b)
+
     def regularizer(self, b: RolloutBatch, idx: torch.Tensor
                     ) -> tuple[torch.Tensor, Metrics] | None:
         """An extra loss term for minibatch `b` (rows `idx` of the rollout) and its diagnostics,
@@ -141,11 +202,12 @@ class PPO(OnPolicyAlgorithm):
         log_ratios: list[torch.Tensor] = []
         reg_infos: list[Metrics] = []
         per_minibatch = cfg.kl_stop == "minibatch"
+        by_hand = self.uses_hand_gradients()
         for _ in range(cfg.n_epochs):
             stopped = False
             epoch_start = len(log_ratios)
             for idx, b in rollout.indexed_minibatches(cfg.batch_size):
-                loss, stats_row, log_ratio = self._loss(b)
+                loss, stats_row, log_ratio = self.minibatch_loss(b, by_hand)
                 log_ratios.append(log_ratio)
                 stats.append(stats_row)
                 if per_minibatch and cfg.target_kl is not None and kl_exceeded(
@@ -154,10 +216,13 @@ class PPO(OnPolicyAlgorithm):
                     break
                 reg = self.regularizer(b, idx)
                 if reg is not None:
-                    loss = loss + reg[0]
                     reg_infos.append(reg[1])
-                self.flat.zero_grad()
-                loss.backward()
+                if loss is None:  # the loss's gradient is in place; a regulariser's adds to it
+                    if reg is not None:
+                        reg[0].backward()
+                else:
+                    self.flat.zero_grad()
+                    (loss if reg is None else loss + reg[0]).backward()
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
                 self.n_updates += 1
