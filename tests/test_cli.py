@@ -248,16 +248,18 @@ def test_diverged_training_stops_with_a_clear_error_and_keeps_checkpoint(tmp_pat
     overrides = {"progress": False, "tensorboard": False, "eval_every": 0, "n_envs": 1,
                  "learning_starts": 20, "log_every": 20, "checkpoint_every": 20,
                  "hidden_sizes": [16, 16], "batch_size": 8}
+    real_update, diverged = SAC.update, [False]
+
+    def update(self, batch):  # patched before the loop binds its training step
+        metrics = real_update(self, batch)
+        return metrics | {"critic_loss": torch.tensor(float("nan"))} if diverged[0] else metrics
+
+    monkeypatch.setattr(SAC, "update", update)
     algo = ctrlrl.make("sac", "Pendulum-v1", overrides, total_steps=40, run_dir=str(run_dir))
     algo.learn()
     ckpt = run_dir / "checkpoints" / "latest.pt"
     good = ckpt.read_bytes()
-    real_update = SAC.update
-
-    def diverging_update(self, batch):
-        return real_update(self, batch) | {"critic_loss": torch.tensor(float("nan"))}
-
-    monkeypatch.setattr(SAC, "update", diverging_update)
+    diverged[0] = True
     with pytest.raises(ctrlrl.UserError, match=r"diverged: train/critic_loss is nan at step 60"):
         algo.learn(total_steps=100)
     assert ckpt.read_bytes() == good
