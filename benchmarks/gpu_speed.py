@@ -9,7 +9,7 @@ on a filled buffer (SAC, TD3: 5000 random transitions; TD3+BC, A2PR, O-DICE: a g
 20k-transition random Hopper dataset), timed as the training loop takes it (sample a minibatch,
 `train_step`); PPO: env steps/s of whole train iterations (collection + update). Modes are the
 run setting `compile` (eager | step | graph), precisions the run setting `precision`. A cell a mode
-cannot run (graph for on-policy PPO, step for SAC) reads "n/a". The CPU column is eager fp32 on one
+cannot run (graph for on-policy PPO) reads "n/a". The CPU column is eager fp32 on one
 torch thread. "Host syncs" runs eager fp32 updates under `torch.cuda.set_sync_debug_mode("error")`
 and names the first operation that made the host wait for the GPU, or "none".
 """
@@ -148,7 +148,7 @@ def main() -> None:
                     run_dir = f"{tmp}/{algo}-{precision}-{mode}"
                     try:
                         learner = build(algo, args.device, mode, precision, dataset, run_dir)
-                    except UserError as refusal:  # e.g. graph for PPO, step for SAC
+                    except UserError as refusal:  # e.g. graph for PPO
                         print(f"{algo} {precision} {mode}: n/a ({refusal})", flush=True)
                         cells[mode] = None
                         continue

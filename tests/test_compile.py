@@ -165,7 +165,7 @@ def test_optimisers_are_capturable_only_inside_the_block():
 
 @pytest.mark.parametrize(("algo", "mode", "needles"), [
     ("td3", "graph", ("compile='graph'", "--device cuda")),
-    ("sac", "step", ("compile='step'", "eager", "graph")),
+    ("ppo", "graph", ("compile='graph'", "ppo runs compile=eager | step")),
     ("loop", "step", ("compile='step'", "eager")),
 ])
 def test_a_compile_mode_that_cannot_run_is_refused(algo, mode, needles):

@@ -64,9 +64,6 @@ class SAC(OffPolicyAlgorithm):
     name = "sac"
     summary = "Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018)"
     Config = SACConfig
-    # not `step`: the policy sample drawn before the critic step feeds the actor loss after it,
-    # two backward passes through one forward, which torch.compile's autograd cannot run
-    compile_modes = ("eager", "graph")
 
     def build(self) -> None:
         cfg = self.cfg
@@ -127,6 +124,9 @@ class SAC(OffPolicyAlgorithm):
     def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
         pi = self.actor.rsample(b.obs)
+        # compiled (`compile: step`), the sample gets a graph of its own: sharing the critic
+        # step's, its saved tensors would be freed by the critic's backward before the actor's
+        torch._dynamo.graph_break()
 
         alpha = self.log_alpha.detach().exp()  # the critic and the actor use α before its step
         alpha_first = cfg.autotune and cfg.alpha_update == "sb3"
