@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ENV, FAST, OFFLINE_DATA, QUIET, STEPS, make_algo
+from conftest import ENV, FAST, OFFLINE_DATA, QUIET, STEPS, assert_same_state, make_algo
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ctrlrl
@@ -161,6 +161,18 @@ def test_optimisers_are_capturable_only_inside_the_block():
         assert not fused.param_groups[0]["capturable"] and plain.param_groups[0]["capturable"]
     assert not any(o.param_groups[0]["capturable"] for o in (fused, plain))
     assert not fused.state_dict()["param_groups"][0]["capturable"]
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_exactly(tmp_path):
+    """A run compiled whole, stopped and resumed, ends where the straight compiled run does."""
+    from test_reproducibility import _straight_and_resumed
+
+    straight, resumed = _straight_and_resumed("td3", tmp_path, {"compile": "step"})
+    assert resumed.run.compile == "step"
+    assert_same_state(straight, resumed)
+    straight.close()
+    resumed.close()
 
 
 @pytest.mark.parametrize(("algo", "mode", "needles"), [
