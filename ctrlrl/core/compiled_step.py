@@ -5,10 +5,13 @@ The update contract makes this generic: `update(batch)` takes the sampled miniba
 metrics as tensors, and does its whole gradient step — losses, backward, clipping, optimiser steps,
 target updates — without reading a value back to the host. Then
 - `eager`: the training step is `update` itself;
-- `step`: `torch.compile` of the whole update. Backward and the fused optimiser steps run as
-  compiled autograd graphs and torch's own fused kernels; the random draws inside stay eager's
-  (`fallback_random`), so a compiled run draws the same numbers as an eager one and a compiled
-  update equals the eager update up to floating-point reassociation;
+- `step`: `torch.compile` of the whole update. The forward pieces between backward calls become
+  compiled graphs with compiled backward graphs; fused Adam stays torch's fused kernel (dynamo
+  does not trace it). The random draws inside stay eager's (`fallback_random`), so a compiled run
+  draws the same numbers as an eager one and a compiled update equals the eager update up to
+  floating-point reassociation. Compiled code is guarded on its learner: a process that builds
+  many learners of one class compiles each anew, and past torch's recompile limit (8 per
+  function) runs them eagerly;
 - `graph` (CUDA): each update is one CUDA graph replay instead of ~150 kernel launches. The
   sampled batch is copied into static input buffers the graph reads; the metrics come back in one
   static output tensor, cloned after each replay so a metric kept from an earlier step keeps its
