@@ -4,7 +4,7 @@ CUDA graphs (`RunConfig.compile`).
 The update contract makes this generic: `update(batch)` takes the sampled minibatch and returns its
 metrics as tensors, and does its whole gradient step — losses, backward, clipping, optimiser steps,
 target updates — without reading a value back to the host. Then
-- `eager`: the training step is `update` itself;
+- `eager`: the training step calls `update`;
 - `step`: `torch.compile` of the whole update. The forward pieces between backward calls become
   compiled graphs with compiled backward graphs; fused Adam stays torch's fused kernel (dynamo
   does not trace it). The random draws inside stay eager's (`fallback_random`), so a compiled run
@@ -54,7 +54,7 @@ class Learner(Protocol):
 def training_step(learner: Learner, mode: str) -> Callable[[Batch], Metrics]:
     """The function the training loop calls with each sampled batch, for compile mode `mode`."""
     if mode == "eager":
-        return learner.update
+        return lambda batch: learner.update(batch)  # looked up per call, as a direct call would
     if mode == "step":
         return torch.compile(learner.update, options={"fallback_random": True})
     if mode == "graph":
