@@ -124,9 +124,10 @@ class SAC(OffPolicyAlgorithm):
     def update(self, b: Batch) -> Metrics:
         cfg = self.cfg
         pi = self.actor.rsample(b.obs)
-        # compiled (`compile: step`), the sample gets a graph of its own: sharing the critic
-        # step's, its saved tensors would be freed by the critic's backward before the actor's
-        torch._dynamo.graph_break()
+        if torch.compiler.is_compiling():  # `compile: step` (eager runs skip importing dynamo)
+            # the sample gets a graph of its own: sharing the critic step's, its saved tensors
+            # would be freed by the critic's backward before the actor's
+            torch._dynamo.graph_break()
 
         alpha = self.log_alpha.detach().exp()  # the critic and the actor use α before its step
         alpha_first = cfg.autotune and cfg.alpha_update == "sb3"
