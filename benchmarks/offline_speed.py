@@ -38,9 +38,9 @@ D3RLPY_SCRIPT = Path(__file__).resolve().with_name("d3rlpy_td3bc.py")
 
 def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
                        device: str, seed: int, algo_name: str = "td3bc",
-                       precision: str = "auto") -> float:
-    """A ctrlrl offline algorithm's gradient steps/s, in this process (its default networks);
-    one gradient step per train_iteration."""
+                       precision: str = "auto") -> tuple[float, str]:
+    """A ctrlrl offline algorithm's gradient steps/s, in this process (its default networks),
+    and the precision it ran in (`auto` resolved); one gradient step per train_iteration."""
     import torch
 
     import ctrlrl
@@ -53,24 +53,23 @@ def ctrlrl_steps_per_s(dataset: str, steps: int, warmup: int, batch_size: int, t
                                       "tensorboard": False, "threads": threads, "device": device,
                                       "precision": precision},
                            seed=seed, total_steps=warmup + steps, run_dir=run_dir)
-        if getattr(algo, "replay", None) is None:  # offline algorithms read the file in learn()
-            algo.load_dataset()
+        algo.load_dataset()  # what learn() does first
         cuda = str(device).startswith("cuda")
         for _ in range(warmup):
             algo.train_iteration()
         if cuda:
             torch.cuda.synchronize()
-        first = getattr(algo, "step", None)
+        first = algo.step
         start = time.perf_counter()
         for _ in range(steps):
             algo.train_iteration()
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        if first is not None and algo.step - first != steps:
+        if algo.step - first != steps:
             raise SystemExit(f"ctrlrl {algo_name} advanced {algo.step - first} steps in {steps} "
                              "train_iteration calls: expected one gradient step per call")
-    return steps / seconds
+    return steps / seconds, algo.run.precision
 
 
 def d3rlpy_run(python: str, dataset: str, steps: int, warmup: int, batch_size: int, threads: int,
@@ -127,10 +126,12 @@ def main() -> None:
     load = os.getloadavg()[0]
     fps: dict[str, list[float]] = {"d3rlpy": [], **{label: [] for label, _, _ in learners}}
     d3rlpy_update: list[float] = []
+    ran: dict[str, str] = {}  # the precision each ctrlrl learner ran in
     d3rlpy_info: dict = {}
     for _ in range(args.repeats):
         for label, name, precision in learners:
-            fps[label].append(ctrlrl_steps_per_s(*common, algo_name=name, precision=precision))
+            rate, ran[label] = ctrlrl_steps_per_s(*common, algo_name=name, precision=precision)
+            fps[label].append(rate)
             if label == td3bc_rows[-1]:  # d3rlpy right after ctrlrl's td3bc
                 d3rlpy_info = d3rlpy_run(python, *common)
                 fps["d3rlpy"].append(d3rlpy_info["steps_per_s"])
@@ -159,7 +160,7 @@ def main() -> None:
              "| vs d3rlpy td3bc | per-repeat steps/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     # (library, fps key, precision); d3rlpy's row after ctrlrl's td3bc rows
-    rows = [("ctrlrl", label, precision) for label, _, precision in learners]
+    rows = [("ctrlrl", label, ran[label]) for label, _, _ in learners]
     rows.insert(len(td3bc_rows), ("d3rlpy", "d3rlpy", "fp32"))
     for lib, key, precision in rows:
         rate = fps[key]
