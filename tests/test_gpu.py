@@ -107,6 +107,18 @@ def test_graphed_update_equals_eager(algo, tmp_path):
     graphed.close()
 
 
+def test_graphs_follow_a_changed_learning_rate(tmp_path):
+    """A graph holds the learning rate as a constant: a new rate has the update captured anew."""
+    eager = tiny_learner("sac", tmp_path, device="cuda")
+    graphed = tiny_learner("sac", tmp_path, device="cuda", compile="graph")
+    assert_same_training(eager, graphed, GRAPH_WARMUP + 3, rtol=1e-4, atol=1e-5)
+    for learner in (eager, graphed):
+        learner.critic_opt.param_groups[0]["lr"] = 1e-2
+    assert_same_training(eager, graphed, GRAPH_WARMUP + 3, rtol=1e-4, atol=1e-5)
+    eager.close()
+    graphed.close()
+
+
 @pytest.mark.parametrize("algo", ["td3"])
 def test_compiled_step_equals_eager_on_cuda(algo, tmp_path):
     eager = tiny_learner(algo, tmp_path, device="cuda")

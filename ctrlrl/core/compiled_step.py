@@ -15,9 +15,10 @@ target updates — without reading a value back to the host. Then
 - `graph` (CUDA): each update is one CUDA graph replay instead of ~150 kernel launches. The
   sampled batch is copied into static input buffers the graph reads; the metrics come back in one
   static output tensor, cloned after each replay so a metric kept from an earlier step keeps its
-  value. Adam runs capturable (its step counts on the device); the learning rate is fixed in the
-  graph. An update whose Python branches depend on more than the batch and the config names its
-  branch with `update_variant()` (TD3's delayed actor step): one graph is captured per variant.
+  value. Adam runs capturable (its step counts on the device); its learning rate is a constant of
+  the graph, so a changed one (any optimiser setting) has the graphs captured anew. An update
+  whose Python branches depend on more than the batch and the config names its branch with
+  `update_variant()` (TD3's delayed actor step): one graph is captured per variant.
   The first `GRAPH_WARMUP` updates of a variant run eagerly on a side stream (as capture requires,
   and they are real updates: nothing is computed twice); the next is captured and replayed. Random
   draws inside a graph advance the device generator's offset on every replay (torch registers the
@@ -111,8 +112,19 @@ class GraphedStep:
         self.captured: dict[Hashable, CapturedUpdate] = {}
         self.eager_calls: dict[Hashable, int] = {}
         self.side_stream = torch.cuda.Stream(learner.device)
+        self.settings = self.optimiser_settings()
+
+    def optimiser_settings(self) -> list[tuple]:
+        """The optimisers' hyperparameters, which a graph holds as constants."""
+        return [(g["lr"], g.get("betas"), g.get("eps"), g.get("weight_decay"))
+                for opt in self.optimizers for g in opt.param_groups]
 
     def __call__(self, batch: Batch) -> Metrics:
+        settings = self.optimiser_settings()
+        if settings != self.settings:  # e.g. a changed learning rate: capture anew
+            self.captured.clear()
+            self.eager_calls.clear()
+            self.settings = settings
         variant = self.learner.update_variant()
         if variant not in self.captured:
             calls = self.eager_calls.get(variant, 0)
