@@ -193,6 +193,14 @@ def test_an_unknown_compile_mode_is_refused():
         ctrlrl.make("td3", "Pendulum-v1", overrides={**QUIET, "compile": "fast"})
 
 
+
+@pytest.mark.parametrize("stored, mode", [(False, "eager"), (True, "step")])
+def test_a_run_config_from_the_compile_switch_era_still_reads(stored, mode):
+    from ctrlrl.core.config import RunConfig, from_dict
+
+    run = from_dict(RunConfig, {"env": "Pendulum-v1", "compile": stored}, "config.yaml")
+    assert run.compile == mode
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "mdpo"])
 def test_compiled_on_policy_update_trains(algo, tmp_path):

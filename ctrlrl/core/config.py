@@ -376,6 +376,9 @@ def from_dict(cfg_type: type, data: dict[str, Any], source: str) -> Any:
     if not isinstance(data, dict):
         raise UserError(f"{source}: holds a {type(data).__name__}, not a mapping of setting: value; "
                         "restore the file")
+    if cfg_type is RunConfig and isinstance(data.get("compile"), bool):
+        # run configs written before compile took a mode stored a switch: off is eager, on is step
+        data = {**data, "compile": "step" if data["compile"] else "eager"}
     known = config_fields(cfg_type)
     unknown = sorted(map(str, set(data) - set(known)))
     if unknown:
