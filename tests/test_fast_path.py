@@ -235,14 +235,27 @@ def _ppo_subclasses() -> list[str]:
 def test_ppo_hand_gradients_equal_autograd(settings, tmp_path):
     """`loss_gradients` writes autograd's gradient of `loss` (policy, log-std and critic), with
     the ratio clipped on both sides and the value clip binding, and returns `loss`'s diagnostics."""
-    algo = make_algo("ppo", tmp_path, **settings)
+    check_hand_gradients(make_algo("ppo", tmp_path, **settings))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ppo_hand_gradients_equal_autograd_on_cuda(tmp_path):
+    algo = make_algo("ppo", tmp_path, device="cuda", clip_range_vf=0.1, ent_coef=0.01)
+    assert algo.flat.param.is_cuda
+    check_hand_gradients(algo)
+
+
+def check_hand_gradients(algo) -> None:
     try:
         algo.train_iteration()
         assert algo.uses_hand_gradients()
         b = algo.rollout.all()
         g = torch.Generator().manual_seed(1)
-        b = b._replace(log_probs=b.log_probs + 1.2 * torch.rand(len(b.obs), generator=g) - 0.6,
-                       values=b.values + 2 * torch.rand(len(b.obs), generator=g) - 1)
+        shifts = (1.2 * torch.rand(len(b.obs), generator=g) - 0.6,
+                  2 * torch.rand(len(b.obs), generator=g) - 1)
+        b = b._replace(log_probs=b.log_probs + shifts[0].to(b.obs.device),
+                       values=b.values + shifts[1].to(b.obs.device))
         loss, stats, log_ratio = algo.loss(b)
         ratio = log_ratio.exp()
         assert (ratio > 1 + algo.cfg.clip_range).any() and (ratio < 1 - algo.cfg.clip_range).any()
