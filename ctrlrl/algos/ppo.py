@@ -29,6 +29,7 @@ rounding, about twice as fast on CPU: `ctrlrl.core.handgrad`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,16 @@ def ratio_diagnostics(log_ratios: list[torch.Tensor], clip_range: float
     return means[:, 0], means[:, 1]
 
 
+class SurrogateTerms(NamedTuple):
+    loss: torch.Tensor
+    stats: torch.Tensor  # policy-gradient, value, entropy losses, total
+    log_ratio: torch.Tensor  # log π/π_old per sample
+    surrogate: torch.Tensor  # r·Â
+    surrogate_clipped: torch.Tensor  # clip(r, 1 − ε, 1 + ε)·Â
+    value: torch.Tensor  # V as the value loss sees it (clipped around V_old if clip_range_vf)
+    value_shift: torch.Tensor  # V − V_old, unclipped
+
+
 class PPO(OnPolicyAlgorithm):
     name = "ppo"
     summary = "Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)"
@@ -108,27 +119,35 @@ class PPO(OnPolicyAlgorithm):
     def loss(self, b: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clipped-surrogate loss of one minibatch, and its diagnostics, detached: the stats row
         (policy-gradient, value, entropy losses, total) and the log-ratios log π/π_old."""
+        log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
+        terms = self.surrogate_terms(b, log_prob, entropy, self.value(b.obs))
+        return terms.loss, terms.stats.detach(), terms.log_ratio.detach()
+
+    def surrogate_terms(self, b: RolloutBatch, log_prob: torch.Tensor, entropy: torch.Tensor,
+                        value: torch.Tensor) -> SurrogateTerms:
+        """The loss (paper eq. 9) of a minibatch from the current policy's log-probabilities and
+        entropies of its actions and the critic's values, with what its derivatives need."""
         cfg = self.cfg
         adv = b.advantages
         if cfg.normalize_advantage and len(adv) > 1:
             adv = standardize(adv)
-        log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
         log_ratio = log_prob - b.log_probs
         ratio = log_ratio.exp()
         clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
-        pg_loss = -torch.min(adv * ratio, adv * clipped).mean()
-        value = self.value(b.obs)
+        surrogate, surrogate_clipped = adv * ratio, adv * clipped
+        pg_loss = -torch.min(surrogate, surrogate_clipped).mean()
+        value_shift = value - b.values
         if cfg.clip_range_vf is not None:
-            value = b.values + (value - b.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+            value = b.values + value_shift.clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
         value_loss = F.mse_loss(value, b.returns)
         entropy_loss = -entropy.mean()
         loss = pg_loss
         if cfg.ent_coef:  # with weight 0 the term would only add backward work
             loss = loss + cfg.ent_coef * entropy_loss
         loss = loss + cfg.vf_coef * value_loss
-        with torch.no_grad():
-            stats = torch.stack([pg_loss, value_loss, entropy_loss, loss])
-        return loss, stats, log_ratio.detach()
+        stats = torch.stack([pg_loss, value_loss, entropy_loss, loss])
+        return SurrogateTerms(loss, stats, log_ratio, surrogate, surrogate_clipped, value,
+                              value_shift)
 
     def uses_hand_gradients(self) -> bool:
         """Whether the update takes `loss`'s gradient from `loss_gradients` instead of autograd:
@@ -145,29 +164,12 @@ class PPO(OnPolicyAlgorithm):
         ∂log π/∂μ = z/σ, ∂log π/∂log σ = z² − 1, and the entropy bonus adds −c2 to ∂L/∂log σ;
         ∂L/∂V_i = c1·2(V_i − V_targ,i)/B, 0 where the value clip binds."""
         cfg, policy = self.cfg, self.policy
-        adv = b.advantages
-        if cfg.normalize_advantage and len(adv) > 1:
-            adv = standardize(adv)
         actor, critic = handgrad.forward(policy.net, b.obs), handgrad.forward(self.value_fn, b.obs)
         mean, log_std = actor[-1], policy.log_std
         log_prob, entropy = policy.log_prob_entropy_of((mean, log_std.expand_as(mean)), b.actions)
-        log_ratio = log_prob - b.log_probs
-        ratio = log_ratio.exp()
-        clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
-        surrogate, surrogate_clipped = adv * ratio, adv * clipped
-        pg_loss = -torch.min(surrogate, surrogate_clipped).mean()
-        value = critic[-1].squeeze(-1)
-        if cfg.clip_range_vf is not None:
-            shift = value - b.values
-            value = b.values + shift.clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-        value_loss = F.mse_loss(value, b.returns)
-        entropy_loss = -entropy.mean()
-        loss = pg_loss
-        if cfg.ent_coef:
-            loss = loss + cfg.ent_coef * entropy_loss
-        loss = loss + cfg.vf_coef * value_loss
-        n = len(ratio)
-        grad_log_prob = (surrogate <= surrogate_clipped) * surrogate * (-1.0 / n)
+        terms = self.surrogate_terms(b, log_prob, entropy, critic[-1].squeeze(-1))
+        n = len(b.actions)
+        grad_log_prob = (terms.surrogate <= terms.surrogate_clipped) * terms.surrogate * (-1.0 / n)
         inv_std = torch.exp(-log_std)
         z = (b.actions - mean) * inv_std
         handgrad.backward_into_grads(policy.net, actor, grad_log_prob[:, None] * z * inv_std)
@@ -175,11 +177,11 @@ class PPO(OnPolicyAlgorithm):
         if cfg.ent_coef:
             grad_log_std -= cfg.ent_coef
         policy.log_std.grad.copy_(grad_log_std)
-        grad_value = (value - b.returns) * (2 * cfg.vf_coef / n)
+        grad_value = (terms.value - b.returns) * (2 * cfg.vf_coef / n)
         if cfg.clip_range_vf is not None:
-            grad_value *= shift.abs() <= cfg.clip_range_vf
+            grad_value *= terms.value_shift.abs() <= cfg.clip_range_vf
         handgrad.backward_into_grads(self.value_fn, critic, grad_value[:, None])
-        return torch.stack([pg_loss, value_loss, entropy_loss, loss]), log_ratio
+        return terms.stats, terms.log_ratio
 
     def minibatch_loss(self, b: RolloutBatch, by_hand: bool
                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
