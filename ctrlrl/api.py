@@ -15,7 +15,16 @@ import yaml
 from ctrlrl.algos import REGISTRY
 from ctrlrl.algos.base import Algorithm
 from ctrlrl.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from ctrlrl.core.config import YAML_FAILURES, RunConfig, apply_overrides, load_preset, to_dict
+from ctrlrl.core.config import (
+    YAML_FAILURES,
+    RunConfig,
+    apply_overrides,
+    load_preset,
+    resolve_device,
+    resolve_precision,
+    to_dict,
+    upgrade_run_dict,
+)
 from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.run_dir import is_run_dir
@@ -144,14 +153,20 @@ def evaluate_heuristic(env: str, episodes: int = 10, seed: int = 0):
         probe.close()
 
 
-def config_diffs(saved: dict[str, Any], run: RunConfig, cfg: Any) -> list[str]:
+def config_diffs(saved: dict[str, Any], cls: type[Algorithm], run: RunConfig, cfg: Any
+                 ) -> list[str]:
     """Differences that matter between a run's saved config ({"run": ..., "config": ...}, as in
-    its checkpoint) and a resolved config: everything but runtime settings (`RUNTIME_KEYS`), as
-    "key: run has X, this command has Y"."""
+    its checkpoint or config.yaml) and a resolved config for `cls`: everything but runtime
+    settings (`RUNTIME_KEYS`), as "key: run has X, this command has Y". A run records the
+    precision `auto` resolved to, so `auto` here is resolved the same way before comparing."""
+    saved_run = upgrade_run_dict(saved["run"])
+    if run.precision == "auto" and saved_run.get("precision", "auto") != "auto":
+        run = dataclasses.replace(run, precision=resolve_precision(
+            "auto", cls.default_precision, resolve_device(run.device)))
     diffs = []
-    for section, now in (("run", to_dict(run)), ("config", to_dict(cfg))):
+    for old_section, now in ((saved_run, to_dict(run)), (saved["config"], to_dict(cfg))):
         diffs += [f"{key}: run has {old!r}, this command has {now.get(key)!r}"
-                  for key, old in saved[section].items()
+                  for key, old in old_section.items()
                   if old != now.get(key) and key not in RUNTIME_KEYS]
     return diffs
 
@@ -165,11 +180,14 @@ def _note_edited_config(config_file: Path, saved: dict[str, Any]) -> None:
         text = yaml.safe_load(config_file.read_text())
     except (OSError, *YAML_FAILURES):  # YAML_FAILURES' ValueError covers non-UTF-8 files
         text = None
+    readable = isinstance(text, dict) and all(
+        isinstance(text.get(section), dict) for section in ("run", "config"))
+    written = {"run": upgrade_run_dict(text["run"]), "config": text["config"]} if readable else {}
+    # a key the file lacks was written by an older version, not removed by hand
     edited = [key for section in ("run", "config")
               for key, value in saved[section].items()
               if key not in RUNTIME_KEYS and not (
-                  isinstance(text, dict) and isinstance(text.get(section), dict)
-                  and text[section].get(key) == value)]
+                  readable and written[section].get(key, value) == value)]
     if edited:
         print(f"ctrlrl: note: {config_file} differs from the checkpoint's config "
               f"({', '.join(edited)}); resuming with the checkpoint's, which is written there again",
@@ -204,7 +222,7 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
     check_settings_exist(cls, {**(overrides or {}), **run_flags})
     saved = {"run": to_dict(saved_run), "config": to_dict(saved_cfg)}
     run, cfg = apply_overrides(saved_run, saved_cfg, {**(overrides or {}), **run_flags}, "option")
-    diffs = config_diffs(saved, run, cfg)
+    diffs = config_diffs(saved, cls, run, cfg)
     if diffs:
         raise UserError(f"--resume {run_dir}: config does not match ({'; '.join(diffs)}); "
                         "drop those options or start a new run")

@@ -238,7 +238,7 @@ def test_sb3_twin_gets_ctrlrls_hyperparameters(tmp_path):
 
     spec = sweep.expand_grid(["sb3-sac"], ["Pendulum-v1"], [0], 1000, str(tmp_path),
                              {"learning_rate": 1e-3, "hidden_sizes": [64, 32], "tau": 0.01})[0]
-    run, cfg = sweep.resolve_spec(spec)
+    _, run, cfg = sweep.resolve_spec(spec)
     model = _build("sb3-sac", make_vec_env("Pendulum-v1", 1), run, cfg, "cpu")
     assert model.learning_rate == 1e-3 and model.tau == 0.01 and model.gamma == cfg.gamma
     assert model.learning_starts == cfg.learning_starts and model.batch_size == cfg.batch_size
@@ -303,7 +303,7 @@ def test_grid_order_labels_and_scoped_settings(tmp_path):
     assert [s.seed for s in specs] == [0] * 6 + [1] * 6  # seed-major
     first = specs[0]
     assert first.label == "ppo[learning_rate=1e-3]"  # as typed
-    run, cfg = sweep.resolve_spec(first)
+    _, run, cfg = sweep.resolve_spec(first)
     assert (cfg.gamma, cfg.n_steps, cfg.learning_rate, run.total_steps) == (0.9, 64, 1e-3, 10)
     assert specs[2].overrides["n_steps"] == 64  # the twin shares its base algorithm's settings
     assert "n_steps" not in specs[4].overrides
@@ -353,3 +353,17 @@ def test_a_damaged_config_yaml_ends_plot_report_and_sweep_in_one_line(tmp_path, 
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("ctrlrl: error:") and "config.yaml" in err and "\n" not in err, err
+
+
+def test_a_saved_run_matches_the_command_that_made_it_across_versions():
+    """A sweep re-run compares each run dir with its command: `auto` precision matches what it
+    resolved to, and a config from when compile was a switch matches today's modes."""
+    from ctrlrl import api
+    from ctrlrl.core.config import to_dict
+
+    cls, run, cfg = api.resolve("td3", "Pendulum-v1")
+    saved = {"run": {**to_dict(run), "precision": "fp32", "compile": False}, "config": to_dict(cfg)}
+    assert api.config_diffs(saved, cls, run, cfg) == []
+    saved["run"]["precision"] = "bf16"
+    assert api.config_diffs(saved, cls, run, cfg) == [
+        "precision: run has 'bf16', this command has 'fp32'"]

@@ -370,15 +370,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
+def upgrade_run_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config in today's terms. Run dirs outlive versions (sweeps resume them), and
+    before `compile` took a mode it was a switch: off is `eager`, on is `step`."""
+    if isinstance(data.get("compile"), bool):
+        return {**data, "compile": "step" if data["compile"] else "eager"}
+    return data
+
+
 def from_dict(cfg_type: type, data: dict[str, Any], source: str) -> Any:
     """Rebuild a config dataclass from `to_dict` output, checking keys, types and ranges; every
     problem names `source` (the file it came from)."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: holds a {type(data).__name__}, not a mapping of setting: value; "
                         "restore the file")
-    if cfg_type is RunConfig and isinstance(data.get("compile"), bool):
-        # run configs written before compile took a mode stored a switch: off is eager, on is step
-        data = {**data, "compile": "step" if data["compile"] else "eager"}
+    if cfg_type is RunConfig:
+        data = upgrade_run_dict(data)
     known = config_fields(cfg_type)
     unknown = sorted(map(str, set(data) - set(known)))
     if unknown:

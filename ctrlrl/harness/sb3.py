@@ -90,7 +90,7 @@ def train_sb3(spec) -> tuple[int, float]:
     from ctrlrl.core.signals import stop_requested
     from ctrlrl.harness.sweep import resolve_spec, write_spec
 
-    run, cfg = resolve_spec(spec)
+    _, run, cfg = resolve_spec(spec)
     torch.set_num_threads(run.threads)
     run_dir = spec.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)

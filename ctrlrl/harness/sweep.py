@@ -141,7 +141,8 @@ def _base_name(algo: str) -> str:
 
 
 def resolve_spec(spec: RunSpec):
-    """(RunConfig, algorithm config) of a run, checked; an sb3 twin takes its base's."""
+    """(algorithm class, RunConfig, algorithm config) of a run, checked; an sb3 twin takes its
+    base's."""
     from ctrlrl import api
 
     algo = spec.algo
@@ -149,8 +150,7 @@ def resolve_spec(spec: RunSpec):
         from ctrlrl.harness.sb3 import sb3_base
 
         algo = sb3_base(algo)
-    _, run, cfg = api.resolve(algo, spec.env, spec.overrides, **spec.flags())
-    return run, cfg
+    return api.resolve(algo, spec.env, spec.overrides, **spec.flags())
 
 
 def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
@@ -161,12 +161,13 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
 
     out = []
     for spec in specs:
-        run, cfg = resolve_spec(spec)
+        cls, run, cfg = resolve_spec(spec)
         spec = dataclasses.replace(spec, total_steps=run.total_steps)
         config_file = spec.run_dir / "config.yaml"
         if config_file.is_file():
             saved = read_run_config(spec.run_dir)
-            diffs = api.config_diffs(saved, run, cfg) if saved.get("algo") == spec.algo else ["algo"]
+            diffs = (api.config_diffs(saved, cls, run, cfg) if saved.get("algo") == spec.algo
+                     else ["algo"])
             if diffs:
                 raise UserError(f"{spec.run_dir} holds a run with another configuration "
                                 f"({'; '.join(diffs)}); pass another --out for this sweep")
