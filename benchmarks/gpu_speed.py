@@ -17,7 +17,6 @@ and names the first operation that made the host wait for the GPU, or "none".
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import tempfile
 import time
@@ -27,7 +26,6 @@ import torch
 from speed import cpu_name  # benchmarks/ is on sys.path when a script here runs
 
 import ctrlrl
-from ctrlrl.core.config import RunConfig
 from ctrlrl.core.errors import UserError
 from ctrlrl.data.collect import collect
 
@@ -36,8 +34,6 @@ OFFLINE = ("td3bc", "a2pr", "odice")
 TABLE_MARKS = ("<!-- table: benchmarks/gpu_speed.py -->", "<!-- end of table -->")
 REPLAY_FILL = 5000  # random transitions in SAC's and TD3's buffer before timing
 QUIET = {"progress": False, "tensorboard": False, "eval_every": 0, "checkpoint_every": 0}
-# a precision setting exists once mixed precision is part of the run config
-PRECISION_SETTING = "precision" in {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def build(algo: str, device: str, mode: str, precision: str, dataset: Path, run_dir: str):
@@ -45,9 +41,7 @@ def build(algo: str, device: str, mode: str, precision: str, dataset: Path, run_
     # compiled code is cached per function and guarded on the learner: many learners of one class
     # in a process would reach torch.compile's recompile limit and fall back to eager
     torch._dynamo.reset()
-    overrides = {**QUIET, "device": device, "threads": 1, "compile": mode}
-    if PRECISION_SETTING:
-        overrides["precision"] = precision
+    overrides = {**QUIET, "device": device, "threads": 1, "compile": mode, "precision": precision}
     if algo in OFFLINE:
         overrides["dataset"] = str(dataset)
     elif algo != "ppo":
@@ -125,11 +119,17 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_speed.py: no CUDA device here (--device cpu times the CPU cells)")
     modes, precisions = args.modes.split(","), args.precisions.split(",")
-    if not PRECISION_SETTING and precisions != ["fp32"]:
-        print("gpu_speed.py: this version has no precision setting: fp32 only", flush=True)
-        precisions = ["fp32"]
     cuda = args.device.startswith("cuda")
-    rows = []
+    rows: list[str] = []
+    device_name = torch.cuda.get_device_name() if cuda else "none (CPU cells only)"
+    header = [f"GPU: {device_name}; CPU: {cpu_name()} (1 torch thread); torch {torch.__version__}; "
+              f"Python {platform.python_version()}; Hopper-v5, default networks and batch sizes; "
+              f"{args.steps} timed gradient steps per cell (PPO: whole iterations, "
+              f"{args.ppo_iterations} per cell)", "",
+              f"| Algorithm | Precision | Unit | CPU eager fp32 | {' | '.join(modes)} | "
+              "best / eager | Host syncs (eager fp32) |",
+              "|---" * (6 + len(modes)) + "|"]
+    n_rows = len(args.algos.split(",")) * len(precisions)
     with tempfile.TemporaryDirectory(prefix="ctrlrl-gpu-speed-") as tmp:
         dataset = Path(tmp) / "hopper-random.hdf5"
         collect("Hopper-v5", "random", dataset, size=20000, seed=0, progress=False)
@@ -164,17 +164,11 @@ def main() -> None:
                 rows.append(f"| {algo} | {precision} | {unit} | {cpu_rate} | "
                             + " | ".join(shown[m] for m in modes) + f" | {gain} | {sync} |")
                 print(rows[-1], flush=True)
-    device_name = torch.cuda.get_device_name() if cuda else "none (CPU cells only)"
-    lines = [f"GPU: {device_name}; CPU: {cpu_name()} (1 torch thread); torch {torch.__version__}; "
-             f"Python {platform.python_version()}; Hopper-v5, default networks and batch sizes; "
-             f"{args.steps} timed gradient steps per cell (PPO: whole iterations, "
-             f"{args.ppo_iterations} per cell)", "",
-             f"| Algorithm | Precision | Unit | CPU eager fp32 | {' | '.join(modes)} | "
-             "best / eager | Host syncs (eager fp32) |",
-             "|---" * (6 + len(modes)) + "|", *rows]
-    print("\n".join(lines))
-    if args.out:
-        write_table(Path(args.out), lines)
+                if args.out:  # row by row: a run cut short still leaves what it measured
+                    partial = [] if len(rows) == n_rows else [
+                        "", f"(partial: {len(rows)} of {n_rows} rows; the run stopped early)"]
+                    write_table(Path(args.out), [*header, *rows, *partial])
+    print("\n".join([*header, *rows]))
 
 
 def write_table(path: Path, lines: list[str]) -> None:

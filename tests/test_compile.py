@@ -176,7 +176,7 @@ def test_compiled_run_resumes_exactly(tmp_path):
 
 
 @pytest.mark.parametrize(("algo", "mode", "needles"), [
-    ("td3", "graph", ("compile='graph'", "--device cuda")),
+    ("td3", "graph", ("compile=graph", "computes on cpu", "--device cuda")),
     ("ppo", "graph", ("compile='graph'", "ppo runs compile=eager | step")),
     ("loop", "step", ("compile='step'", "eager")),
 ])
@@ -186,6 +186,18 @@ def test_a_compile_mode_that_cannot_run_is_refused(algo, mode, needles):
         ctrlrl.make(algo, env, overrides={**QUIET, "compile": mode})
     for needle in needles:
         assert needle in str(refusal.value)
+
+
+def test_a_graph_run_is_refused_off_cuda_however_it_was_configured():
+    """Not only a typed option: a config read back from a checkpoint is checked too."""
+    import gymnasium as gym
+
+    from ctrlrl.algos.td3 import TD3, TD3Config
+    from ctrlrl.core.config import RunConfig
+
+    run = RunConfig(env="Pendulum-v1", device="cpu", compile="graph")
+    problem = TD3.incompatibility(gym.make("Pendulum-v1"), run, TD3Config())
+    assert problem is not None and "--device cuda" in problem
 
 
 def test_an_unknown_compile_mode_is_refused():

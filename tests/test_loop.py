@@ -523,3 +523,8 @@ def test_episodic_learners_refuse_to_wait_for_a_continuing_task_to_end(tmp_path)
     ppo.close()
     with pytest.raises(ctrlrl.UserError, match="horizon"):
         ctrlrl.make("pg", RIVER, overrides=QUIET, run_dir=str(tmp_path / "g"))
+
+
+def test_a_precision_setting_is_refused_where_there_are_no_networks():
+    with pytest.raises(ctrlrl.UserError, match="no neural networks"):
+        ctrlrl.make("loop", "ctrlrl/RiverSwim-v0", overrides={"precision": "bf16"})

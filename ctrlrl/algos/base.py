@@ -27,14 +27,10 @@ from ctrlrl.core.config import RunConfig, from_dict, resolve_device, resolve_pre
 from ctrlrl.core.envs import VecEnv, is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
-from ctrlrl.core.logger import Logger
+from ctrlrl.core.logger import Logger, Metrics
 from ctrlrl.core.nets import COMPUTE_DTYPES, set_compute_dtype
 from ctrlrl.core.run_dir import default_run_dir, prepare_run_dir
 from ctrlrl.core.signals import TrainingInterrupted, deferred_sigint
-
-# what an update returns and the logs show as train/<key>: tensors stay on the device (no host
-# synchronisation inside an update); the log reads them when it writes
-Metrics = dict[str, torch.Tensor | float]
 
 
 class Algorithm:
@@ -67,6 +63,11 @@ class Algorithm:
         if not isinstance(act_space, cls.action_spaces):
             kinds = " or ".join(space.__name__ for space in cls.action_spaces)
             return f"{cls.name} needs {kinds} actions, and {run.env} acts in {act_space}"
+        device = resolve_device(run.device)
+        # a CUDA-graph run resumed or configured for a machine without CUDA; not only when typed
+        if run.compile == "graph" and "graph" in cls.compile_modes and device.type != "cuda":
+            return (f"compile=graph captures CUDA graphs, and this run computes on {device}; "
+                    "use compile=step or eager there, or --device cuda")
         return None
 
     @classmethod
@@ -76,7 +77,6 @@ class Algorithm:
         choice); the base covers what the class attributes declare, an override adds its own to
         `super()`'s."""
         name, online = cls.name, cls.kind != "offline"
-        graph_off_cuda = run.compile == "graph" and resolve_device(run.device).type != "cuda"
         candidates = {
             "dataset": (online and bool(run.dataset),
                         f"{name} learns online from its env; `ctrlrl list` shows the offline "
@@ -85,10 +85,8 @@ class Algorithm:
                               f"it reads offline datasets, and {name} learns online"),
             "n_envs": (run.n_envs > 1 and not cls.vectorised,
                        f"{name} learns from one env: n_envs=1"),
-            "compile": (run.compile not in cls.compile_modes or graph_off_cuda,
-                        f"{name} runs compile={' | '.join(cls.compile_modes)}"
-                        if run.compile not in cls.compile_modes else
-                        f"CUDA graphs need --device cuda; this run computes on {run.device}"),
+            "compile": (run.compile not in cls.compile_modes,
+                        f"{name} runs compile={' | '.join(cls.compile_modes)}"),
             "eval_every": (run.eval_every > 0 and not cls.evaluates_continuing
                            and is_continuing(run.env),
                            f"{run.env} is a continuing task: its episodes never end, so {name} "

@@ -446,6 +446,8 @@ class AverageRewardAlgorithm(Algorithm):
         unused = super().unused_settings(env, run, cfg)
         if run.device.startswith("cuda"):
             unused["device"] = f"{cls.name} computes with numpy on the CPU"
+        if run.precision != "auto":
+            unused["precision"] = f"{cls.name} has no neural networks; it computes in float64"
         return unused
 
     def build(self) -> None:

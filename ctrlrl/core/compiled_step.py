@@ -36,11 +36,9 @@ import torch
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import COMPILE_MODES
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.logger import Metrics
 
 GRAPH_WARMUP = 3  # eager updates of a variant before its capture
-
-Metrics = dict[str, torch.Tensor | float]
-
 
 class Learner(Protocol):
     device: torch.device

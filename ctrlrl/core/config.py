@@ -355,7 +355,7 @@ def bf16_is_fast(device: torch.device) -> bool:
 def resolve_precision(requested: str, default: str, device: torch.device) -> str:
     """fp32 or bf16 for a run: `auto` is the algorithm's `default`, except that it falls back to
     fp32 where bf16 would be slow; an explicit bf16 on such a device runs (in software) with a
-    note, so a checkpoint resumes bit for bit on any machine."""
+    note, so a run resumes in the precision it was trained in on any machine."""
     if requested == "auto":
         return default if default == "fp32" or bf16_is_fast(device) else "fp32"
     if requested == "bf16" and not bf16_is_fast(device):

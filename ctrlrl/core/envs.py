@@ -272,7 +272,7 @@ class SerialEnvs:
     It computes what `SyncVectorEnv(autoreset_mode=SAME_STEP)` does (the same calls on each
     sub-env in the same order: `step`, then `reset()` where it ended), without its per-step
     merging of every sub-env's info into one dict, which on a small env costs as much as a
-    fifth of the physics. tests/test_envs.py checks the two step by step, time limits included.
+    fifth of the physics. tests/test_fast_path.py checks the two step by step, time limits included.
     """
 
     def __init__(self, env_fns: list[Any]):

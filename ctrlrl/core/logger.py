@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ctrlrl.core.checkpoint import atomic_write
+
+# what an update returns and the logs show as train/<key>: tensors stay on the device (no host
+# synchronisation inside an update); the log reads them when it writes
+Metrics = dict[str, torch.Tensor | float]
 
 
 class Logger:
