@@ -63,11 +63,12 @@ class Algorithm:
         if not isinstance(act_space, cls.action_spaces):
             kinds = " or ".join(space.__name__ for space in cls.action_spaces)
             return f"{cls.name} needs {kinds} actions, and {run.env} acts in {act_space}"
-        device = resolve_device(run.device)
         # a CUDA-graph run resumed or configured for a machine without CUDA; not only when typed
-        if run.compile == "graph" and "graph" in cls.compile_modes and device.type != "cuda":
-            return (f"compile=graph captures CUDA graphs, and this run computes on {device}; "
-                    "use compile=step or eager there, or --device cuda")
+        if run.compile == "graph" and "graph" in cls.compile_modes:
+            device = resolve_device(run.device)
+            if device.type != "cuda":
+                return (f"compile=graph captures CUDA graphs, and this run computes on {device}; "
+                        "use compile=step or eager there, or --device cuda")
         return None
 
     @classmethod
