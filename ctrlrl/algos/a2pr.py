@@ -79,7 +79,7 @@ from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.algos.td3 import TD3, TD3LearnerConfig
 from ctrlrl.core.buffers import Batch
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import check_choices, check_ranges
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import MLP, FlatParams, adam, soft_update
 
@@ -131,9 +131,7 @@ class A2PRConfig(TD3LearnerConfig):
         check_ranges(self, positive=("vae_learning_rate",),
                      non_negative=("alpha", "vae_weight", "mask"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes", "vae_hidden_sizes"))
-        if self.bc_weight not in BC_WEIGHTS:
-            raise UserError(f"setting bc_weight={self.bc_weight!r} is not known; use one of "
-                            f"{', '.join(BC_WEIGHTS)}")
+        check_choices(self, bc_weight=BC_WEIGHTS)
 
     def _apply_paper_settings(self) -> None:
         key = paper_settings_key(self.paper_settings)

@@ -118,7 +118,7 @@ import torch
 from torch import nn
 
 from ctrlrl.algos.base import Algorithm, Metrics
-from ctrlrl.core.config import RunConfig, check_ranges
+from ctrlrl.core.config import RunConfig, check_choices, check_ranges
 from ctrlrl.core.envs import is_continuing
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation
@@ -384,12 +384,7 @@ class LOOPConfig(UCRL2Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.instantiation not in INSTANTIATIONS:
-            raise UserError(f"setting instantiation={self.instantiation!r}: use one of "
-                            f"{', '.join(INSTANTIATIONS)}")
-        if self.confidence not in CONFIDENCE_SETS:
-            raise UserError(f"setting confidence={self.confidence!r}: use one of "
-                            f"{', '.join(CONFIDENCE_SETS)}")
+        check_choices(self, instantiation=INSTANTIATIONS, confidence=CONFIDENCE_SETS)
         check_ranges(self, positive=("beta_scale", "ridge", "max_plan_rounds"),
                      non_negative=("span_bound",))
 

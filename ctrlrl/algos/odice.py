@@ -93,7 +93,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.off_policy import OfflineAlgorithm
 from ctrlrl.core.buffers import Batch
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import check_choices, check_ranges
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, GaussianPolicy, QEnsemble, adam, gaussian_log_prob, soft_update
 
@@ -156,10 +156,7 @@ class ODICEConfig:
         check_ranges(self, positive=("batch_size", "learning_rate", "tau", "max_weight"),
                      non_negative=("eta", "weight_decay"), fraction=("gamma", "tau", "lam"),
                      widths=("hidden_sizes", "policy_hidden_sizes"))
-        for key, choices in (("rule", RULES), ("f", DIVERGENCES), ("weight", WEIGHTS)):
-            if getattr(self, key) not in choices:
-                raise UserError(f"setting {key}={getattr(self, key)!r} is not known; use one of "
-                                f"{', '.join(choices)}")
+        check_choices(self, rule=RULES, f=DIVERGENCES, weight=WEIGHTS)
 
 
 class ValueGrad(NamedTuple):

@@ -64,8 +64,7 @@ import torch.nn.functional as F
 from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.on_policy import OnPolicyAlgorithm, RolloutConfig
 from ctrlrl.core.buffers import RolloutBuffer, compute_gae, explained_variance, standardize
-from ctrlrl.core.config import RunConfig, check_ranges
-from ctrlrl.core.errors import UserError
+from ctrlrl.core.config import RunConfig, check_choices, check_ranges
 from ctrlrl.core.nets import MLP, FlatParams, adam, make_policy, orthogonal_init
 
 ADVANTAGES = ("dual", "pre", "post")
@@ -104,11 +103,8 @@ class PDPPOConfig(RolloutConfig):
         check_ranges(self, positive=("n_epochs", "actor_lr", "critic_lr", "adam_eps"),
                      non_negative=("batch_size", "clip_range", "ent_coef", "max_grad_norm"),
                      widths=("actor_hidden_sizes", "critic_hidden_sizes"))
-        for key, allowed in (("ratio", ("factor", "joint")), ("critics", ADVANTAGES),
-                             ("post_return", POST_RETURNS), ("pre_reward", PRE_REWARDS)):
-            if getattr(self, key) not in allowed:
-                raise UserError(f"{key}={getattr(self, key)!r} is not known; use one of "
-                                f"{', '.join(allowed)}")
+        check_choices(self, ratio=("factor", "joint"), critics=ADVANTAGES,
+                      post_return=POST_RETURNS, pre_reward=PRE_REWARDS)
 
 
 def uses_post_rewards(cfg: PDPPOConfig) -> bool:

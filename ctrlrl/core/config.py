@@ -39,6 +39,15 @@ from ctrlrl.core.errors import UserError
 _INT64 = 2**63
 
 
+def check_choices(cfg: Any, **allowed: tuple[str, ...]) -> None:
+    """Raise a UserError naming the first setting that is none of its allowed values
+    (`check_choices(self, rule=("true", "semi"))`); called from `__post_init__` as `check_ranges`."""
+    for key, choices in allowed.items():
+        if getattr(cfg, key) not in choices:
+            raise UserError(f"setting {key}={getattr(cfg, key)!r} is not known; use one of "
+                            f"{', '.join(choices)}")
+
+
 def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
                  fraction: tuple[str, ...] = (), widths: tuple[str, ...] = ()) -> None:
     """Raise a UserError naming the first setting outside its range.
@@ -107,12 +116,7 @@ class RunConfig:
         check_ranges(self, positive=("n_envs", "eval_episodes", "threads", "clip_obs"),
                      non_negative=("seed", "total_steps", "eval_every", "checkpoint_every",
                                    "log_every"))
-        if self.precision not in PRECISIONS:
-            raise UserError(f"setting precision={self.precision!r} is not known; use one of "
-                            f"{', '.join(PRECISIONS)}")
-        if self.compile not in COMPILE_MODES:
-            raise UserError(f"setting compile={self.compile!r} is not known; use one of "
-                            f"{', '.join(COMPILE_MODES)}")
+        check_choices(self, precision=PRECISIONS, compile=COMPILE_MODES)
         if self.threads > MAX_THREADS:  # torch's OpenMP pool crashes the process far above it
             raise UserError(f"setting threads={self.threads} is out of range: need at most "
                             f"{MAX_THREADS} (more threads than cores only slows a run down)")
