@@ -234,7 +234,8 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
     except UserError:
         algo_obj.close()
         raise
-    if "total_steps" in run_flags and run.total_steps <= algo_obj.step:
+    # the run's own budget again only finishes it (its final evaluation, if a stop cut that off)
+    if run.total_steps != saved_run.total_steps and run.total_steps <= algo_obj.step:
         algo_obj.close()
         raise UserError(f"--resume {run_dir}: the run is already at step {algo_obj.step}; pass "
                         f"--total-steps above that to train further")

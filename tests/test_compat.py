@@ -163,7 +163,7 @@ def test_resume_refuses_options_it_would_ignore(capsys, tmp_path):
     assert_one_line_error(cli_error(capsys, *resume, "--run-dir", str(tmp_path / "other")),
                           "drop --run-dir")
     assert not (tmp_path / "other").exists()
-    assert_one_line_error(cli_error(capsys, *resume, "--total-steps", "64"),
+    assert_one_line_error(cli_error(capsys, *resume, "--total-steps", "32"),
                           "already at step 64", "--total-steps")
     assert_one_line_error(cli_error(capsys, *resume, "--dataset", "data.hdf5"), "dataset")
     assert_one_line_error(cli_error(capsys, *resume, "--base-policy", "scripted"),

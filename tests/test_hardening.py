@@ -189,6 +189,7 @@ def _edited(trained: Path, tmp_path: Path, edit) -> Path:
     (lambda s: s["modules"]["policy"].popitem(), "configuration"),
     (lambda s: s["config"].update({3: 1}), "strings"),
     (lambda s: s["run"].pop("env"), "no env"),
+    (lambda s: s.update(last_evaluation={"step": 3, "returns": [1.0]}), "last_evaluation"),
     (lambda s: s["rng"]["numpy"]["state"].update(inc=-1), "uint64"),
 ])
 def test_checkpoint_entries_are_checked(trained, tmp_path, edit, needle):

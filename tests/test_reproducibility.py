@@ -94,6 +94,36 @@ def test_resume_equals_straight_run(algo, tmp_path):
     resumed.close()
 
 
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_run_stopped_on_its_last_iteration_finishes_on_resume(algo, tmp_path):
+    """A stop during the last iteration leaves the final evaluation undone; resuming with the
+    run's own budget again (what a sweep passes) evaluates then, as the straight run did, and
+    resuming the finished run again adds nothing."""
+    n, extra = STEPS[algo], {"eval_every": 10 * STEPS[algo], "eval_episodes": 2}
+    straight = make_algo(algo, tmp_path / "straight", seed=1, **extra).learn()
+    assert straight.last_evaluation.step == n
+    first = make_algo(algo, tmp_path / "split", seed=1, **extra)
+    iteration = first.train_iteration
+
+    def stop_on_the_last() -> None:
+        iteration()
+        if first.step >= n:
+            request_stop()
+
+    first.train_iteration = stop_on_the_last
+    with pytest.raises(TrainingInterrupted):
+        first.learn()
+    first.close()
+    assert not any("eval/mean_reward" in r for r in read_metrics(tmp_path / "split"))
+    for _ in range(2):
+        resumed = api.resume(tmp_path / "split", total_steps=n).learn()
+        resumed.close()
+        assert resumed.last_evaluation.step == n
+        assert np.array_equal(resumed.last_evaluation.returns, straight.last_evaluation.returns)
+        assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "straight")
+    straight.close()
+
+
 @pytest.mark.parametrize(("algo", "normalize"), [("ppo", True), ("sac", False)])
 def test_resume_equals_straight_run_with_normalisation_and_eval(algo, normalize, tmp_path):
     extra = {"normalize_obs": normalize, "normalize_reward": normalize, "n_envs": 2,

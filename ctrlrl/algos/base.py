@@ -253,9 +253,10 @@ class Algorithm:
                 if interrupted():
                     raise TrainingInterrupted(self.checkpoint_path, interrupted())
                 last = self.last_evaluation
-                if self.step > start_step and (last is None or last.step != self.step) \
-                        and self.no_evaluation_reason() is None:
+                if (last is None or last.step != self.step) and self.no_evaluation_reason() is None:
                     self._evaluate(logger)
+                    # the checkpoint records it: a run resumed now has nothing left to do
+                    self.save(self.checkpoint_path)
         finally:
             self.wall_time = self.elapsed()
             self._session = None
@@ -403,6 +404,8 @@ class Algorithm:
             "extra": self.extra_state(),
             "obs": self.obs,
             "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "last_evaluation": None if self.last_evaluation is None
+            else dataclasses.asdict(self.last_evaluation),
         }
         save_checkpoint(Path(path), state)
         return Path(path)
@@ -440,6 +443,8 @@ class Algorithm:
         self.episodes = deque((tuple(e) for e in ckpt["episodes"]), maxlen=100)
         self.true_returns = deque(ckpt.get("true_returns", []), maxlen=100)
         self.metrics = dict(ckpt["metrics"])
+        last = ckpt.get("last_evaluation")  # absent from checkpoints written before it was kept
+        self.last_evaluation = None if last is None else Evaluation(**last)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], device: str | None = None,

@@ -146,11 +146,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-# what `Algorithm.save` writes, by type; wall_time and true_returns may be absent (older files)
+# what `Algorithm.save` writes, by type; wall_time, true_returns and last_evaluation may be absent
+# (older files)
 CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
     "algo": str, "run": dict, "config": dict, "step": int, "n_updates": int,
     "wall_time": (int, float), "episodes": list, "true_returns": list, "modules": dict,
-    "env": dict, "rng": dict, "extra": dict, "obs": np.ndarray, "metrics": dict}
+    "env": dict, "rng": dict, "extra": dict, "obs": np.ndarray, "metrics": dict,
+    "last_evaluation": (dict, type(None))}
 
 
 def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
@@ -160,7 +162,7 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
 
     for key, types in CHECKPOINT_ENTRIES.items():
         if key not in ckpt:
-            if key not in ("wall_time", "true_returns"):
+            if key not in ("wall_time", "true_returns", "last_evaluation"):
                 return f"no {key!r} entry"
         elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
             return f"{key!r} is a {type(ckpt[key]).__name__}"
@@ -179,6 +181,14 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
         return "'modules' hold other than state dicts"
     if not isinstance(ckpt["env"].get("envs"), list):
         return "'env' holds no list of env states"
+    last = ckpt.get("last_evaluation")
+    if last is not None and not (
+            set(last) == {"step", "returns", "true_returns", "ref_scores"}
+            and isinstance(last["step"], int) and isinstance(last["returns"], np.ndarray)
+            and isinstance(last["true_returns"], np.ndarray)
+            and (last["ref_scores"] is None or isinstance(last["ref_scores"], tuple)
+                 and len(last["ref_scores"]) == 2 and all(map(number, last["ref_scores"])))):
+        return "'last_evaluation' is not an evaluation"
     return None
 
 
