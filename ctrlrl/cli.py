@@ -228,28 +228,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
     note = algo.budget_note()
     if note:
         print(f"note: {note}")
-    start = algo.step
+    before = (algo.step, algo.last_evaluation)
     try:
         algo.learn()
     finally:
         algo.close()
     print(f"done: {algo.step} steps; checkpoint {algo.checkpoint_path}")
-    print(_outcome(algo, trained=algo.step > start))
+    print(_outcome(algo, worked=algo.step > before[0] or algo.last_evaluation is not before[1]))
     print(f"watch: tensorboard --logdir {algo.run_dir}")
 
 
-def _outcome(algo: Any, trained: bool) -> str:
-    """A finished run's verdict: its final evaluation (or why there is none) and its headline."""
+def _outcome(algo: Any, worked: bool) -> str:
+    """A finished run's verdict: its final evaluation (or why there is none) and its headline;
+    `worked`: this `learn` trained or evaluated (a finished run resumed does neither)."""
     last = algo.last_evaluation
+    parts = [] if worked else [f"nothing to train: the run is at step {algo.step} of total_steps="
+                               f"{algo.run.total_steps}; pass a larger --total-steps to continue it"]
     if last is not None and last.step == algo.step:
-        verdict = (f"final evaluation at step {last.step}: return {_mean_std(last.returns)} over "
-                   f"{len(last.returns)} deterministic episodes")
-    elif not trained:
-        verdict = (f"nothing to train: the run is at step {algo.step} of total_steps="
-                   f"{algo.run.total_steps}; pass a larger --total-steps to continue it")
-    else:
-        verdict = f"no final evaluation: {algo.no_evaluation_reason()}"
-    return _with_headline(verdict, algo.headline(last))
+        parts.append(f"final evaluation at step {last.step}: return {_mean_std(last.returns)} "
+                     f"over {len(last.returns)} deterministic episodes")
+    elif worked:
+        parts.append(f"no final evaluation: {algo.no_evaluation_reason()}")
+    return _with_headline("; ".join(parts), algo.headline(last))
 
 
 def _mean_std(returns: Any) -> str:

@@ -79,6 +79,7 @@ def test_a_finished_run_resumed_is_not_evaluated_again(tmp_path, capsys):
     assert cli.main(["train", "ppo", "--resume", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "nothing to train: the run is at step 64 of total_steps=64" in out
+    assert "final evaluation at step 64: return" in out  # the one made before, kept in the checkpoint
     assert len(_eval_rows(tmp_path / "r")) == 1
 
 

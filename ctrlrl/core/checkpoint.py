@@ -186,8 +186,8 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
             set(last) == {"step", "returns", "true_returns", "ref_scores"}
             and isinstance(last["step"], int) and isinstance(last["returns"], np.ndarray)
             and isinstance(last["true_returns"], np.ndarray)
-            and (last["ref_scores"] is None or isinstance(last["ref_scores"], tuple)
-                 and len(last["ref_scores"]) == 2 and all(map(number, last["ref_scores"])))):
+            and (last["ref_scores"] is None or (isinstance(last["ref_scores"], tuple)
+                 and len(last["ref_scores"]) == 2 and all(map(number, last["ref_scores"]))))):
         return "'last_evaluation' is not an evaluation"
     return None
 
