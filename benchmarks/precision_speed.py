@@ -12,11 +12,17 @@ Each round times --updates calls of `update(replay.sample(256))` per precision �
 its networks switched with `set_compute_dtype` — and, for SAC and TD3, stable-baselines3's
 `train(gradient_steps=--updates)` on a buffer of 600 real transitions. Figures are ms per gradient
 step, medians over rounds. Writes a markdown table to stdout (and to --out if given).
+
+The floor columns say what the matrix multiplies alone cost: an update's FLOPs (counted by
+`torch.utils.flop_counter`, averaged over two updates for TD3's delayed actor) at the rate this
+core runs a 256×256×256 matmul in that precision. No update of the same networks and batch can be
+faster than its floor, whatever else is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -75,6 +81,31 @@ def ms_per_step(model, precision: str, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e3
 
 
+def mflop_per_update(model) -> float:
+    """Mean MFLOP of two consecutive updates (TD3 updates its actor every other one)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(2):
+            model.update(model.replay.sample(256))
+            model.n_updates += 1
+    return counter.get_total_flops() / 2 / 1e6
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 256, repeats: int = 400) -> float:
+    """This core's rate on an n×n×n matmul in `dtype` (best of three timings)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(20):
+        a @ b
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default="sac,td3,td3bc,a2pr,odice")
@@ -87,14 +118,19 @@ def main() -> None:
     lines = [f"machine: {cpu_name()}, 1 torch thread, batch 256, Hopper-v5",
              f"command: python benchmarks/precision_speed.py --algos {args.algos} "
              f"--updates {args.updates} --rounds {args.rounds}", "",
-             "| learner | fp32 ms | bf16 ms | bf16 speed-up | sb3 ms | fp32 / sb3 | bf16 / sb3 |",
-             "|---|---|---|---|---|---|---|"]
+             "| learner | fp32 ms | bf16 ms | bf16 speed-up | sb3 ms | fp32 / sb3 | bf16 / sb3 "
+             "| MFLOP | fp32 floor ms | bf16 floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    rates = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    lines[0] += (f"; a 256³ matmul runs at {rates['fp32']:.0f} GFLOP/s in fp32, "
+                 f"{rates['bf16']:.0f} in bf16")
     for algo in args.algos.split(","):
         model = learner(algo, args.dataset)
         reference = sb3_learner(algo) if algo in ONLINE else None
         ms: dict[str, list[float]] = {"fp32": [], "bf16": [], "sb3": []}
         for precision in ("fp32", "bf16"):  # untimed: first calls allocate
             ms_per_step(model, precision, 2)
+        mflop = mflop_per_update(model)
         for _ in range(args.rounds):
             for precision in ("fp32", "bf16"):
                 ms[precision].append(ms_per_step(model, precision, args.updates))
@@ -106,7 +142,8 @@ def main() -> None:
         sb3 = (f"{med['sb3']:.2f} | {med['sb3'] / med['fp32']:.2f}x | {med['sb3'] / med['bf16']:.2f}x"
                if "sb3" in med else "| |")
         lines.append(f"| {algo} | {med['fp32']:.2f} | {med['bf16']:.2f} | "
-                     f"{med['fp32'] / med['bf16']:.2f}x | {sb3} |")
+                     f"{med['fp32'] / med['bf16']:.2f}x | {sb3} | {mflop:.0f} | "
+                     f"{mflop / rates['fp32']:.2f} | {mflop / rates['bf16']:.2f} |")
         print(lines[-1], file=sys.stderr, flush=True)  # progress; the table goes to stdout
         model.close()
     text = "\n".join(lines)
