@@ -50,6 +50,22 @@ def test_different_seed_different_run(algo, tmp_path):
     b.close()
 
 
+def _stop_at(n: int, learner) -> None:
+    """Train `learner` until its first iteration ending at step >= n, then stop it as Ctrl-C
+    does (checkpoint written, TrainingInterrupted raised)."""
+    iteration = learner.train_iteration
+
+    def then_stop() -> None:
+        iteration()
+        if learner.step >= n:
+            request_stop()
+
+    learner.train_iteration = then_stop
+    with pytest.raises(TrainingInterrupted):
+        learner.learn()
+    learner.close()
+
+
 def _straight_and_resumed(algo, tmp_path, extra=None, ckpt_every=(0, 0)):
     extra = extra or {}
     n = STEPS[algo]
@@ -57,19 +73,8 @@ def _straight_and_resumed(algo, tmp_path, extra=None, ckpt_every=(0, 0)):
                          checkpoint_every=ckpt_every[0], **extra).learn()
     # the split run has the straight run's budget (schedules such as MDPO's t_k and annealed
     # learning rates depend on it) and is stopped at n the way Ctrl-C stops it
-    first = make_algo(algo, tmp_path / "split", seed=1, total_steps=2 * n,
-                      checkpoint_every=ckpt_every[1], **extra)
-    iteration = first.train_iteration
-
-    def stop_at_n() -> None:
-        iteration()
-        if first.step >= n:
-            request_stop()
-
-    first.train_iteration = stop_at_n
-    with pytest.raises(TrainingInterrupted):
-        first.learn()
-    first.close()
+    _stop_at(n, make_algo(algo, tmp_path / "split", seed=1, total_steps=2 * n,
+                          checkpoint_every=ckpt_every[1], **extra))
     resumed = api.resume(tmp_path / "split")
     assert resumed.step == n
     resumed.learn()
@@ -102,18 +107,7 @@ def test_run_stopped_on_its_last_iteration_finishes_on_resume(algo, tmp_path):
     n, extra = STEPS[algo], {"eval_every": 10 * STEPS[algo], "eval_episodes": 2}
     straight = make_algo(algo, tmp_path / "straight", seed=1, **extra).learn()
     assert straight.last_evaluation.step == n
-    first = make_algo(algo, tmp_path / "split", seed=1, **extra)
-    iteration = first.train_iteration
-
-    def stop_on_the_last() -> None:
-        iteration()
-        if first.step >= n:
-            request_stop()
-
-    first.train_iteration = stop_on_the_last
-    with pytest.raises(TrainingInterrupted):
-        first.learn()
-    first.close()
+    _stop_at(n, make_algo(algo, tmp_path / "split", seed=1, **extra))
     assert not any("eval/mean_reward" in r for r in read_metrics(tmp_path / "split"))
     for _ in range(2):
         resumed = api.resume(tmp_path / "split", total_steps=n).learn()
