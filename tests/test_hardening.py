@@ -370,6 +370,33 @@ def test_a_sweep_retries_a_run_that_failed_before_its_run_dir(tmp_path):
     assert not (spec.run_dir / "error.txt").exists()
 
 
+def test_a_sweep_finishes_a_run_stopped_during_its_last_iteration(tmp_path, monkeypatch):
+    """Stopped with its last checkpoint at its budget but before done.json, a run is resumed by
+    the next sweep with that same budget and ends done (it used to be refused: 'already at step')."""
+    from ctrlrl.algos.ppo import PPO
+    from ctrlrl.core.signals import request_stop
+
+    settings = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "hidden_sizes": [32, 32],
+                "log_every": 64, "tensorboard": False, "eval_every": 0, "n_envs": 1,
+                "device": "cpu"}
+    grid = sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 64, str(tmp_path / "out"), settings)
+    (spec, _), = sweep.plan(grid)
+    iteration = PPO.train_iteration
+
+    def then_stop(self) -> None:
+        iteration(self)
+        request_stop()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PPO, "train_iteration", then_stop)
+        assert sweep.run_one(spec)["status"] == "stopped"
+    assert not (spec.run_dir / sweep.DONE_FILE).exists()
+    (spec, state), = sweep.plan(grid)
+    assert state == "resume"
+    assert sweep.run_one(spec)["status"] == "done"
+    assert json.loads((spec.run_dir / sweep.DONE_FILE).read_text())["steps"] == 64
+
+
 def test_what_counts_as_a_run_dir(tmp_path):
     assert not is_run_dir(tmp_path)
     (tmp_path / "config.yaml").write_text("learning_rate: 0.1\n")  # someone else's config
