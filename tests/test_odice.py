@@ -18,13 +18,12 @@ from ctrlrl.algos import odice as odice_module
 from ctrlrl.algos.odice import (
     ODICEConfig,
     ODICEILConfig,
-    episode_bounds,
     extraction_weight,
     f_star,
     project_out,
 )
 from ctrlrl.core.errors import UserError
-from ctrlrl.data import load, read_d4rl, write_d4rl
+from ctrlrl.data import episode_bounds, load, read_d4rl, write_d4rl
 
 BANDIT = "ctrlrl/Bandit-v0"
 

@@ -88,6 +88,27 @@ def test_bc_fits_the_behaviour_policy(tmp_path):
     algo.close()
 
 
+def test_bc_on_one_expert_trajectory_sees_only_that_episode(tmp_path):
+    """`expert_trajectory=k`: the buffer holds episode k's rows and nothing else, as odice-il's."""
+    raw = read_d4rl(OFFLINE_DATA)
+    ends = np.flatnonzero(raw["terminals"] | raw["timeouts"])
+    start, end = ends[1] + 1, ends[2] + 1  # the episode with index 2
+    algo = make_algo("bc", tmp_path / "run", env="Hopper-v5", dataset=str(OFFLINE_DATA),
+                     total_steps=10, expert_trajectory=2, normalize_states=False)
+    algo.load_dataset()
+    rows = algo.replay.storage.numpy()
+    assert len(rows) == end - start
+    o, a = algo.obs_dim, algo.act_dim
+    np.testing.assert_allclose(rows[:, :o], raw["observations"][start:end], rtol=1e-6)
+    np.testing.assert_allclose(rows[:, o:o + a], raw["actions"][start:end], rtol=1e-6)
+    algo.close()
+    for k, needle in ((99999, "expert_trajectory=99999; pick an index below"),
+                      (-2, "expert_trajectory=-2 is out of range")):
+        with pytest.raises(UserError, match=needle):
+            make_algo("bc", tmp_path / f"bad{k}", env="Hopper-v5", dataset=str(OFFLINE_DATA),
+                      total_steps=1, expert_trajectory=k).load_dataset()
+
+
 def test_td3bc_q_term_is_invariant_to_the_q_scale(tmp_path):
     """λ = α / mean|Q| makes the actor's Q term −α·mean Q / mean|Q|: scaling Q changes nothing."""
     algo = make_algo("td3bc", tmp_path, total_steps=50)

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -324,19 +323,7 @@ class ODICEILConfig(ODICEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.expert_trajectory < -1:
-            raise UserError(f"setting expert_trajectory={self.expert_trajectory} is out of range: "
-                            "need an episode index >= 0, or -1 for the whole dataset")
-
-
-def episode_bounds(data: Dataset) -> list[tuple[int, int]]:
-    """[start, end) rows of each episode of a transition set: an episode ends at a terminal row, or
-    where the next row does not start at this row's next observation (a time-limit cut)."""
-    from ctrlrl.data import episode_ends
-
-    ends = episode_ends(data.observations, data.next_observations, data.terminals)
-    cuts = np.concatenate(([0], np.flatnonzero(ends) + 1))
-    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+        check_ranges(self, episode_index=("expert_trajectory",))
 
 
 class ODICEIL(ODICE):
@@ -347,15 +334,7 @@ class ODICEIL(ODICE):
     Config = ODICEILConfig
 
     def prepare_dataset(self, data: Dataset) -> Dataset:
-        k = self.cfg.expert_trajectory
-        if k >= 0:
-            bounds = episode_bounds(data)
-            if k >= len(bounds):
-                raise UserError(f"dataset {data.source} has {len(bounds)} episode(s), so there is no "
-                                f"expert_trajectory={k}; pick an index below {len(bounds)}")
-            rows = slice(*bounds[k])
-            data = dataclasses.replace(
-                data, observations=data.observations[rows], actions=data.actions[rows],
-                rewards=data.rewards[rows], next_observations=data.next_observations[rows],
-                terminals=data.terminals[rows])
+        from ctrlrl.data import one_episode
+
+        data = one_episode(data, self.cfg.expert_trajectory, "expert_trajectory")
         return dataclasses.replace(data, rewards=np.zeros_like(data.rewards))

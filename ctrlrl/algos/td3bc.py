@@ -12,12 +12,14 @@ std + 1e-3). Defaults are the paper's: Adam 3e-4, batch 256, 256-256 ReLU, γ 0.
 policy noise 0.2 clipped at 0.5, actor every 2 critic steps, 1M gradient steps.
 
 `bc` is the deterministic behaviour cloning of the TD3+BC paper: the same actor, mean squared error
-to the dataset's actions, the same state normalisation.
+to the dataset's actions, the same state normalisation. `expert_trajectory` restricts it to one
+episode of the dataset: behaviour cloning on the demonstration `odice-il` imitates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,9 @@ from ctrlrl.algos.td3 import TD3, TD3LearnerConfig
 from ctrlrl.core.buffers import Batch
 from ctrlrl.core.config import check_ranges
 from ctrlrl.core.nets import DeterministicPolicy, FlatParams, adam
+
+if TYPE_CHECKING:
+    from ctrlrl.data import Dataset
 
 
 @dataclass
@@ -63,9 +68,12 @@ class BCConfig:
     learning_rate: float = 3e-4  # Adam step size of the actor
     normalize_states: bool = True  # standardise states by the dataset's mean and std + 1e-3
     hidden_sizes: tuple[int, ...] = (256, 256)  # hidden layer widths of the actor
+    # learn from one episode of the dataset (0-based index), as odice-il does; -1: every transition
+    expert_trajectory: int = -1
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("batch_size", "learning_rate"), widths=("hidden_sizes",))
+        check_ranges(self, positive=("batch_size", "learning_rate"), widths=("hidden_sizes",),
+                     episode_index=("expert_trajectory",))
 
 
 class BC(OfflineAlgorithm):
@@ -81,6 +89,11 @@ class BC(OfflineAlgorithm):
 
     def state_modules(self):
         return {"actor": self.actor, "actor_opt": self.actor_opt, "obs_stats": self.obs_stats}
+
+    def prepare_dataset(self, data: Dataset) -> Dataset:
+        from ctrlrl.data import one_episode
+
+        return one_episode(data, self.cfg.expert_trajectory, "expert_trajectory")
 
     def update(self, b: Batch) -> Metrics:
         loss = F.mse_loss(self.actor(b.obs), b.actions)

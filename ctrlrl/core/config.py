@@ -49,12 +49,14 @@ def check_choices(cfg: Any, **allowed: tuple[str, ...]) -> None:
 
 
 def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                 fraction: tuple[str, ...] = (), widths: tuple[str, ...] = ()) -> None:
+                 fraction: tuple[str, ...] = (), widths: tuple[str, ...] = (),
+                 episode_index: tuple[str, ...] = ()) -> None:
     """Raise a UserError naming the first setting outside its range.
 
     positive: > 0; non_negative: ≥ 0; fraction: in [0, 1]; widths: a non-empty list of
-    positive layer sizes. Called from each config's `__post_init__`, so every way of building a
-    config (defaults, presets, --set, checkpoints) is checked.
+    positive layer sizes; episode_index: ≥ −1 (−1: every episode). Called from each config's
+    `__post_init__`, so every way of building a config (defaults, presets, --set, checkpoints)
+    is checked.
     """
     def bad(key: str, need: str) -> UserError:
         return UserError(f"setting {key}={getattr(cfg, key)!r} is out of range: need {need}")
@@ -72,6 +74,9 @@ def check_ranges(cfg: Any, positive: tuple[str, ...] = (), non_negative: tuple[s
         sizes = getattr(cfg, key)
         if not sizes or any(int(w) <= 0 for w in sizes):
             raise bad(key, "a non-empty list of positive layer sizes, e.g. [256,256]")
+    for key in episode_index:
+        if not getattr(cfg, key) >= -1:
+            raise bad(key, "an episode index >= 0, or -1 for the whole dataset")
 
 
 MAX_THREADS = 1024

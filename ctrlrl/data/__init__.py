@@ -5,6 +5,7 @@ validated `Dataset` of transitions, checked against the env it will be evaluated
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ from ctrlrl.data.d4rl import (
     write_d4rl,
 )
 
-__all__ = ["ENV_OF_TASK", "REF_SCORES", "REQUIRED", "Dataset", "data_dir", "dataset_env", "episode_ends",
-           "episode_returns",
-           "load", "normalized_score", "read_d4rl", "reference_scores", "resolve_task", "task_env",
+__all__ = ["ENV_OF_TASK", "REF_SCORES", "REQUIRED", "Dataset", "data_dir", "dataset_env",
+           "episode_bounds", "episode_ends", "episode_returns", "load", "normalized_score",
+           "one_episode", "read_d4rl", "reference_scores", "resolve_task", "task_env",
            "transitions", "validate_d4rl", "write_d4rl"]
 
 ACTION_TOLERANCE = 1e-4  # how far outside the env's Box bounds a stored action may lie (float rounding)
@@ -56,6 +57,30 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.rewards)
+
+
+def episode_bounds(data: Dataset) -> list[tuple[int, int]]:
+    """[start, end) rows of each episode of a transition set: an episode ends at a terminal row, or
+    where the next row does not start at this row's next observation (a time-limit cut)."""
+    ends = episode_ends(data.observations, data.next_observations, data.terminals)
+    cuts = np.concatenate(([0], np.flatnonzero(ends) + 1))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+
+
+def one_episode(data: Dataset, index: int, setting: str) -> Dataset:
+    """The transitions of episode `index` (0-based, in the file's order) of `data`; −1: all of
+    `data`. `setting` names the option that chose the index, for the error past the last episode."""
+    if index < 0:
+        return data
+    bounds = episode_bounds(data)
+    if index >= len(bounds):
+        raise UserError(f"dataset {data.source} has {len(bounds)} episode(s), so there is no "
+                        f"{setting}={index}; pick an index below {len(bounds)}")
+    rows = slice(*bounds[index])
+    return dataclasses.replace(
+        data, observations=data.observations[rows], actions=data.actions[rows],
+        rewards=data.rewards[rows], next_observations=data.next_observations[rows],
+        terminals=data.terminals[rows])
 
 
 def data_dir() -> Path:
