@@ -8,7 +8,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_one_line_error, assert_same_state, make_algo, read_metrics, run_cli
+from conftest import (
+    REPO,
+    assert_one_line_error,
+    assert_same_state,
+    make_algo,
+    read_metrics,
+    run_cli,
+)
 
 from ctrlrl import api
 from ctrlrl.core import config
@@ -138,6 +145,24 @@ def test_auto_is_the_algorithms_default_and_recorded_resolved(tmp_path, monkeypa
     c = make_algo("td3", tmp_path / "c")
     assert c.run.precision == "fp32"
     c.close()
+
+
+QUALITY_NAMES = {"SAC": "sac", "TD3": "td3", "TD3+BC": "td3bc", "A2PR": "a2pr", "O-DICE": "odice"}
+
+
+def test_defaults_are_what_the_quality_table_chose():
+    """docs/speed.md's bf16-vs-fp32 table names each algorithm's default; the classes agree, and no
+    algorithm defaults to bf16 without rows there."""
+    text = (REPO / "docs" / "speed.md").read_text()
+    table = text[text.index("### Does bf16 learn as well?"):].split("\n\n| group |")[1]
+    chosen: dict[str, set[str]] = {}
+    for line in table.split("\n\n")[0].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        chosen.setdefault(QUALITY_NAMES[cells[1]], set()).add(cells[-1].strip("*").split()[0])
+    assert set(chosen) == set(QUALITY_NAMES.values())
+    for name in api.list_algos():
+        default = api.algo_class(name).default_precision
+        assert chosen.get(name, {"fp32"}) == {default}, name
 
 
 def test_bf16_where_it_is_slow_runs_with_a_one_line_note(monkeypatch, capsys):
