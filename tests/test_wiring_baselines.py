@@ -215,6 +215,60 @@ def test_ppo_loss_is_the_clipped_surrogate(ppo):
     assert close(approx_kl[0], h_kl)
 
 
+@pytest.fixture
+def factor_ppo(tmp_path, monkeypatch):
+    """PPO with `ratio: factor` on lot-sizing (MultiDiscrete, 5 components), one rollout collected."""
+    algo = make_algo("ppo", tmp_path, env="ctrlrl/LotSizing-15x5-v0", ratio="factor",
+                     ent_coef=0.01, n_steps=64, batch_size=32, n_epochs=2, hidden_sizes=[32, 32])
+    with monkeypatch.context() as m:
+        ppo_rollout(algo, m)
+    yield algo
+    algo.close()
+
+
+def test_ppo_factor_ratio_clips_each_action_component(factor_ppo):
+    """One clipped ratio per component against π_old's log-probability of that component; the
+    surrogate and the entropy are averaged over samples and components."""
+    algo, g = factor_ppo, torch.Generator().manual_seed(2)
+    b = algo.rollout.all()
+    with torch.no_grad():
+        logp, entropy = algo.policy.factor_log_prob_entropy(b.obs, b.actions)
+    assert logp.shape == (len(b.obs), 5)
+    b = b._replace(log_probs=logp + 1.2 * torch.rand(logp.shape, generator=g) - 0.6)
+    loss, stats, log_ratio = algo.loss(b)
+    ratio = torch.exp(logp - b.log_probs)
+    adv = ((b.advantages - b.advantages.mean()) / (b.advantages.std() + 1e-8))[:, None]
+    pg = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    value_loss = ((algo.value_fn(b.obs).squeeze(-1) - b.returns) ** 2).mean()
+    assert (ratio > 1.2).any() and (ratio < 0.8).any()  # guard: the clip binds both ways
+    assert close(stats[0], pg) and close(stats[2], -entropy.mean()) and close(stats[1], value_loss)
+    assert close(loss, pg - 0.01 * entropy.mean() + algo.cfg.vf_coef * value_loss)
+    torch.testing.assert_close(log_ratio, (logp - b.log_probs).reshape(-1))
+
+
+def test_ppo_factor_ratio_update_feeds_the_acting_policys_component_log_probs(factor_ppo,
+                                                                              monkeypatch):
+    """Every minibatch the update evaluates carries, per component, the log-probability that the
+    policy before this update gave its actions — not the joint log-probability the rollout kept."""
+    algo = factor_ppo
+    before = copy.deepcopy(algo.policy)
+    seen, real_loss = [], algo.minibatch_loss
+    monkeypatch.setattr(algo, "minibatch_loss",
+                        lambda b, by_hand: seen.append(b) or real_loss(b, by_hand))
+    algo.update(algo.rollout)
+    assert len(seen) == 4  # 2 epochs of 2 minibatches
+    for b in seen:
+        with torch.no_grad():
+            expected = before.factor_log_prob_entropy(b.obs, b.actions)[0]
+        torch.testing.assert_close(b.log_probs, expected)
+    assert not close(algo.policy.factor_log_prob_entropy(b.obs, b.actions)[0], expected)  # it learnt
+
+
+def test_ppo_ratio_is_refused_where_the_policy_is_not_multidiscrete(tmp_path):
+    with pytest.raises(UserError, match="cannot use ratio='factor'"):
+        make_algo("ppo", tmp_path, ratio="factor")  # Pendulum: a Gaussian policy
+
+
 def test_ppo_value_clipping_when_configured(ppo):
     b = off_policy_batch(ppo)
     ppo.cfg.clip_range_vf = 0.1

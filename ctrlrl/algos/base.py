@@ -98,6 +98,10 @@ class Algorithm:
                              and not isinstance(env.action_space, gym.spaces.Box),
                              f"it starts a Gaussian policy's std, and {run.env} acts in "
                              f"{env.action_space}"),
+            "ratio": (hasattr(cfg, "ratio")
+                      and not isinstance(env.action_space, gym.spaces.MultiDiscrete),
+                      f"it chooses how a MultiDiscrete policy's ratio is taken, and {run.env} "
+                      f"acts in {env.action_space}"),
         }
         return {key: why for key, (unused, why) in candidates.items() if unused}
 

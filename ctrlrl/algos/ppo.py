@@ -38,7 +38,7 @@ from ctrlrl.algos.base import Metrics
 from ctrlrl.algos.on_policy import ActorCriticConfig, OnPolicyAlgorithm
 from ctrlrl.core import handgrad
 from ctrlrl.core.buffers import RolloutBatch, RolloutBuffer, standardize
-from ctrlrl.core.config import check_ranges
+from ctrlrl.core.config import check_choices, check_ranges
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import FlatParams, GaussianPolicy, adam
 
@@ -53,6 +53,9 @@ class PPOConfig(ActorCriticConfig):
     clip_range: float = 0.2  # ε of the clipped probability ratio, clip(r, 1 − ε, 1 + ε)
     clip_range_vf: float | None = None  # clip V − V_old to ± this in the value loss; null: unclipped
     normalize_advantage: bool = True  # standardise advantages per minibatch
+    # MultiDiscrete policies: joint (one ratio of the whole action) | factor (a clipped ratio per
+    # component, surrogate and entropy averaged over components, as PDPPO's reference baseline)
+    ratio: str = "joint"
     ent_coef: float = 0.0  # weight of the entropy bonus
     vf_coef: float = 0.5  # weight of the value loss
     max_grad_norm: float = 0.5  # clip the gradients' global norm to this
@@ -69,6 +72,7 @@ class PPOConfig(ActorCriticConfig):
                             "no early stopping")
         if self.kl_stop not in ("minibatch", "epoch"):
             raise UserError(f"setting kl_stop={self.kl_stop!r}: use minibatch or epoch")
+        check_choices(self, ratio=("joint", "factor"))
 
 
 def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
@@ -112,16 +116,19 @@ class PPO(OnPolicyAlgorithm):
         self.optimizer = adam([self.flat.param], cfg.learning_rate, cfg.adam_eps)
         self.rollout = self.make_rollout_buffer()
         self._loss = self.maybe_compile(self.loss)
+        self.factor_ratio = cfg.ratio == "factor" and hasattr(self.policy, "factor_log_prob_entropy")
 
     def state_modules(self):
         return {"policy": self.policy, "value_fn": self.value_fn, "optimizer": self.optimizer}
 
     def loss(self, b: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clipped-surrogate loss of one minibatch, and its diagnostics, detached: the stats row
-        (policy-gradient, value, entropy losses, total) and the log-ratios log π/π_old."""
-        log_prob, entropy = self.policy.log_prob_entropy(b.obs, b.actions)
+        (policy-gradient, value, entropy losses, total) and the log-ratios log π/π_old (one per
+        action component with `ratio: factor`, where `b.log_probs` holds them per component)."""
+        log_prob, entropy = (self.policy.factor_log_prob_entropy if self.factor_ratio
+                             else self.policy.log_prob_entropy)(b.obs, b.actions)
         terms = self.surrogate_terms(b, log_prob, entropy, self.value(b.obs))
-        return terms.loss, terms.stats.detach(), terms.log_ratio.detach()
+        return terms.loss, terms.stats.detach(), terms.log_ratio.detach().reshape(-1)
 
     def surrogate_terms(self, b: RolloutBatch, log_prob: torch.Tensor, entropy: torch.Tensor,
                         value: torch.Tensor) -> SurrogateTerms:
@@ -131,6 +138,8 @@ class PPO(OnPolicyAlgorithm):
         adv = b.advantages
         if cfg.normalize_advantage and len(adv) > 1:
             adv = standardize(adv)
+        if log_prob.dim() == 2:  # per action component: each sample's advantage for each
+            adv = adv.unsqueeze(1)
         log_ratio = log_prob - b.log_probs
         ratio = log_ratio.exp()
         clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
@@ -209,10 +218,16 @@ class PPO(OnPolicyAlgorithm):
         reg_infos: list[Metrics] = []
         per_minibatch = cfg.kl_stop == "minibatch"
         by_hand = self.uses_hand_gradients()
+        if self.factor_ratio:  # π_old per component: the policy that acted, before this update
+            whole = rollout.all()
+            with torch.no_grad():
+                old_log_probs = self.policy.factor_log_prob_entropy(whole.obs, whole.actions)[0]
         for _ in range(cfg.n_epochs):
             stopped = False
             epoch_start = len(log_ratios)
             for idx, b in rollout.indexed_minibatches(cfg.batch_size):
+                if self.factor_ratio:
+                    b = b._replace(log_probs=old_log_probs[idx])
                 loss, stats_row, log_ratio = self.minibatch_loss(b, by_hand)
                 log_ratios.append(log_ratio)
                 stats.append(stats_row)
