@@ -70,9 +70,7 @@ class PPOConfig(ActorCriticConfig):
         if self.target_kl is not None and not self.target_kl > 0:
             raise UserError(f"setting target_kl={self.target_kl!r}: use a value > 0, or null for "
                             "no early stopping")
-        if self.kl_stop not in ("minibatch", "epoch"):
-            raise UserError(f"setting kl_stop={self.kl_stop!r}: use minibatch or epoch")
-        check_choices(self, ratio=("joint", "factor"))
+        check_choices(self, kl_stop=("minibatch", "epoch"), ratio=("joint", "factor"))
 
 
 def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
