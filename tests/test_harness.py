@@ -125,7 +125,13 @@ def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):
         assert row["best_mean"] >= row["final_mean"]
         assert row["steps_min"] >= 800 and row["fps_mean"] > 0 and row["wall_time_mean"] > 0
         assert (row["label"] == "ppo") == ("welch" in row)
-    assert table.count("| Pendulum-v1 |") == 2 and "Welch ppo vs td3" in table
+        if row["label"] == "ppo":
+            td3 = next(r for r in data["rows"] if r["env"] == row["env"] and r["label"] == "td3")
+            for k in ("final", "best"):
+                diff = row["welch"][k]
+                assert diff["diff"] == pytest.approx(row[f"{k}_mean"] - td3[f"{k}_mean"])
+                assert diff["diff_ci"] == list(stats.bootstrap_diff_ci(row[k], td3[k]))
+    assert table.count("| Pendulum-v1 |") == 2 and "ppo − td3: Δ [CI], Welch t, p" in table
     png = (tmp_path / "res" / "grid.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -149,6 +155,15 @@ def test_bootstrap_ci_fixed_seed_and_normal_theory():
     assert float(a[0]) == pytest.approx(x.mean() - half, abs=0.1 * half)
     assert float(a[1]) == pytest.approx(x.mean() + half, abs=0.1 * half)
     assert stats.bootstrap_ci(np.array([7.0])) == (7.0, 7.0)
+
+
+def test_bootstrap_diff_ci_hand_computed():
+    # b is constant, so mean(b) is 5 in every resample and the interval is a's shifted by −5;
+    # a's interval is [0, 3/4] (test above)
+    assert stats.bootstrap_diff_ci(np.array([0.0, 0.0, 0.0, 1.0]), np.full(3, 5.0)) == (-5.0, -4.25)
+    # swapping the groups mirrors the interval; each group is resampled on its own
+    assert stats.bootstrap_diff_ci(np.full(3, 5.0), np.array([0.0, 0.0, 0.0, 1.0])) == (4.25, 5.0)
+    assert stats.bootstrap_diff_ci(np.array([3.0]), np.array([1.0, 2.0])) == (1.5, 1.5)
 
 
 def test_iqm_hand_computed():

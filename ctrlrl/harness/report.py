@@ -257,7 +257,9 @@ def build_report(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str
             if (ra is None or rb is None or min(ra["seeds"], rb["seeds"]) < 2
                     or ra["metric"] != rb["metric"]):
                 continue
-            ra["welch"] = {k: dict(zip(("t", "p"), stats.welch(ra[k], rb[k]), strict=True))
+            ra["welch"] = {k: {**dict(zip(("t", "p"), stats.welch(ra[k], rb[k]), strict=True)),
+                               "diff": ra[f"{k}_mean"] - rb[f"{k}_mean"],
+                               "diff_ci": list(stats.bootstrap_diff_ci(ra[k], rb[k]))}
                            for k in ("final", "best")}
     return report
 
@@ -278,7 +280,7 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
     head = ["Env", "Algorithm", *([] if metric else ["Metric"]), "Seeds", "Steps", "Final", "Best",
             "IQM final", "AUC", "Wall time / run", "fps"]
     if welch:
-        head.append(f"Welch {welch['a']} vs {welch['b']} (final; best)")
+        head.append(f"{welch['a']} − {welch['b']}: Δ [CI], Welch t, p (final; best)")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         steps = f"{r['steps_min']}" if r["steps_min"] == r["steps_max"] else \
@@ -290,8 +292,9 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
                  _fmt(r["fps_mean"])]
         if welch:
             w = r.get("welch")
-            cells.append(f"t={w['final']['t']:.2f} p={w['final']['p']:.3g}; "
-                         f"t={w['best']['t']:.2f} p={w['best']['p']:.3g}" if w else "")
+            cells.append("; ".join(f"{_fmt(w[k]['diff'])} [{_fmt(w[k]['diff_ci'][0])}, "
+                                   f"{_fmt(w[k]['diff_ci'][1])}] t={w[k]['t']:.2f} p={w[k]['p']:.3g}"
+                                   for k in ("final", "best")) if w else "")
         lines.append("| " + " | ".join(cells) + " |")
     if image:
         lines += ["", f"![learning curves]({image})"]

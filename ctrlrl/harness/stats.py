@@ -1,4 +1,5 @@
-"""Across-seed statistics for result tables: bootstrap CI, IQM, Welch's t-test, area under curve.
+"""Across-seed statistics for result tables: bootstrap CIs (of a mean and of a difference of means),
+IQM, Welch's t-test, area under curve.
 
 A few lines on `scipy.stats`, as rliable computes them (rliable itself does not import beside
 pandas 3). Confidence intervals are percentile bootstraps of the mean with a fixed seed, so a
@@ -29,6 +30,21 @@ def bootstrap_ci(x: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED
                           rng=np.random.default_rng(seed))
     low, high = res.confidence_interval
     return np.asarray(low), np.asarray(high)
+
+
+def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, n_resamples: int = N_RESAMPLES,
+                      seed: int = SEED) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of mean(a) − mean(b), each group's seeds resampled on their own
+    (two independent samples, as Welch's test takes them)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if min(len(a), len(b)) < 2:
+        diff = float(a.mean() - b.mean())
+        return diff, diff
+    res = stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), vectorized=True,
+                          paired=False, method="percentile", confidence_level=CONFIDENCE,
+                          n_resamples=n_resamples, rng=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return float(low), float(high)
 
 
 def iqm(x: np.ndarray) -> float:
