@@ -56,6 +56,79 @@ grid_orpo_cheetah() {
     ctrlrl sweep --algos ppo-adreg --vary reg_coef=0.01,0.1,1 "${common[@]}"
 }
 
+# MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).
+grid_mdpo_off() {
+    ctrlrl sweep --algos mdpo-off,sac --envs Hopper-v5,HalfCheetah-v5 --seeds 0-4 --total-steps 300000 \
+        --set eval_every=10000 --workers "$W" --out $EV/mdpo-off
+}
+
+# PDPPO vs PPO (the paper's baseline settings: the lot-sizing preset) and PDPPO's single-critic
+# ablation on three lot-sizing instances, 200k steps, evaluated once per 4000-step iteration (the
+# policy changes only between iterations); seeds 0-9 first, then 10-19. Then FrozenLake with
+# post-decision states, 30 runs.
+grid_pdppo() {
+    local envs=ctrlrl/LotSizing-20x10-v0,ctrlrl/LotSizing-25x10-v0,ctrlrl/LotSizing-25x15-v0
+    for seeds in 0-9 10-19; do
+        ctrlrl sweep --algos pdppo,ppo --envs $envs --seeds $seeds --total-steps 200000 \
+            --set eval_every=4000 --workers "$W" --out $EV/pdppo
+        ctrlrl sweep --algos pdppo --vary critics=pre --envs $envs --seeds $seeds --total-steps 200000 \
+            --set eval_every=4000 --workers "$W" --out $EV/pdppo
+    done
+    ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/FrozenLakePD-v0 --seeds 0-29 --workers "$W" --out $EV/pdppo-frozenlake
+}
+
+# Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
+# over {0.03, 0.1, 0.3, 1}; the unnormalised ones over 1/3, 1 and 3 times their calibrated preset
+# step), then each method's best γ0 at seeds 2-4.
+grid_npg() {
+    local out=$EV/npg
+    for e in "Reacher-v5 300000 10000" "Walker2d-v5 1000000 20000"; do
+        set -- $e
+        local common=(--envs $1 --total-steps $2 --set eval_every=$3 --workers "$W" --out $out)
+        ctrlrl sweep --algos npg-igt,n-harpg,npg-momentum --seeds 0-1 --vary gamma0=0.03,0.1,0.3,1.0 "${common[@]}"
+        if [ $1 = Reacher-v5 ]; then
+            ctrlrl sweep --algos pg --seeds 0-1 --vary gamma0=0.00015,0.0005,0.0015 "${common[@]}"
+            ctrlrl sweep --algos harpg --seeds 0-1 --vary gamma0=1.5e-05,5e-05,0.00015 "${common[@]}"
+        else
+            ctrlrl sweep --algos pg --seeds 0-1 --vary gamma0=0.0004,0.0012,0.0036 "${common[@]}"
+            ctrlrl sweep --algos harpg --seeds 0-1 --vary gamma0=4e-05,0.00012,0.00036 "${common[@]}"
+        fi
+        python benchmarks/npg_robustness.py best $out | grep "^$1 " | while read -r env algo g; do
+            ctrlrl sweep --algos $algo --seeds 2-4 --vary gamma0=$g "${common[@]}"
+        done
+    done
+}
+
+# Offline: the generated datasets (docs/datasets.md), then TD3+BC and BC, A2PR (its paper_settings
+# row) and O-DICE, 300k gradient steps, 5 seeds, evaluated every 10k steps (10 episodes).
+DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated
+dataset() {  # ENV LEVEL: make the file unless it is there
+    [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000
+}
+grid_offline() {
+    for env in Hopper-v5 Walker2d-v5; do
+        dataset $env medium
+        local level=${env%%-*}; level=${level,,}-medium
+        local common=(--envs $env --seeds 0-4 --total-steps 300000 --set dataset=$DATA/$env-medium.hdf5
+                      --set eval_every=10000 --set eval_episodes=10 --workers "$W" --out $EV/offline)
+        ctrlrl sweep --algos bc,td3bc "${common[@]}"
+        ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}"
+        ctrlrl sweep --algos odice "${common[@]}"
+    done
+}
+
+# Each algorithm's precision: fp32 against bf16, 5 seeds, short budgets — the rows docs/speed.md's
+# table still lacks (its Pendulum and TD3+BC rows are in).
+grid_precision() {
+    local common=(--seeds 0-4 --vary precision=fp32,bf16 --workers "$W")
+    dataset Hopper-v5 medium
+    ctrlrl sweep --algos a2pr --envs Hopper-v5 --total-steps 30000 \
+        --set dataset=$DATA/Hopper-v5-medium.hdf5 "${common[@]}" --out $EV/precision/hopper-medium
+    ctrlrl sweep --algos odice --envs Hopper-v5 --total-steps 100000 \
+        --set dataset=$DATA/Hopper-v5-medium.hdf5 "${common[@]}" --out $EV/precision/hopper-medium-100k
+    ctrlrl sweep --algos sac,td3 --envs Hopper-v5 --total-steps 100000 "${common[@]}" --out $EV/precision/hopper
+}
+
 keep() {
     # finished runs only; the ORPO base's checkpoint too, as the learners start from it
     find $EV -name done.json -printf '%h\n' | xargs -r git add --
@@ -63,13 +136,18 @@ keep() {
     git status --short $EV | grep -c '^A' || true
 }
 
-[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah)"; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline precision)"; exit 2; }
 for grid in "$@"; do
     case $grid in
         mdpo-on) grid_mdpo_on ;;
         mdpo-on-sb3) grid_mdpo_on_sb3 ;;
         orpo-cheetah) grid_orpo_cheetah ;;
+        mdpo-off) grid_mdpo_off ;;
+        pdppo) grid_pdppo ;;
+        npg) grid_npg ;;
+        offline) grid_offline ;;
+        precision) grid_precision ;;
         keep) keep ;;
-        *) echo "evidence.sh: unknown grid '$grid' (grids: mdpo-on mdpo-on-sb3 orpo-cheetah; or keep)"; exit 2 ;;
+        *) echo "evidence.sh: unknown grid '$grid' (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline precision; or keep)"; exit 2 ;;
     esac
 done

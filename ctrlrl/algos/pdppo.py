@@ -74,7 +74,7 @@ PRE_REWARDS = ("total", "residual")
 
 @dataclass
 class PDPPOConfig(RolloutConfig):
-    n_steps: int = 4000  # steps per env per rollout (the paper updates every 4000 steps)
+    n_steps: int = 4000  # steps per env per rollout (the authors' earlier code; lot-sizing's preset: 400)
     batch_size: int = 0  # minibatch size; 0: the full rollout in one batch, as the paper
     n_epochs: int = 60  # passes over each rollout
     actor_lr: float = 5.5e-4  # Adam step size of the actor
