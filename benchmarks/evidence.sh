@@ -67,12 +67,13 @@ grid_mdpo_off() {
 # policy changes only between iterations); seeds 0-9 first, then 10-19. Then FrozenLake with
 # post-decision states, 30 runs.
 grid_pdppo() {
-    local envs=ctrlrl/LotSizing-20x10-v0,ctrlrl/LotSizing-25x10-v0,ctrlrl/LotSizing-25x15-v0
-    for seeds in 0-9 10-19; do
-        ctrlrl sweep --algos pdppo,ppo --envs $envs --seeds $seeds --total-steps 200000 \
-            --set eval_every=4000 --workers "$W" --out $EV/pdppo
-        ctrlrl sweep --algos pdppo --vary critics=pre --envs $envs --seeds $seeds --total-steps 200000 \
-            --set eval_every=4000 --workers "$W" --out $EV/pdppo
+    for seeds in 0-4 5-9 10-19; do
+        for n in 20x10 25x10 25x15; do
+            local common=(--envs ctrlrl/LotSizing-$n-v0 --seeds $seeds --total-steps 200000
+                          --set eval_every=4000 --workers "$W" --out $EV/pdppo)
+            ctrlrl sweep --algos pdppo,ppo "${common[@]}"
+            ctrlrl sweep --algos pdppo --vary critics=pre "${common[@]}"
+        done
     done
     ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/FrozenLakePD-v0 --seeds 0-29 --workers "$W" --out $EV/pdppo-frozenlake
 }
