@@ -63,14 +63,16 @@ grid_mdpo_off() {
 }
 
 # PDPPO vs PPO (the paper's baseline settings: the lot-sizing preset) and PDPPO's single-critic
-# ablation on three lot-sizing instances, 200k steps, evaluated once per 4000-step iteration (the
-# policy changes only between iterations); seeds 0-9 first, then 10-19. Then FrozenLake with
+# ablation on three lot-sizing instances, 200k steps, evaluated (10 episodes) and logged every 4000
+# steps, as the authors' code logs its training return: evaluating after every 400-step update
+# would cost 2.5 times the training's env steps; seeds 0-4, 5-9, then 10-19, instance by instance.
+# Then FrozenLake with
 # post-decision states, 30 runs.
 grid_pdppo() {
     for seeds in 0-4 5-9 10-19; do
         for n in 20x10 25x10 25x15; do
             local common=(--envs ctrlrl/LotSizing-$n-v0 --seeds $seeds --total-steps 200000
-                          --set eval_every=4000 --workers "$W" --out $EV/pdppo)
+                          --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo)
             ctrlrl sweep --algos pdppo,ppo "${common[@]}"
             ctrlrl sweep --algos pdppo --vary critics=pre "${common[@]}"
         done
