@@ -63,8 +63,7 @@ grid_mdpo_off() {
 # ablation on three lot-sizing instances, 200k steps, evaluated (10 episodes) and logged every 4000
 # steps, as the authors' code logs its training return: evaluating after every 400-step update
 # would cost 2.5 times the training's env steps; seeds 0-4, 5-9, then 10-19, instance by instance.
-# Then FrozenLake with
-# post-decision states, 30 runs.
+# Then FrozenLake with post-decision states, 30 runs.
 grid_pdppo() {
     for seeds in 0-4 5-9 10-19; do
         for n in 20x10 25x10 25x15; do
