@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evidence grids behind docs/results/, one function per results page.
+# The evidence grids behind docs/results/, one function per results page regenerated from them.
 #   bash benchmarks/evidence.sh GRID [GRID ...]     e.g. mdpo-on orpo-cheetah
 #   bash benchmarks/evidence.sh keep                stage every finished run for a commit
 # Every grid writes under runs/evidence/ and is a set of `ctrlrl sweep` calls, so running it again
@@ -63,7 +63,7 @@ grid_mdpo_off() {
 # ablation on three lot-sizing instances, 200k steps, evaluated (10 episodes) and logged every 4000
 # steps, as the authors' code logs its training return: evaluating after every 400-step update
 # would cost 2.5 times the training's env steps; seeds 0-4, 5-9, then 10-19, instance by instance.
-# Then FrozenLake with post-decision states, 30 runs.
+# Then FrozenLake with post-decision states, 30 runs per learner at the paper's 200k steps.
 grid_pdppo() {
     for seeds in 0-4 5-9 10-19; do
         for n in 20x10 25x10 25x15; do
@@ -73,7 +73,8 @@ grid_pdppo() {
             ctrlrl sweep --algos pdppo --vary critics=pre "${common[@]}"
         done
     done
-    ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/FrozenLakePD-v0 --seeds 0-29 --workers "$W" --out $EV/pdppo-frozenlake
+    ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/FrozenLakePD-v0 --seeds 0-29 --total-steps 200000 \
+        --set eval_every=4000 --workers "$W" --out $EV/pdppo-frozenlake
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
@@ -93,7 +94,7 @@ grid_npg() {
             ctrlrl sweep --algos harpg --seeds 0-1 --vary gamma0=4e-05,0.00012,0.00036 "${common[@]}"
         fi
         python benchmarks/npg_robustness.py best $out | grep "^$1 " | while read -r env algo g; do
-            ctrlrl sweep --algos $algo --seeds 2-4 --vary gamma0=$g "${common[@]}"
+            ctrlrl sweep --algos $algo --seeds 2-4 --vary gamma0=$g "${common[@]}" </dev/null
         done
     done
 }
@@ -102,7 +103,8 @@ grid_npg() {
 # row) and O-DICE, 300k gradient steps, 5 seeds, evaluated every 10k steps (10 episodes).
 DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated
 dataset() {  # ENV LEVEL: make the file unless it is there
-    [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000
+    [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000 \
+        -o $DATA/$1-$2.hdf5
 }
 grid_offline() {
     for env in Hopper-v5 Walker2d-v5; do
@@ -132,7 +134,7 @@ keep() {
     # finished runs only; the ORPO base's checkpoint too, as the learners start from it
     find $EV -name done.json -printf '%h\n' | xargs -r git add --
     [ -f $ORPO_BASE/done.json ] && git add -f $ORPO_BASE/checkpoints/latest.pt
-    git status --short $EV | grep -c '^A' || true
+    echo "$(git status --short $EV | grep -c '^A') files staged under $EV"
 }
 
 [ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline precision)"; exit 2; }

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default=None,
                         help="one metric for all runs (default: each algorithm's own: regret, true "
                              "reward, normalised score, else evaluation return)")
-    report.add_argument("--welch", metavar="A,B", help="add Welch's t-test of label A vs label B")
+    report.add_argument("--welch", metavar="A,B",
+                        help="add A − B per env: the difference of mean final (and best) values "
+                             "with its 95%% bootstrap CI, and Welch's t-test")
     report.add_argument("--aggregate", action="store_true",
                         help="add a row and panel per algorithm over all envs (normalised scores only)")
     report.add_argument("--title", default=None)

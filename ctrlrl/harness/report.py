@@ -5,7 +5,8 @@ variant); the seeds of a group are the sample. Each group is shown in its natura
 `NATURAL_METRICS`): regret for the average-reward learners, the true reward on reward-hacking envs,
 the normalised score offline, else the evaluation return. Per group: the final and the best value
 (mean over seeds with a 95% percentile-bootstrap CI), the IQM of the final values, the area under
-the curve, seeds, steps, wall time and fps; optionally Welch's t-test between two named labels.
+the curve, seeds, steps, wall time and fps; optionally, between two named labels, the difference of
+the means with its bootstrap CI and Welch's t-test.
 Plots put each (env, metric, step unit) in its own panel.
 """
 
@@ -276,7 +277,10 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
               f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}); IQM = interquartile mean of the "
               "final values; AUC = the curve's mean level (trapezoid / steps); wall time "
               "per run, fps = steps / wall time (training and evaluation); steps are env steps, "
-              "or gradient steps for offline algorithms.", ""]
+              "or gradient steps for offline algorithms."
+              + (f" {welch['a']} − {welch['b']}: difference of the two labels' means with its 95% "
+                 "bootstrap CI (each label's seeds resampled on their own) and Welch's t-test."
+                 if welch else ""), ""]
     head = ["Env", "Algorithm", *([] if metric else ["Metric"]), "Seeds", "Steps", "Final", "Best",
             "IQM final", "AUC", "Wall time / run", "fps"]
     if welch:
