@@ -391,3 +391,18 @@ def test_post_decision_input_is_normalised_like_observations(tmp_path):
     loaded = ctrlrl.load(tmp_path)
     assert callable(loaded.decision_env.post_decision)
     loaded.close()
+
+
+@pytest.mark.parametrize("env", ["ctrlrl/LotSizing-20x10-v0", "ctrlrl/LotSizingCappedTruncated-25x15-v0"])
+def test_lot_sizing_presets_use_the_authors_latest_schedule(env):
+    """PDPPO and its PPO baseline on lot-sizing: γ 0.9, a full-batch 40-epoch update every 400 steps
+    (PPO: value loss weight 0.7), as the authors' latest lot-sizing agents; the classes' own
+    defaults keep the earlier schedule."""
+    from ctrlrl import api
+
+    _, _, pd = api.resolve("pdppo", env)
+    assert (pd.gamma, pd.n_steps, pd.n_epochs, pd.batch_size) == (0.9, 400, 40, 0)
+    _, _, ppo = api.resolve("ppo", env)
+    assert (ppo.gamma, ppo.n_steps, ppo.n_epochs, ppo.batch_size, ppo.vf_coef) == (0.9, 400, 40, 400, 0.7)
+    _, _, plain = api.resolve("pdppo", "ctrlrl/FrozenLakePD-v0")
+    assert (plain.gamma, plain.n_steps, plain.n_epochs) == (0.99, 4000, 60)
