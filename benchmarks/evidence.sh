@@ -63,7 +63,8 @@ grid_mdpo_off() {
 # ablation on three lot-sizing instances, 200k steps, evaluated (10 episodes) and logged every 4000
 # steps, as the authors' code logs its training return: evaluating after every 400-step update
 # would cost 2.5 times the training's env steps; seeds 0-4, 5-9, then 10-19, instance by instance.
-# Then FrozenLake with post-decision states, 30 runs per learner at the paper's 200k steps.
+# Then the paper's lake (ctrlrl/ProximityLakePD-v0: the decision earns the intended cell's
+# proximity to the goal), 30 runs per learner at the paper's 200k steps.
 grid_pdppo() {
     for seeds in 0-4 5-9 10-19; do
         for n in 20x10 25x10 25x15; do
@@ -73,8 +74,8 @@ grid_pdppo() {
             ctrlrl sweep --algos pdppo --vary critics=pre "${common[@]}"
         done
     done
-    ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/FrozenLakePD-v0 --seeds 0-29 --total-steps 200000 \
-        --set eval_every=4000 --workers "$W" --out $EV/pdppo-frozenlake
+    ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/ProximityLakePD-v0 --seeds 0-29 --total-steps 200000 \
+        --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo-lake
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods

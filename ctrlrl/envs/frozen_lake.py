@@ -7,8 +7,12 @@ the two perpendicular ones, each 1/3) is the stochastic step. `post_decision(obs
 that intended cell one-hot, batched; `info["post_decision_obs"]` carries it on every step.
 Holes and the goal are terminal: their post-decision state is themselves. The decision earns no
 reward of its own — gymnasium's reward (1 on reaching the goal) comes with the move actually made —
-so `post_decision_reward(obs, action)` and `info["post_decision_reward"]` are 0. (The authors'
-lake, a different env with a shaped proximity reward, gave the intended cell's proximity reward.)
+so `post_decision_reward(obs, action)` and `info["post_decision_reward"]` are 0, and PDPPO's
+post-decision critic has nothing to learn there.
+
+`ProximityLake` is the lake the PDPPO paper's Frozen Lake results come from (the authors'
+`Lake application/envs/frozen_lake.py`): the decision moves the agent to the intended cell, and
+every cell entered pays its proximity to the goal, so the decision has a reward of its own.
 """
 
 from __future__ import annotations
@@ -17,10 +21,21 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
+from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv, generate_random_map
 
 # gymnasium's action order: LEFT, DOWN, RIGHT, UP as (row, col) moves
 _MOVES = np.array([[0, -1], [1, 0], [0, 1], [-1, 0]])
+
+
+def intended_cells(desc: np.ndarray, terminal: np.ndarray) -> np.ndarray:
+    """intended[s, a]: the cell action a aims at from cell s (a wall keeps the agent in place; a
+    terminal cell leads to itself)."""
+    n_rows, n_cols = desc.shape
+    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
+    target_r = np.clip(rows[:, None] + _MOVES[:, 0], 0, n_rows - 1)
+    target_c = np.clip(cols[:, None] + _MOVES[:, 1], 0, n_cols - 1)
+    intended = target_r * n_cols + target_c
+    return np.where(terminal[:, None], np.arange(n_rows * n_cols)[:, None], intended)
 
 
 class FrozenLakePostDecision(FrozenLakeEnv):
@@ -40,11 +55,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
         self._eye = np.eye(self.n_cells, dtype=np.float32)
         # intended[s, a]: the cell action a aims at from cell s
-        rows, cols = np.divmod(np.arange(self.n_cells), self.n_cols)
-        target_r = np.clip(rows[:, None] + _MOVES[:, 0], 0, self.n_rows - 1)
-        target_c = np.clip(cols[:, None] + _MOVES[:, 1], 0, self.n_cols - 1)
-        intended = target_r * self.n_cols + target_c
-        self._intended = np.where(self._terminal[:, None], np.arange(self.n_cells)[:, None], intended)
+        self._intended = intended_cells(desc, self._terminal)
 
     def _one_hot(self, cells: np.ndarray) -> np.ndarray:
         return self._eye[cells].copy()  # a row of `_eye` would be a view shared across calls
@@ -69,7 +80,78 @@ class FrozenLakePostDecision(FrozenLakeEnv):
             {**info, "post_decision_obs": post, "post_decision_reward": 0.0}
 
 
+class ProximityLake(gym.Env):
+    """The PDPPO authors' lake. An n×n map drawn once from `map_seed` (gymnasium's random valid map,
+    each tile frozen with probability `frozen_prob`). A step first moves the agent to the intended
+    cell — the decision, deterministic: the post-decision state — and then, with probability
+    `slip_prob`, the ice carries it one more cell, in a direction drawn from that tile's own
+    probabilities (a Dirichlet(1, 1, 1, 1) draw per tile, also from `map_seed`). Each cell entered
+    pays 1 / (1 + its Manhattan distance to the goal), minus 1 / (rows + cols) if it is a hole; the
+    goal pays 1. The reward of entering the intended cell is the decision's reward r^x
+    (`post_decision_reward`), the second cell's is the slip's; the step's reward is their sum.
+    Holes and the goal end the episode.
+
+    Where this differs from the authors' env, by choice: a hole ends the episode when it is entered
+    (theirs: on the next step, which pays 0; a slip could carry the agent out of a hole there), and
+    r^x carries the hole's penalty, so that r = r^x + the slip's reward exactly (their PDPPO took the
+    bare proximity as r^x). Their runs drew a fresh map per run; here the map is a setting, the same
+    for every run of a comparison."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, size: int = 10, frozen_prob: float = 0.8, slip_prob: float = 0.5,
+                 map_seed: int = 0, render_mode: str | None = None):
+        self.desc = np.asarray(generate_random_map(size, frozen_prob, seed=map_seed), dtype="c")
+        self.slip_prob, self.render_mode = slip_prob, render_mode
+        self.n_cells = size * size
+        tiles = self.desc.ravel()
+        self._terminal = np.isin(tiles, [b"H", b"G"])
+        self._intended = intended_cells(self.desc, self._terminal)
+        self._slip_dirs = np.random.default_rng(map_seed).dirichlet(np.ones(4), size=self.n_cells)
+        rows, cols = np.divmod(np.arange(self.n_cells), size)
+        goal_r, goal_c = divmod(int(np.flatnonzero(tiles == b"G")[0]), size)
+        enter = 1.0 / (1.0 + np.abs(rows - goal_r) + np.abs(cols - goal_c))
+        enter = enter - (tiles == b"H") / (2 * size)
+        self._enter_reward = np.where(tiles == b"G", 1.0, enter)
+        self._eye = np.eye(self.n_cells, dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
+        self.action_space = gym.spaces.Discrete(4)
+        self.cell = 0
+
+    def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """One-hot intended cell for (batches of) one-hot observations and actions: pure."""
+        cells = np.asarray(obs).argmax(-1)
+        return self._eye[self._intended[cells, np.asarray(action, dtype=np.int64)]].copy()
+
+    def post_decision_reward(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The reward of entering the intended cell, for (batches of) observations and actions."""
+        cells = np.asarray(obs).argmax(-1)
+        return self._enter_reward[self._intended[cells, np.asarray(action, dtype=np.int64)]]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.cell = 0
+        return self._eye[self.cell].copy(), {}
+
+    def step(self, action):
+        decided = int(self._intended[self.cell, int(action)])
+        post_reward = float(self._enter_reward[decided])
+        reward, self.cell = post_reward, decided
+        if not self._terminal[decided] and self.np_random.random() < self.slip_prob:
+            direction = self.np_random.choice(4, p=self._slip_dirs[decided])
+            self.cell = int(self._intended[decided, direction])
+            reward += float(self._enter_reward[self.cell])
+        return (self._eye[self.cell].copy(), reward, bool(self._terminal[self.cell]), False,
+                {"post_decision_obs": self._eye[decided].copy(), "post_decision_reward": post_reward})
+
+    def render(self) -> str:
+        tiles = [[c.decode() for c in row] for row in self.desc]
+        tiles[self.cell // len(tiles)][self.cell % len(tiles)] = "*"
+        return "\n".join("".join(row) for row in tiles)
+
+
 def register() -> None:
     gym.register("ctrlrl/FrozenLakePD-v0", entry_point=FrozenLakePostDecision, max_episode_steps=100)
     gym.register("ctrlrl/FrozenLakePD8x8-v0", entry_point=FrozenLakePostDecision,
                  kwargs={"map_name": "8x8"}, max_episode_steps=200)
+    gym.register("ctrlrl/ProximityLakePD-v0", entry_point=ProximityLake, max_episode_steps=100)
