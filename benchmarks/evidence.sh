@@ -119,6 +119,15 @@ grid_offline() {
     done
 }
 
+# O-DICE's offline imitation: one expert trajectory of the hopper expert set (index T, as the
+# reference's T), rewards unused, 3 seeds, against BC on the same trajectory.
+grid_offline_il() {
+    dataset Hopper-v5 expert
+    ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
+        --total-steps 300000 --set dataset=$DATA/Hopper-v5-expert.hdf5 --set eval_every=10000 \
+        --set eval_episodes=10 --workers "$W" --out $EV/offline-il
+}
+
 # Each algorithm's precision: fp32 against bf16, 5 seeds, short budgets — the rows docs/speed.md's
 # table still lacks (its Pendulum and TD3+BC rows are in).
 grid_precision() {
@@ -138,7 +147,7 @@ keep() {
     echo "$(git status --short $EV | grep -c '^A') files staged under $EV"
 }
 
-[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline precision)"; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline offline-il precision)"; exit 2; }
 for grid in "$@"; do
     case $grid in
         mdpo-on) grid_mdpo_on ;;
@@ -148,8 +157,9 @@ for grid in "$@"; do
         pdppo) grid_pdppo ;;
         npg) grid_npg ;;
         offline) grid_offline ;;
+        offline-il) grid_offline_il ;;
         precision) grid_precision ;;
         keep) keep ;;
-        *) echo "evidence.sh: unknown grid '$grid' (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline precision; or keep)"; exit 2 ;;
+        *) echo "evidence.sh: unknown grid '$grid' (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo npg offline offline-il precision; or keep)"; exit 2 ;;
     esac
 done
