@@ -62,20 +62,23 @@ grid_mdpo_off() {
 # PDPPO vs PPO (the paper's baseline settings: the lot-sizing preset) and PDPPO's single-critic
 # ablation on three lot-sizing instances, 200k steps, evaluated (10 episodes) and logged every 4000
 # steps, as the authors' code logs its training return: evaluating after every 400-step update
-# would cost 2.5 times the training's env steps; seeds 0-4, 5-9, then 10-19, instance by instance.
-# Then the paper's lake (ctrlrl/ProximityLakePD-v0: the decision earns the intended cell's
-# proximity to the goal), 30 runs per learner at the paper's 200k steps.
+# would cost 2.5 times the training's env steps; seeds 0-4 and 5-9 instance by instance, then the
+# paper's lake (ctrlrl/ProximityLakePD-v0: the decision earns the intended cell's proximity to the
+# goal), 30 runs per learner at the paper's 200k steps, then lot-sizing seeds 10-19.
 grid_pdppo() {
-    for seeds in 0-4 5-9 10-19; do
+    lot_sizing() {
         for n in 20x10 25x10 25x15; do
-            local common=(--envs ctrlrl/LotSizing-$n-v0 --seeds $seeds --total-steps 200000
+            local common=(--envs ctrlrl/LotSizing-$n-v0 --seeds $1 --total-steps 200000
                           --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo)
             ctrlrl sweep --algos pdppo,ppo "${common[@]}"
             ctrlrl sweep --algos pdppo --vary critics=pre "${common[@]}"
         done
-    done
+    }
+    lot_sizing 0-4
+    lot_sizing 5-9
     ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/ProximityLakePD-v0 --seeds 0-29 --total-steps 200000 \
         --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo-lake
+    lot_sizing 10-19
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
