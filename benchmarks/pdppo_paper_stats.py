@@ -1,6 +1,7 @@
 """The PDPPO paper's statistics of finished runs: per env and learner, the mean ± std over runs of
 each run's maximum and of its cumulative (summed over the logged points) value of one metric, and
-Welch's t-test of every learner against a baseline on both.
+Welch's t-test of every learner against a baseline on both. The std is the population std (ddof 0),
+as the authors' table script computes it.
 
     python benchmarks/pdppo_paper_stats.py runs/evidence/pdppo                       # eval return
     python benchmarks/pdppo_paper_stats.py runs/evidence/pdppo --metric rollout/ep_rew_mean
@@ -43,8 +44,7 @@ def table(values: dict[str, dict[str, dict[str, np.ndarray]]], baseline: str) ->
         base = labels.get(baseline)
         for label, v in sorted(labels.items()):
             cells = [env, label, str(len(v["max"]))]
-            cells += [f"{v[k].mean():.1f} ± {v[k].std(ddof=1) if len(v[k]) > 1 else 0:.1f}"
-                      for k in ("max", "sum")]
+            cells += [f"{v[k].mean():.1f} ± {v[k].std():.1f}" for k in ("max", "sum")]
             if base is not None and label != baseline and min(len(v["max"]), len(base["max"])) > 1:
                 cells.append("; ".join("t={:.2f} p={:.3g}".format(*stats.welch(v[k], base[k]))
                                        for k in ("max", "sum")))
