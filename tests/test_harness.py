@@ -382,3 +382,28 @@ def test_a_saved_run_matches_the_command_that_made_it_across_versions():
     saved["run"]["precision"] = "bf16"
     assert api.config_diffs(saved, cls, run, cfg) == [
         "precision: run has 'bf16', this command has 'fp32'"]
+
+
+def test_pdppo_paper_stats_hand_computed(tmp_path):
+    """The PDPPO paper's table: per learner the mean ± population std of each finished run's
+    maximum and sum, and Welch's t against the baseline; unfinished runs are left out."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import pdppo_paper_stats
+
+    curves = {"pdppo": [[-5.0, -1.0, -3.0], [-4.0, -2.0, -2.0]],
+              "ppo": [[-9.0, -6.0, -7.0], [-8.0, -8.0, -4.0], [-9.0, -9.0, -9.0]]}
+    for algo, runs in curves.items():
+        for seed, values in enumerate(runs):
+            run = write_run(tmp_path / algo / f"seed{seed}", "ctrlrl/LotSizing-20x10-v0", algo, seed,
+                            dict(zip((4000, 8000, 12000), values, strict=True)))
+            (run / "done.json").write_text("{}")
+    write_run(tmp_path / "ppo" / "seed9", "ctrlrl/LotSizing-20x10-v0", "ppo", 9, {4000: 100.0})
+    got = pdppo_paper_stats.per_run(tmp_path, "eval/mean_reward")["ctrlrl/LotSizing-20x10-v0"]
+    np.testing.assert_array_equal(got["pdppo"]["max"], [-1.0, -2.0])
+    np.testing.assert_array_equal(got["pdppo"]["sum"], [-9.0, -8.0])
+    np.testing.assert_array_equal(got["ppo"]["max"], [-6.0, -4.0, -9.0])  # seed 9 unfinished
+    lines = pdppo_paper_stats.table({"env": got}, "ppo").splitlines()
+    t_max = stats.welch(np.array([-1.0, -2.0]), np.array([-6.0, -4.0, -9.0]))[0]
+    assert lines[2].startswith("| env | pdppo | 2 | -1.5 ± 0.5 | -8.5 ± 0.5 | ")
+    assert f"t={t_max:.2f}" in lines[2]
+    assert lines[3].startswith("| env | ppo | 3 | -6.3 ± 2.1 | ")  # population std of -6, -4, -9
