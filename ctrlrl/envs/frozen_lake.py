@@ -54,7 +54,6 @@ class FrozenLakePostDecision(FrozenLakeEnv):
         self._terminal = np.isin(desc.ravel(), [b"H", b"G"])
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
         self._eye = np.eye(self.n_cells, dtype=np.float32)
-        # intended[s, a]: the cell action a aims at from cell s
         self._intended = intended_cells(desc, self._terminal)
 
     def _one_hot(self, cells: np.ndarray) -> np.ndarray:
