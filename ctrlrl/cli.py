@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "with its 95%% bootstrap CI, and Welch's t-test")
     report.add_argument("--aggregate", action="store_true",
                         help="add a row and panel per algorithm over all envs (normalised scores only)")
+    report.add_argument("--finished", action="store_true",
+                        help="only the runs a sweep finished (done.json): leaves out the runs "
+                             "still training or stopped, so kept sweeps report the same anywhere")
     report.add_argument("--title", default=None)
     report.add_argument("--notes", default=None, metavar="FILE",
                         help="markdown appended under the table (the discussion of the results)")
@@ -464,7 +467,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
             raise UserError(f"--welch {args.welch!r}: name two labels, e.g. --welch pdppo,ppo")
     paths = write_report(args.runs, args.output, args.metric, welch, args.title,
                          "ctrlrl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
-                         args.aggregate, args.notes)
+                         args.aggregate, args.notes, args.finished)
     print("wrote " + ", ".join(map(str, paths)))
 
 

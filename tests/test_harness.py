@@ -407,3 +407,16 @@ def test_pdppo_paper_stats_hand_computed(tmp_path):
     assert lines[2].startswith("| env | pdppo | 2 | -1.5 ± 0.5 | -8.5 ± 0.5 | ")
     assert f"t={t_max:.2f}" in lines[2]
     assert lines[3].startswith("| env | ppo | 3 | -6.3 ± 2.1 | ")  # population std of -6, -4, -9
+
+
+def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):
+    for seed, final in enumerate([1.0, 3.0, 100.0]):
+        run = write_run(tmp_path / f"seed{seed}", "Pendulum-v1", "ppo", seed, {100: final})
+        if seed < 2:  # seed 2 is still training
+            (run / "done.json").write_text("{}")
+    out = tmp_path / "r"
+    assert cli.main(["report", str(tmp_path), "-o", str(out), "--finished"]) == 0
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["seeds"] == 2 and row["final_mean"] == 2.0
+    assert cli.main(["report", str(tmp_path / "seed2"), "-o", str(out), "--finished"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--finished")

@@ -207,8 +207,18 @@ def _fmt_time(seconds: float | None) -> str:
 
 
 # ---- the report -------------------------------------------------------------------------------
-def read_groups(patterns: list[str]) -> dict[str, dict[str, list[Run]]]:
-    return group_runs([load_run(p) for p in find_runs(patterns)])
+def read_groups(patterns: list[str], finished: bool = False) -> dict[str, dict[str, list[Run]]]:
+    """The runs `patterns` match, grouped; with `finished`, only those a sweep finished."""
+    paths = find_runs(patterns)
+    if finished:
+        from ctrlrl.harness.sweep import DONE_FILE
+
+        paths = [p for p in paths if (p / DONE_FILE).is_file()]
+        if not paths:
+            raise UserError(f"--finished: none of the runs {' '.join(patterns)} matches has "
+                            f"finished ({DONE_FILE}, written by `ctrlrl sweep`); drop --finished "
+                            "to report runs still training or trained by `ctrlrl train`")
+    return group_runs([load_run(p) for p in paths])
 
 
 def pool_envs(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str]
@@ -310,9 +320,9 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
 def write_report(patterns: list[str], output: str, metric: str | None = None,
                  welch: tuple[str, str] | None = None, title: str | None = None,
                  command: str | None = None, pooled: bool = False,
-                 notes: str | None = None) -> list[Path]:
+                 notes: str | None = None, finished: bool = False) -> list[Path]:
     """`<output>.md` (table, then the text of the `notes` file), `<output>.png` (curves),
-    `<output>.json` (the numbers)."""
+    `<output>.json` (the numbers); with `finished`, of the runs a sweep finished only."""
     if notes is not None:
         try:
             notes = Path(notes).read_text()
@@ -321,7 +331,7 @@ def write_report(patterns: list[str], output: str, metric: str | None = None,
     out = Path(output)
     if out.suffix in (".md", ".png", ".json"):
         out = out.with_suffix("")
-    groups = read_groups(patterns)
+    groups = read_groups(patterns, finished)
     chosen = choose_metrics(groups, metric, REPORT_METRICS)
     if pooled:
         groups, chosen = pool_envs(groups, chosen)
