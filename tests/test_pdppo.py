@@ -393,27 +393,29 @@ def test_post_decision_input_is_normalised_like_observations(tmp_path):
     loaded.close()
 
 
-@pytest.mark.parametrize("env, n_steps, n_epochs, total_steps", [
-    ("ctrlrl/LotSizing-20x10-v0", 400, 40, 1_000_000),
-    ("ctrlrl/LotSizingCappedTruncated-25x15-v0", 400, 40, 1_000_000),
-    ("ctrlrl/FrozenLakePD-v0", 500, 50, 200_000),
-    ("ctrlrl/ProximityLakePD-v0", 500, 50, 200_000)])
-def test_presets_use_the_authors_latest_schedule(env, n_steps, n_epochs, total_steps):
+@pytest.mark.parametrize("env, n_steps, n_epochs, total_steps, activation", [
+    ("ctrlrl/LotSizing-20x10-v0", 400, 40, 1_000_000, "relu"),
+    ("ctrlrl/LotSizingCappedTruncated-25x15-v0", 400, 40, 1_000_000, "relu"),
+    ("ctrlrl/FrozenLakePD-v0", 500, 50, 200_000, "tanh"),
+    ("ctrlrl/ProximityLakePD-v0", 500, 50, 200_000, "tanh")])
+def test_presets_use_the_authors_latest_schedule(env, n_steps, n_epochs, total_steps, activation):
     """PDPPO and its PPO baseline on the paper's two tasks: γ 0.9 and a full-batch update of the
-    authors' latest agents (lot-sizing: 40 epochs every 400 steps; lake: 50 every 500), PPO with
-    PDPPO's step size, entropy weight and clipping, and value loss weight 0.7; the class's own
-    defaults keep the earlier schedule."""
+    authors' latest agents (lot-sizing: 40 epochs every 400 steps; lake: 50 every 500), their
+    actors' hidden activation (lot-sizing ReLU, lake tanh), PPO with PDPPO's step size, entropy
+    weight and clipping, and value loss weight 0.7; the class's own defaults keep the earlier
+    schedule."""
     from ctrlrl import api
     from ctrlrl.algos.pdppo import PDPPOConfig
 
     _, run, pd = api.resolve("pdppo", env)
     assert (pd.gamma, pd.n_steps, pd.n_epochs, pd.batch_size) == (0.9, n_steps, n_epochs, 0)
-    assert run.total_steps == total_steps
+    assert pd.actor_activation == activation and run.total_steps == total_steps
     _, run, ppo = api.resolve("ppo", env)
     assert (ppo.gamma, ppo.n_steps, ppo.n_epochs, ppo.batch_size) == (0.9, n_steps, n_epochs, n_steps)
     shared = (pd.actor_lr, pd.ent_coef, pd.max_grad_norm)
     assert (ppo.learning_rate, ppo.ent_coef, ppo.max_grad_norm) == shared
     assert (ppo.vf_coef, ppo.gae_lambda, ppo.ratio, ppo.ortho_init) == (0.7, 1.0, "factor", False)
+    assert ppo.activation == activation
     assert run.total_steps == total_steps
     plain = PDPPOConfig()
     assert (plain.gamma, plain.n_steps, plain.n_epochs) == (0.99, 4000, 60)
