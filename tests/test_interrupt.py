@@ -181,6 +181,12 @@ def test_held_ctrl_c_never_prints_a_traceback(tmp_path):
     run_dir = tmp_path / "run"
     proc = _start(run_dir, "--set", "checkpoint_every=256")
     _wait_for_metrics(proc, run_dir)
+    # the iteration's metrics row comes before its checkpoint: a held Ctrl-C aborts at its second
+    # signal, so the checkpoint it must not lose is the one already on disk
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 60
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         proc.send_signal(signal.SIGINT)
@@ -188,4 +194,4 @@ def test_held_ctrl_c_never_prints_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
-    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["step"] > 0
+    assert load_checkpoint(checkpoint)["step"] > 0
