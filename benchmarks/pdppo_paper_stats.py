@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from ctrlrl.harness import stats
-from ctrlrl.harness.report import group_runs, load_run
+from ctrlrl.harness.report import read_groups
 
 
 def per_run(root: Path, metric: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """env → label → {"max": per-run maxima, "sum": per-run sums} of `metric` over finished runs."""
-    runs = [load_run(done.parent) for done in sorted(root.rglob("done.json"))]
     out: dict = {}
-    for env, labels in group_runs(runs).items():
+    for env, labels in read_groups([str(root)], finished=True).items():
         for label, group in labels.items():
             curves = [r.curve(metric)[1] for r in group]
             curves = [c for c in curves if len(c)]

@@ -27,18 +27,35 @@ from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv, generate_random_m
 _MOVES = np.array([[0, -1], [1, 0], [0, 1], [-1, 0]])
 
 
-def intended_cells(desc: np.ndarray, terminal: np.ndarray) -> np.ndarray:
-    """intended[s, a]: the cell action a aims at from cell s (a wall keeps the agent in place; a
-    terminal cell leads to itself)."""
-    n_rows, n_cols = desc.shape
-    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
-    target_r = np.clip(rows[:, None] + _MOVES[:, 0], 0, n_rows - 1)
-    target_c = np.clip(cols[:, None] + _MOVES[:, 1], 0, n_cols - 1)
-    intended = target_r * n_cols + target_c
-    return np.where(terminal[:, None], np.arange(n_rows * n_cols)[:, None], intended)
+class _LakeCells:
+    """What both lakes share: one-hot cells and the intended move, the decision step s^x = f(s, a)
+    (a wall keeps the agent in place; a terminal cell leads to itself)."""
+
+    def _build_cells(self, desc: np.ndarray) -> None:
+        self.n_rows, self.n_cols = n_rows, n_cols = desc.shape
+        self.n_cells = n_rows * n_cols
+        self._terminal = np.isin(desc.ravel(), [b"H", b"G"])
+        self._eye = np.eye(self.n_cells, dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
+        rows, cols = np.divmod(np.arange(self.n_cells), n_cols)
+        target_r = np.clip(rows[:, None] + _MOVES[:, 0], 0, n_rows - 1)
+        target_c = np.clip(cols[:, None] + _MOVES[:, 1], 0, n_cols - 1)
+        intended = target_r * n_cols + target_c  # intended[s, a]: the cell a aims at from s
+        self._intended = np.where(self._terminal[:, None], np.arange(self.n_cells)[:, None], intended)
+
+    def _one_hot(self, cells: np.ndarray) -> np.ndarray:
+        return self._eye[cells].copy()  # a row of `_eye` would be a view shared across calls
+
+    def _decided(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The intended cells of (batches of) one-hot observations and actions."""
+        return self._intended[np.asarray(obs).argmax(-1), np.asarray(action, dtype=np.int64)]
+
+    def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """One-hot intended cell for (batches of) one-hot observations and actions: pure."""
+        return self._one_hot(self._decided(obs, action))
 
 
-class FrozenLakePostDecision(FrozenLakeEnv):
+class FrozenLakePostDecision(_LakeCells, FrozenLakeEnv):
     """A subclass, not a wrapper: `unwrapped.post_decision` is what PDPPO asks for, and the cell
     and RNG stay the env's own state (checkpoints restore them exactly)."""
 
@@ -48,21 +65,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
     def __init__(self, map_name: str = "4x4", is_slippery: bool = True,
                  render_mode: str | None = None):
         super().__init__(render_mode=render_mode, map_name=map_name, is_slippery=is_slippery)
-        desc = self.desc
-        self.n_rows, self.n_cols = desc.shape
-        self.n_cells = self.n_rows * self.n_cols
-        self._terminal = np.isin(desc.ravel(), [b"H", b"G"])
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
-        self._eye = np.eye(self.n_cells, dtype=np.float32)
-        self._intended = intended_cells(desc, self._terminal)
-
-    def _one_hot(self, cells: np.ndarray) -> np.ndarray:
-        return self._eye[cells].copy()  # a row of `_eye` would be a view shared across calls
-
-    def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
-        """One-hot intended cell for (batches of) one-hot observations and actions: pure."""
-        cells = np.asarray(obs).argmax(-1)
-        return self._one_hot(self._intended[cells, np.asarray(action, dtype=np.int64)])
+        self._build_cells(self.desc)
 
     def post_decision_reward(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The decision's deterministic reward, 0 for (batches of) observations and actions."""
@@ -79,7 +82,7 @@ class FrozenLakePostDecision(FrozenLakeEnv):
             {**info, "post_decision_obs": post, "post_decision_reward": 0.0}
 
 
-class ProximityLake(gym.Env):
+class ProximityLake(_LakeCells, gym.Env):
     """The PDPPO authors' lake. An n×n map drawn once from `map_seed` (gymnasium's random valid map,
     each tile frozen with probability `frozen_prob`). A step first moves the agent to the intended
     cell — the decision, deterministic: the post-decision state — and then, with probability
@@ -102,35 +105,25 @@ class ProximityLake(gym.Env):
                  map_seed: int = 0, render_mode: str | None = None):
         self.desc = np.asarray(generate_random_map(size, frozen_prob, seed=map_seed), dtype="c")
         self.slip_prob, self.render_mode = slip_prob, render_mode
-        self.n_cells = size * size
+        self._build_cells(self.desc)
         tiles = self.desc.ravel()
-        self._terminal = np.isin(tiles, [b"H", b"G"])
-        self._intended = intended_cells(self.desc, self._terminal)
         self._slip_dirs = np.random.default_rng(map_seed).dirichlet(np.ones(4), size=self.n_cells)
         rows, cols = np.divmod(np.arange(self.n_cells), size)
         goal_r, goal_c = divmod(int(np.flatnonzero(tiles == b"G")[0]), size)
         enter = 1.0 / (1.0 + np.abs(rows - goal_r) + np.abs(cols - goal_c))
         enter = enter - (tiles == b"H") / (2 * size)
         self._enter_reward = np.where(tiles == b"G", 1.0, enter)
-        self._eye = np.eye(self.n_cells, dtype=np.float32)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n_cells,), np.float32)
         self.action_space = gym.spaces.Discrete(4)
         self.cell = 0
 
-    def post_decision(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
-        """One-hot intended cell for (batches of) one-hot observations and actions: pure."""
-        cells = np.asarray(obs).argmax(-1)
-        return self._eye[self._intended[cells, np.asarray(action, dtype=np.int64)]].copy()
-
     def post_decision_reward(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The reward of entering the intended cell, for (batches of) observations and actions."""
-        cells = np.asarray(obs).argmax(-1)
-        return self._enter_reward[self._intended[cells, np.asarray(action, dtype=np.int64)]]
+        return self._enter_reward[self._decided(obs, action)]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.cell = 0
-        return self._eye[self.cell].copy(), {}
+        return self._one_hot(self.cell), {}
 
     def step(self, action):
         decided = int(self._intended[self.cell, int(action)])
@@ -140,8 +133,8 @@ class ProximityLake(gym.Env):
             direction = self.np_random.choice(4, p=self._slip_dirs[decided])
             self.cell = int(self._intended[decided, direction])
             reward += float(self._enter_reward[self.cell])
-        return (self._eye[self.cell].copy(), reward, bool(self._terminal[self.cell]), False,
-                {"post_decision_obs": self._eye[decided].copy(), "post_decision_reward": post_reward})
+        return (self._one_hot(self.cell), reward, bool(self._terminal[self.cell]), False,
+                {"post_decision_obs": self._one_hot(decided), "post_decision_reward": post_reward})
 
     def render(self) -> str:
         tiles = [[c.decode() for c in row] for row in self.desc]
