@@ -38,7 +38,7 @@ PPO's reached 0.7; the paper's lake, ProximityLakePD, pays the decision a reward
 Choices where the paper is silent or its reference code has known bugs:
 - the whole actor trains (the reference's discrete-actor optimiser reached only the last layer);
   the rollout is rebuilt every update (the reference's buffer was never cleared, later kept as a
-  sliding window of the last five rollouts); each critic's loss
+  sliding window of its last 2,000-3,000 steps); each critic's loss
   reaches its own optimiser with gradients (the reference added them detached);
 - with a MultiDiscrete policy the ratio is clipped per action component and the surrogate and entropy
   are averaged over components (`ratio: factor`, as the reference code's factorised actor);
