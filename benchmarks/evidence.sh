@@ -79,6 +79,11 @@ grid_pdppo() {
     pdppo_lot_sizing 5-9
     ctrlrl sweep --algos pdppo,ppo --envs ctrlrl/ProximityLakePD-v0 --seeds 0-29 --total-steps 200000 \
         --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo-lake
+    # the dual critic with V^x regressing the total return R (the authors' earlier form): tells
+    # whether its late fall-back on lot-sizing comes from the max over two different returns
+    ctrlrl sweep --algos pdppo --vary post_return=shared --seeds 0-4 --total-steps 200000 \
+        --envs ctrlrl/LotSizing-20x10-v0,ctrlrl/LotSizing-25x10-v0,ctrlrl/LotSizing-25x15-v0 \
+        --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
