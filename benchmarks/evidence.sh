@@ -84,6 +84,10 @@ grid_pdppo() {
     ctrlrl sweep --algos pdppo --vary post_return=shared --seeds 0-4 --total-steps 200000 \
         --envs ctrlrl/LotSizing-20x10-v0,ctrlrl/LotSizing-25x10-v0,ctrlrl/LotSizing-25x15-v0 \
         --set eval_every=4000 --set log_every=4000 --workers "$W" --out $EV/pdppo
+    # the one-critic ablation on the lake: is PDPPO's more random training policy there the max's?
+    ctrlrl sweep --algos pdppo --vary critics=pre --envs ctrlrl/ProximityLakePD-v0 --seeds 0-9 \
+        --total-steps 200000 --set eval_every=4000 --set log_every=4000 --workers "$W" \
+        --out $EV/pdppo-lake
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
