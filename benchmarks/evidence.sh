@@ -88,6 +88,11 @@ grid_pdppo() {
     ctrlrl sweep --algos pdppo --vary critics=pre --envs ctrlrl/ProximityLakePD-v0 --seeds 0-9 \
         --total-steps 200000 --set eval_every=4000 --set log_every=4000 --workers "$W" \
         --out $EV/pdppo-lake
+    # and with V^x on the total return: is the lake's more random dual-critic policy, as the
+    # lot-sizing fall-back on 25x10, the max over two different returns?
+    ctrlrl sweep --algos pdppo --vary post_return=shared --envs ctrlrl/ProximityLakePD-v0 --seeds 0-9 \
+        --total-steps 200000 --set eval_every=4000 --set log_every=4000 --workers "$W" \
+        --out $EV/pdppo-lake
 }
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
