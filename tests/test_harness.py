@@ -409,6 +409,34 @@ def test_pdppo_paper_stats_hand_computed(tmp_path):
     assert lines[3].startswith("| env | ppo | 3 | -6.3 ± 2.1 | ")  # population std of -6, -4, -9
 
 
+def test_run_stats_hand_computed(tmp_path):
+    """benchmarks/run_stats.py: each finished run's max / last / mean past a step, negated on
+    request; a pair's line is the difference of means and Welch's p of those per-run values."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import run_stats
+
+    curves = {"a": [[-0.9, -0.5, -0.1], [-0.8, -0.6, -0.4]], "b": [[-0.3, -0.2, -0.7],
+                                                                  [-0.1, -0.1, -0.2]]}
+    for algo, runs in curves.items():
+        for seed, values in enumerate(runs):
+            run = write_run(tmp_path / algo / f"seed{seed}", "Pendulum-v1", algo, seed,
+                            dict(zip((100, 200, 300), values, strict=True)), "train/entropy_loss")
+            (run / "done.json").write_text("{}")
+    write_run(tmp_path / "b" / "seed9", "Pendulum-v1", "b", 9, {100: 5.0}, "train/entropy_loss")
+
+    def get(*args):
+        return run_stats.per_run(tmp_path, "train/entropy_loss", *args)["Pendulum-v1"]
+
+    np.testing.assert_allclose(get("max")["a"], [-0.1, -0.4])
+    np.testing.assert_allclose(get("last")["b"], [-0.7, -0.2])  # seed 9 unfinished
+    np.testing.assert_allclose(get("mean", 100, True)["a"], [0.3, 0.5])  # steps 200, 300
+    values = get("mean", 100, True)
+    lines = run_stats.table({"env": values}, [("a", "b")]).splitlines()
+    assert lines[2].startswith("| env | a | 2 | 0.4 ± 0.1414 | ")
+    p = stats.welch(values["a"], values["b"])[1]
+    assert lines[-1].startswith("- env: a − b = 0.1 [") and lines[-1].endswith(f"Welch p = {p:.2g}")
+
+
 def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):
     for seed, final in enumerate([1.0, 3.0, 100.0]):
         run = write_run(tmp_path / f"seed{seed}", "Pendulum-v1", "ppo", seed, {100: final})
