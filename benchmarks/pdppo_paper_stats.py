@@ -18,22 +18,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from run_stats import finished_curves  # benchmarks/ is on sys.path when a script here runs
 
 from ctrlrl.harness import stats
-from ctrlrl.harness.report import read_groups
 
 
 def per_run(root: Path, metric: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """env → label → {"max": per-run maxima, "sum": per-run sums} of `metric` over finished runs."""
-    out: dict = {}
-    for env, labels in read_groups([str(root)], finished=True).items():
-        for label, group in labels.items():
-            curves = [r.curve(metric)[1] for r in group]
-            curves = [c for c in curves if len(c)]
-            if curves:
-                out.setdefault(env, {})[label] = {"max": np.array([c.max() for c in curves]),
-                                                  "sum": np.array([c.sum() for c in curves])}
-    return out
+    return {env: {label: {"max": np.array([c.max() for c in curves]),
+                          "sum": np.array([c.sum() for c in curves])}
+                  for label, curves in labels.items()}
+            for env, labels in finished_curves(root, metric).items()}
 
 
 def table(values: dict[str, dict[str, dict[str, np.ndarray]]], baseline: str) -> str:

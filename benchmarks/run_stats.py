@@ -25,21 +25,25 @@ from ctrlrl.harness.report import read_groups
 STATS = {"max": np.max, "last": lambda v: v[-1], "mean": np.mean}
 
 
-def per_run(root: Path, metric: str, stat: str, after: int = 0, negate: bool = False
-            ) -> dict[str, dict[str, np.ndarray]]:
-    """env → label → the statistic of each finished run's curve of `metric` past step `after`."""
+def finished_curves(root: Path, metric: str, after: int = 0) -> dict[str, dict[str, list[np.ndarray]]]:
+    """env → label → each finished run's logged values of `metric` past step `after` (runs that
+    log none there are left out, and labels left with no run)."""
     out: dict = {}
     for env, labels in read_groups([str(root)], finished=True).items():
         for label, group in labels.items():
-            values = []
-            for run in group:
-                steps, curve = run.curve(metric)
-                curve = curve[steps > after]
-                if len(curve):
-                    values.append(STATS[stat](-curve if negate else curve))
-            if values:
-                out.setdefault(env, {})[label] = np.array(values)
+            curves = [values[steps > after] for steps, values in (r.curve(metric) for r in group)]
+            curves = [c for c in curves if len(c)]
+            if curves:
+                out.setdefault(env, {})[label] = curves
     return out
+
+
+def per_run(root: Path, metric: str, stat: str, after: int = 0, negate: bool = False
+            ) -> dict[str, dict[str, np.ndarray]]:
+    """env → label → the statistic of each finished run's curve of `metric` past step `after`."""
+    return {env: {label: np.array([STATS[stat](-c if negate else c) for c in curves])
+                  for label, curves in labels.items()}
+            for env, labels in finished_curves(root, metric, after).items()}
 
 
 def num(x: float) -> str:
