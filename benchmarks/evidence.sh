@@ -40,11 +40,13 @@ grid_mdpo_on_sb3() {  # the external rows, at ctrlrl PPO's resolved settings
 # trains on the proxy (speed only). λ is in units of the normalised per-step reward: √χ² over
 # {0.02, 0.1, 0.5} and both KLs over {0.01, 0.1, 1} span the paper's sweeps ({0.01 … 1} × the
 # reward std for √χ², {0.001 … 10} × the reward scale for KL) around the 0.1 first run.
+# 1M steps: at 400k unregularised PPO had only begun to lose true return (constant lr, so the
+# 400k runs extend to 1M as if started at 1M).
 ORPO_BASE=$EV/orpo/base/ctrlrl/HalfCheetahEnergy-true-v0/ppo/seed0
 grid_orpo_cheetah() {
     ctrlrl sweep --algos ppo --envs ctrlrl/HalfCheetahEnergy-true-v0 --seeds 0 --total-steps 300000 \
         --set eval_every=50000 --workers 1 --out $EV/orpo/base
-    local common=(--envs ctrlrl/HalfCheetahEnergy-v0 --seeds 0-4 --total-steps 400000
+    local common=(--envs ctrlrl/HalfCheetahEnergy-v0 --seeds 0-4 --total-steps 1000000
                   --set base_policy=$ORPO_BASE --set n_envs=4 --set n_steps=512 --set eval_every=20000
                   --set eval_episodes=5 --workers "$W" --out $EV/orpo/cheetah)
     ctrlrl sweep --algos orpo --vary reg_coef=0 "${common[@]}"

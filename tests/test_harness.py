@@ -3,6 +3,7 @@ stable-baselines3 twins under the same evaluation protocol, and clear errors on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from conftest import REPO, assert_one_line_error
 
 from ctrlrl import cli
 from ctrlrl.core.config import parse_set
+from ctrlrl.core.signals import TrainingInterrupted
 from ctrlrl.harness import report, stats, sweep
 
 # 2 algorithms × 2 envs × 2 seeds at a tiny budget: evaluations at 400 and 800 steps
@@ -109,6 +111,22 @@ def test_resumed_sweep_run_equals_a_straight_run(stopped_and_finished, tmp_path)
     assert sweep.run_one(spec)["status"] == "done"
 
     assert eval_rows(spec.run_dir) == eval_rows(resumed)
+
+
+def test_a_finished_run_given_a_larger_budget_is_unfinished_until_it_reaches_it(tmp_path,
+                                                                                monkeypatch):
+    sets = parse_set([s for s in SETS if not s.startswith("td3.")])
+    spec = sweep.plan(sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 400, str(tmp_path), sets))[0][0]
+    assert sweep.run_one(spec)["status"] == "done"
+    longer, state = sweep.plan([dataclasses.replace(spec, total_steps=800)])[0]
+    assert state == "resume"
+
+    def cut_short(spec):  # as Ctrl-C midway through the longer budget
+        raise TrainingInterrupted(spec.run_dir / "checkpoints")
+
+    monkeypatch.setattr(sweep, "_train_ctrlrl", cut_short)
+    assert sweep.run_one(longer)["status"] == "stopped"
+    assert not (spec.run_dir / "done.json").exists(), "a report --finished would take it at 400 steps"
 
 
 def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):

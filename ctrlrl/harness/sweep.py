@@ -192,9 +192,11 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     """
     from ctrlrl.core.signals import TrainingInterrupted, stop_requested
 
+    run_dir = spec.run_dir
+    # a finished run given a larger budget is unfinished until it reaches it (`report --finished`)
+    (run_dir / DONE_FILE).unlink(missing_ok=True)
     if stop_requested():  # queued before the sweep was stopped
         return {"status": "stopped", "message": "not started"}
-    run_dir = spec.run_dir
     try:
         if spec.algo.startswith(SB3_PREFIX):
             from ctrlrl.harness.sb3 import train_sb3
