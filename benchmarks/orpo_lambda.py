@@ -4,13 +4,19 @@ per regulariser, from a sweep's run dirs (docs/results/orpo.md).
     python benchmarks/orpo_lambda.py runs/orpo/tomato runs/orpo/cheetah -o docs/results/orpo-lambda
 
 Writes STEM.md (a table per env: regulariser, λ, seeds, final true / proxy return with 95%
-bootstrap CIs) and STEM.png (true return solid, proxy dashed, against λ on a log axis; the
-unregularised runs, λ = 0, as horizontal lines).
+bootstrap CIs, seeds that hack) and STEM.png (true return solid, proxy dashed, against λ on a log
+axis; the unregularised runs, λ = 0, as horizontal lines). Under each table, the two questions the
+ORPO paper answers: each occupancy-measure regulariser at its best λ against action-distribution
+regularisation at its best (difference of final true returns, bootstrap CI, Welch's p), and the λ
+at which each regulariser's final true return is above the unregularised runs' (Welch p < 0.05).
+A seed *hacks* when its last evaluation has a lower true and a higher proxy return than its first
+(every learner starts from the same safe base). `--finished` keeps only runs a sweep finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,8 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ctrlrl.core.errors import UserError
 from ctrlrl.harness.report import read_groups
-from ctrlrl.harness.stats import bootstrap_ci
+from ctrlrl.harness.stats import bootstrap_ci, bootstrap_diff_ci, welch
 
 TRUE, PROXY = "eval/true_reward", "eval/mean_reward"
 
@@ -34,18 +41,48 @@ def regulariser(run) -> str:
     return f"{algo} {run.config.get('config.divergence', 'kl')}"
 
 
-def collect(patterns: list[str]) -> dict[str, dict[tuple[str, float], dict[str, np.ndarray]]]:
-    """env → (regulariser, λ) → {'true': finals, 'proxy': finals} over seeds."""
+def collect(patterns: list[str], finished: bool = False
+            ) -> dict[str, dict[tuple[str, float], dict[str, np.ndarray]]]:
+    """env → (regulariser, λ) → {'true': finals, 'proxy': finals, 'hacks': bool per seed}."""
     out: dict[str, dict] = defaultdict(dict)
-    for env, labels in read_groups(patterns).items():
+    for env, labels in read_groups(patterns, finished).items():
         for runs in labels.values():
             runs = [r for r in runs if r.metrics.get(TRUE)]  # a run still before its first eval
             if not runs:
                 continue
             key = (regulariser(runs[0]), float(runs[0].config.get("config.reg_coef", 0.0)))
-            out[env][key] = {name: np.array([r.curve(metric)[1][-1] for r in runs])
-                             for name, metric in (("true", TRUE), ("proxy", PROXY))}
+            curves = {name: [r.curve(metric)[1] for r in runs]
+                      for name, metric in (("true", TRUE), ("proxy", PROXY))}
+            out[env][key] = {name: np.array([c[-1] for c in cs]) for name, cs in curves.items()}
+            out[env][key]["hacks"] = np.array([t[-1] < t[0] and p[-1] > p[0] for t, p in
+                                               zip(curves["true"], curves["proxy"], strict=True)])
     return out
+
+
+def verdict(groups: dict[tuple[str, float], dict[str, np.ndarray]]) -> list[str]:
+    """The two answers under an env's table (module docstring), as markdown lines."""
+    by_reg: dict[str, dict[float, np.ndarray]] = defaultdict(dict)
+    for (reg, lam), finals in groups.items():
+        by_reg[reg][lam] = finals["true"]
+    none = by_reg.pop("none", {}).get(0.0)  # the unregularised runs' finals
+    best = {reg: max(lams, key=lambda lam: lams[lam].mean()) for reg, lams in by_reg.items()}
+    action = [reg for reg in best if reg.startswith("ppo-adreg")]
+    lines = []
+    for reg in sorted(set(best) - set(action)):
+        for other in action:
+            x, y = by_reg[reg][best[reg]], by_reg[other][best[other]]
+            low, high = bootstrap_diff_ci(x, y)
+            lines.append(f"- best λ: {reg} (λ {best[reg]:g}) − {other} (λ {best[other]:g}) = "
+                         f"{x.mean() - y.mean():.2f} [{low:.2f}, {high:.2f}], Welch p = "
+                         f"{welch(x, y)[1]:.2g}")
+    if none is not None:
+        for reg, lams in sorted(by_reg.items()):
+            above = [lam for lam, x in sorted(lams.items())
+                     if x.mean() > none.mean() and welch(x, none)[1] < 0.05]
+            tried = ", ".join(f"{lam:g}" for lam in sorted(lams))
+            lines.append(f"- above the unregularised true return (Welch p < 0.05): {reg} at λ "
+                         f"{', '.join(f'{lam:g}' for lam in above) or 'none'} of {tried}")
+    return lines
 
 
 def fmt(values: np.ndarray) -> str:
@@ -57,22 +94,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--finished", action="store_true",
+                        help="only runs a sweep finished (done.json), as `ctrlrl report --finished`")
     args = parser.parse_args()
-    data = collect(args.runs)
+    try:
+        data = collect(args.runs, args.finished)
+    except UserError as problem:
+        sys.exit(f"orpo_lambda.py: {problem}")
+    command = " ".join(["python benchmarks/orpo_lambda.py", *args.runs, "-o", args.output,
+                        *(["--finished"] if args.finished else [])])
     lines = ["# ORPO: final true and proxy return against λ", "",
-             f"`python benchmarks/orpo_lambda.py {' '.join(args.runs)} -o {args.output}`; the last "
+             f"`{command}`; the last "
              "evaluation of each run (deterministic episodes), mean over seeds with 95% bootstrap CI.",
              "", f"![true and proxy return against λ]({Path(args.output).name}.png)", ""]
     fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 4.2), squeeze=False)
     for ax, (env, groups) in zip(axes[0], sorted(data.items()), strict=True):
-        lines += [f"## {env}", "", "| regulariser | λ | seeds | true return | proxy return |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {env}", "",
+                  "| regulariser | λ | seeds | true return | proxy return | seeds hacking |",
+                  "|---|---|---|---|---|---|"]
         by_reg: dict[str, list] = defaultdict(list)
         for (reg, lam), finals in sorted(groups.items()):
             lines.append(f"| {reg} | {lam:g} | {len(finals['true'])} | {fmt(finals['true'])} | "
-                         f"{fmt(finals['proxy'])} |")
+                         f"{fmt(finals['proxy'])} | {finals['hacks'].sum()} |")
             by_reg[reg].append((lam, finals))
-        lines.append("")
+        lines += ["", *verdict(groups), ""]
         for i, (reg, points) in enumerate(sorted(by_reg.items())):
             color = f"C{i}"
             if reg == "none":

@@ -455,6 +455,42 @@ def test_run_stats_hand_computed(tmp_path):
     assert lines[-1].startswith("- env: a − b = 0.1 [") and lines[-1].endswith(f"Welch p = {p:.2g}")
 
 
+def test_orpo_lambda_verdict_hand_computed(tmp_path):
+    """benchmarks/orpo_lambda.py: seeds that hack (true down, proxy up from the first evaluation),
+    each ORPO divergence at its best λ against action-distribution KL at its best, and the λ
+    whose final true return is above the unregularised runs' at Welch p < 0.05."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import orpo_lambda
+
+    cells = {  # (algo, config): per seed (first, last) true return, then (first, last) proxy
+        ("orpo", (("reg_coef", 0.0),)): [((10, 5), (10, 20)), ((10, 6), (10, 19)), ((6, 7), (10, 30))],
+        ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 0.1))): [((10, t), (10, 9)) for t in (9, 10, 11)],
+        ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 1.0))): [((10, t), (10, 9)) for t in (5, 7, 9)],
+        ("ppo-adreg", (("reg_coef", 0.1),)): [((10, t), (10, 9)) for t in (8, 9, 10)],
+        ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 9)) for t in (6, 6.5, 7)],
+    }
+    for i, ((algo, config), seeds) in enumerate(cells.items()):
+        for seed, (true, proxy) in enumerate(seeds):
+            run = write_run(tmp_path / f"{i}" / f"seed{seed}", "E-v0", algo, seed,
+                            dict(zip((100, 200), true, strict=True)), orpo_lambda.TRUE, **dict(config))
+            with (run / "metrics.jsonl").open("a") as f:
+                for step, value in zip((100, 200), proxy, strict=True):
+                    f.write(json.dumps({"step": step, orpo_lambda.PROXY: value}) + "\n")
+            label = f"{algo}[{','.join(f'{k}={v}' for k, v in config)}]"  # as a sweep names it
+            (run / "sweep.json").write_text(json.dumps({"label": label, "variant": dict(config)}))
+    groups = orpo_lambda.collect([str(tmp_path)])["E-v0"]
+    assert groups[("none", 0.0)]["hacks"].tolist() == [True, True, False]
+    assert not groups[("orpo sqrt_chi2", 0.1)]["hacks"].any()
+    np.testing.assert_allclose(groups[("none", 0.0)]["proxy"], [20, 19, 30])
+
+    lines = orpo_lambda.verdict(groups)
+    p = stats.welch(np.array([9, 10, 11]), np.array([8, 9, 10]))[1]
+    assert lines[0].startswith("- best λ: orpo sqrt_chi2 (λ 0.1) − ppo-adreg kl (λ 0.1) = 1.00 [")
+    assert lines[0].endswith(f"Welch p = {p:.2g}")
+    assert lines[1:] == [f"- above the unregularised true return (Welch p < 0.05): {reg} at λ 0.1 of 0.1, 1"
+                         for reg in ("orpo sqrt_chi2", "ppo-adreg kl")]
+
+
 def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):
     for seed, final in enumerate([1.0, 3.0, 100.0]):
         run = write_run(tmp_path / f"seed{seed}", "Pendulum-v1", "ppo", seed, {100: final})
