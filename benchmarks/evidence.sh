@@ -53,6 +53,10 @@ grid_orpo_cheetah() {
     ctrlrl sweep --algos orpo --vary divergence=sqrt_chi2 --vary reg_coef=0.02,0.1,0.5 "${common[@]}"
     ctrlrl sweep --algos orpo --vary divergence=kl --vary reg_coef=0.01,0.1,1 "${common[@]}"
     ctrlrl sweep --algos ppo-adreg --vary reg_coef=0.01,0.1,1 "${common[@]}"
+    # one λ below each range: every λ above held the policy at the base, so where does each stop?
+    ctrlrl sweep --algos orpo --vary divergence=sqrt_chi2 --vary reg_coef=0.004 "${common[@]}"
+    ctrlrl sweep --algos orpo --vary divergence=kl --vary reg_coef=0.001 "${common[@]}"
+    ctrlrl sweep --algos ppo-adreg --vary reg_coef=0.001 "${common[@]}"
 }
 
 # MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).
