@@ -63,7 +63,8 @@ def verdict(groups: dict[tuple[str, float], dict[str, np.ndarray]]) -> list[str]
     """The two answers under an env's table (module docstring), as markdown lines."""
     by_reg: dict[str, dict[float, np.ndarray]] = defaultdict(dict)
     for (reg, lam), finals in groups.items():
-        by_reg[reg][lam] = finals["true"]
+        if len(finals["true"]) > 1:  # Welch's t needs two seeds a side
+            by_reg[reg][lam] = finals["true"]
     none = by_reg.pop("none", {}).get(0.0)  # the unregularised runs' finals
     best = {reg: max(lams, key=lambda lam: lams[lam].mean()) for reg, lams in by_reg.items()}
     action = [reg for reg in best if reg.startswith("ppo-adreg")]

@@ -468,6 +468,7 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
         ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 1.0))): [((10, t), (10, 9)) for t in (5, 7, 9)],
         ("ppo-adreg", (("reg_coef", 0.1),)): [((10, t), (10, 9)) for t in (8, 9, 10)],
         ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 9)) for t in (6, 6.5, 7)],
+        ("orpo", (("divergence", "kl"), ("reg_coef", 0.5))): [((10, 100), (10, 9))],  # one seed: no test
     }
     for i, ((algo, config), seeds) in enumerate(cells.items()):
         for seed, (true, proxy) in enumerate(seeds):
