@@ -57,6 +57,10 @@ grid_orpo_cheetah() {
     ctrlrl sweep --algos orpo --vary divergence=sqrt_chi2 --vary reg_coef=0.004 "${common[@]}"
     ctrlrl sweep --algos orpo --vary divergence=kl --vary reg_coef=0.001 "${common[@]}"
     ctrlrl sweep --algos ppo-adreg --vary reg_coef=0.001 "${common[@]}"
+    # below λ 0.1 the unclipped √χ² penalty (e^d − 1)/√χ̂² blew up once a policy drifted off the
+    # base (10⁵ per step): the same two λ with the tomato preset's clip at 10
+    ctrlrl sweep --algos orpo --vary divergence=sqrt_chi2 --vary reg_coef=0.004,0.02 \
+        --vary penalty_clip=10 "${common[@]}"
 }
 
 # MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).

@@ -16,6 +16,7 @@ A seed *hacks* when its last evaluation has a lower true and a higher proxy retu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,11 +35,13 @@ TRUE, PROXY = "eval/true_reward", "eval/mean_reward"
 
 
 def regulariser(run) -> str:
-    """'none' for λ = 0, else the algorithm and its divergence (e.g. 'orpo sqrt_chi2')."""
+    """'none' for λ = 0, else the algorithm, its divergence and any clip of the penalty (e.g.
+    'orpo sqrt_chi2', 'orpo sqrt_chi2 clip 10')."""
     if run.config.get("config.reg_coef", 0.0) == 0:
         return "none"
-    algo = run.config["algo"]
-    return f"{algo} {run.config.get('config.divergence', 'kl')}"
+    name = f"{run.config['algo']} {run.config.get('config.divergence', 'kl')}"
+    clip = float(run.config.get("config.penalty_clip", math.inf))
+    return f"{name} clip {clip:g}" if math.isfinite(clip) else name
 
 
 def collect(patterns: list[str], finished: bool = False

@@ -469,6 +469,8 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
         ("ppo-adreg", (("reg_coef", 0.1),)): [((10, t), (10, 9)) for t in (8, 9, 10)],
         ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 9)) for t in (6, 6.5, 7)],
         ("orpo", (("divergence", "kl"), ("reg_coef", 0.5))): [((10, 100), (10, 9))],  # one seed: no test
+        ("orpo", (("divergence", "sqrt_chi2"), ("penalty_clip", 10.0), ("reg_coef", 0.1))):
+            [((10, t), (10, 12)) for t in (3, 4)],  # a cell of its own, not λ 0.1's
     }
     for i, ((algo, config), seeds) in enumerate(cells.items()):
         for seed, (true, proxy) in enumerate(seeds):
@@ -482,14 +484,18 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
     groups = orpo_lambda.collect([str(tmp_path)])["E-v0"]
     assert groups[("none", 0.0)]["hacks"].tolist() == [True, True, False]
     assert not groups[("orpo sqrt_chi2", 0.1)]["hacks"].any()
+    assert groups[("orpo sqrt_chi2 clip 10", 0.1)]["hacks"].all()
     np.testing.assert_allclose(groups[("none", 0.0)]["proxy"], [20, 19, 30])
 
     lines = orpo_lambda.verdict(groups)
     p = stats.welch(np.array([9, 10, 11]), np.array([8, 9, 10]))[1]
     assert lines[0].startswith("- best λ: orpo sqrt_chi2 (λ 0.1) − ppo-adreg kl (λ 0.1) = 1.00 [")
     assert lines[0].endswith(f"Welch p = {p:.2g}")
-    assert lines[1:] == [f"- above the unregularised true return (Welch p < 0.05): {reg} at λ 0.1 of 0.1, 1"
-                         for reg in ("orpo sqrt_chi2", "ppo-adreg kl")]
+    assert lines[1].startswith("- best λ: orpo sqrt_chi2 clip 10 (λ 0.1) − ppo-adreg kl (λ 0.1) = -5.50 [")
+    above = "- above the unregularised true return (Welch p < 0.05): "
+    assert lines[2:] == [f"{above}orpo sqrt_chi2 at λ 0.1 of 0.1, 1",
+                         f"{above}orpo sqrt_chi2 clip 10 at λ none of 0.1",
+                         f"{above}ppo-adreg kl at λ 0.1 of 0.1, 1"]
 
 
 def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):
