@@ -9,8 +9,9 @@ axis; the unregularised runs, λ = 0, as horizontal lines). Under each table, th
 ORPO paper answers: each occupancy-measure regulariser at its best λ against action-distribution
 regularisation at its best (difference of final true returns, bootstrap CI, Welch's p), and the λ
 at which each regulariser's final true return is above the unregularised runs' (Welch p < 0.05).
-A seed *hacks* when its last evaluation has a lower true and a higher proxy return than its first
-(every learner starts from the same safe base). `--finished` keeps only runs a sweep finished.
+A seed *hacks* when its last evaluation's true return is more than 5% below its first and its
+proxy return more than 5% above (every learner starts from the same safe base; 5% is above the
+evaluations' seed-to-seed noise at the base). `--finished` keeps only runs a sweep finished.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def regulariser(run) -> str:
     return f"{name} clip {clip:g}" if math.isfinite(clip) else name
 
 
+def hacks(true: np.ndarray, proxy: np.ndarray, margin: float = 0.05) -> bool:
+    """True return down and proxy up from the first evaluation to the last, each by > margin."""
+    return bool(true[-1] < true[0] - margin * abs(true[0])
+                and proxy[-1] > proxy[0] + margin * abs(proxy[0]))
+
+
 def collect(patterns: list[str], finished: bool = False
             ) -> dict[str, dict[tuple[str, float], dict[str, np.ndarray]]]:
     """env → (regulariser, λ) → {'true': finals, 'proxy': finals, 'hacks': bool per seed}."""
@@ -57,7 +64,7 @@ def collect(patterns: list[str], finished: bool = False
             curves = {name: [r.curve(metric)[1] for r in runs]
                       for name, metric in (("true", TRUE), ("proxy", PROXY))}
             out[env][key] = {name: np.array([c[-1] for c in cs]) for name, cs in curves.items()}
-            out[env][key]["hacks"] = np.array([t[-1] < t[0] and p[-1] > p[0] for t, p in
+            out[env][key]["hacks"] = np.array([hacks(t, p) for t, p in
                                                zip(curves["true"], curves["proxy"], strict=True)])
     return out
 

@@ -456,7 +456,8 @@ def test_run_stats_hand_computed(tmp_path):
 
 
 def test_orpo_lambda_verdict_hand_computed(tmp_path):
-    """benchmarks/orpo_lambda.py: seeds that hack (true down, proxy up from the first evaluation),
+    """benchmarks/orpo_lambda.py: seeds that hack (true down, proxy up from the first evaluation,
+    each by more than 5%),
     each ORPO divergence at its best λ against action-distribution KL at its best, and the λ
     whose final true return is above the unregularised runs' at Welch p < 0.05."""
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -467,7 +468,7 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
         ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 0.1))): [((10, t), (10, 9)) for t in (9, 10, 11)],
         ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 1.0))): [((10, t), (10, 9)) for t in (5, 7, 9)],
         ("ppo-adreg", (("reg_coef", 0.1),)): [((10, t), (10, 9)) for t in (8, 9, 10)],
-        ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 9)) for t in (6, 6.5, 7)],
+        ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 10.3)) for t in (6, 6.5, 7)],  # +3%
         ("orpo", (("divergence", "kl"), ("reg_coef", 0.5))): [((10, 100), (10, 9))],  # one seed: no test
         ("orpo", (("divergence", "sqrt_chi2"), ("penalty_clip", 10.0), ("reg_coef", 0.1))):
             [((10, t), (10, 12)) for t in (3, 4)],  # a cell of its own, not λ 0.1's
@@ -485,6 +486,7 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
     assert groups[("none", 0.0)]["hacks"].tolist() == [True, True, False]
     assert not groups[("orpo sqrt_chi2", 0.1)]["hacks"].any()
     assert groups[("orpo sqrt_chi2 clip 10", 0.1)]["hacks"].all()
+    assert not groups[("ppo-adreg kl", 1.0)]["hacks"].any(), "a 3% proxy gain is within the margin"
     np.testing.assert_allclose(groups[("none", 0.0)]["proxy"], [20, 19, 30])
 
     lines = orpo_lambda.verdict(groups)
