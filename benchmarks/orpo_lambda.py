@@ -1,5 +1,5 @@
 """The λ-sweep view of an ORPO reproduction: final true and proxy return against the coefficient,
-per regulariser, from a sweep's run dirs (docs/results/orpo.md).
+per regulariser, from a sweep's run dirs (docs/results/orpo.md, orpo-cheetah.md).
 
     python benchmarks/orpo_lambda.py runs/orpo/tomato runs/orpo/cheetah -o docs/results/orpo-lambda
 
