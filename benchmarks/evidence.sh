@@ -29,10 +29,15 @@ grid_mdpo_on() {
     done
 }
 grid_mdpo_on_sb3() {  # the external rows, at ctrlrl PPO's resolved settings
-    local common=(--seeds 0-4 --total-steps 1000000 --set eval_every=20000 --workers "$W")
+    local common=(--algos sb3-ppo --total-steps 1000000 --set eval_every=20000 --workers 1)
+    local minimal=("${common[@]}" "${MINIMAL[@]}" --out $EV/mdpo-on/minimal)
+    local tricks=("${common[@]}" --out $EV/mdpo-on/tricks)
     for env in Walker2d-v5 Hopper-v5; do
-        ctrlrl sweep --algos sb3-ppo --envs $env "${common[@]}" "${MINIMAL[@]}" --out $EV/mdpo-on/minimal
-        ctrlrl sweep --algos sb3-ppo --envs $env "${common[@]}" --out $EV/mdpo-on/tricks
+        # two lanes, one per core, each three seeds of one variant then two of the other: five runs
+        # two at a time would leave a core idle through the fifth, and SB3 runs do not resume
+        { ctrlrl sweep --envs $env --seeds 0-2 "${minimal[@]}"; ctrlrl sweep --envs $env --seeds 3-4 "${tricks[@]}"; } &
+        { ctrlrl sweep --envs $env --seeds 0-2 "${tricks[@]}"; ctrlrl sweep --envs $env --seeds 3-4 "${minimal[@]}"; } &
+        wait
     done
 }
 
