@@ -164,7 +164,8 @@ grid_offline_il() {
 }
 
 # Each algorithm's precision: fp32 against bf16, 5 seeds, short budgets — the rows docs/speed.md's
-# table still lacks (its Pendulum and TD3+BC rows are in).
+# table still lacks (its Pendulum and TD3+BC rows are in). The offline learners' rows first: the
+# offline grid runs each learner at its default precision, which these rows decide.
 grid_precision() {
     local common=(--seeds 0-4 --vary precision=fp32,bf16 --workers "$W")
     dataset Hopper-v5 medium
@@ -172,7 +173,10 @@ grid_precision() {
         --set dataset=$DATA/Hopper-v5-medium.hdf5 "${common[@]}" --out $EV/precision/hopper-medium
     ctrlrl sweep --algos odice --envs Hopper-v5 --total-steps 100000 \
         --set dataset=$DATA/Hopper-v5-medium.hdf5 "${common[@]}" --out $EV/precision/hopper-medium-100k
-    ctrlrl sweep --algos sac,td3 --envs Hopper-v5 --total-steps 100000 "${common[@]}" --out $EV/precision/hopper
+}
+grid_precision_online() {
+    ctrlrl sweep --algos sac,td3 --envs Hopper-v5 --total-steps 100000 --seeds 0-4 \
+        --vary precision=fp32,bf16 --workers "$W" --out $EV/precision/hopper
 }
 
 keep() {
@@ -182,7 +186,8 @@ keep() {
     echo "$(git status --short $EV | grep -c '^A') files staged under $EV"
 }
 
-[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo pdppo-20 npg offline offline-il precision)"; exit 2; }
+GRIDS="mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo pdppo-20 npg offline offline-il precision precision-online"
+[ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: $GRIDS)"; exit 2; }
 for grid in "$@"; do
     case $grid in
         mdpo-on) grid_mdpo_on ;;
@@ -195,7 +200,8 @@ for grid in "$@"; do
         offline) grid_offline ;;
         offline-il) grid_offline_il ;;
         precision) grid_precision ;;
+        precision-online) grid_precision_online ;;
         keep) keep ;;
-        *) echo "evidence.sh: unknown grid '$grid' (grids: mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo pdppo-20 npg offline offline-il precision; or keep)"; exit 2 ;;
+        *) echo "evidence.sh: unknown grid '$grid' (grids: $GRIDS; or keep)"; exit 2 ;;
     esac
 done
