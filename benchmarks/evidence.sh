@@ -66,9 +66,10 @@ grid_orpo_cheetah() {
     # base (10⁵ per step): the same two λ with the tomato preset's clip at 10
     ctrlrl sweep --algos orpo --vary divergence=sqrt_chi2 --vary reg_coef=0.004,0.02 \
         --vary penalty_clip=10 "${common[@]}"
-    # a decade lower for both KLs: each held the policy above the unregularised return from λ 0.001
-    # up, so where does each stop?
+    # lower for both KLs, a decade at a time: each held the policy above the unregularised return
+    # from λ 0.001 up, so where does each stop?
     ctrlrl sweep --algos orpo,ppo-adreg --vary divergence=kl --vary reg_coef=0.0001 "${common[@]}"
+    ctrlrl sweep --algos orpo,ppo-adreg --vary divergence=kl --vary reg_coef=0.00001 "${common[@]}"
 }
 
 # MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).
