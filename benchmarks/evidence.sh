@@ -70,6 +70,9 @@ grid_orpo_cheetah() {
     # from λ 0.001 up, so where does each stop?
     ctrlrl sweep --algos orpo,ppo-adreg --vary divergence=kl --vary reg_coef=0.0001 "${common[@]}"
     ctrlrl sweep --algos orpo,ppo-adreg --vary divergence=kl --vary reg_coef=0.00001 "${common[@]}"
+    # the unregularised reference above is ORPO at λ 0, whose own policy gets half the steps (the
+    # base's rollouts count): plain PPO from the base, with the action-KL runs' accounting
+    ctrlrl sweep --algos ppo-adreg --vary reg_coef=0 "${common[@]}"
 }
 
 # MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).

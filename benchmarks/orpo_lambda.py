@@ -8,7 +8,8 @@ bootstrap CIs, seeds that hack) and STEM.png (true return solid, proxy dashed, a
 axis; the unregularised runs, λ = 0, as horizontal lines). Under each table, the two questions the
 ORPO paper answers: each occupancy-measure regulariser at its best λ against action-distribution
 regularisation at its best (difference of final true returns, bootstrap CI, Welch's p), and the λ
-at which each regulariser's final true return is above the unregularised runs' (Welch p < 0.05).
+at which each regulariser's final true return is above each unregularised reference's (Welch
+p < 0.05): ORPO at λ = 0 and PPO (ppo-adreg at λ = 0), where the sweep ran them.
 A seed *hacks* when its last evaluation's true return is more than 5% below its first and its
 proxy return more than 5% above (every learner starts from the same safe base; 5% is above the
 evaluations' seed-to-seed noise at the base). `--finished` keeps only runs a sweep finished.
@@ -36,10 +37,12 @@ TRUE, PROXY = "eval/true_reward", "eval/mean_reward"
 
 
 def regulariser(run) -> str:
-    """'none' for λ = 0, else the algorithm, its divergence and any clip of the penalty (e.g.
-    'orpo sqrt_chi2', 'orpo sqrt_chi2 clip 10')."""
+    """'none (ALGO)' for λ = 0, else the algorithm, its divergence and any clip of the penalty
+    (e.g. 'orpo sqrt_chi2', 'orpo sqrt_chi2 clip 10'). The unregularised runs keep their algorithm:
+    ORPO's spends half its steps on the base policy's rollouts and PPO's (ppo-adreg at λ = 0) does
+    not, so they are two references, not one."""
     if run.config.get("config.reg_coef", 0.0) == 0:
-        return "none"
+        return f"none ({run.config['algo']})"
     name = f"{run.config['algo']} {run.config.get('config.divergence', 'kl')}"
     clip = float(run.config.get("config.penalty_clip", math.inf))
     return f"{name} clip {clip:g}" if math.isfinite(clip) else name
@@ -75,7 +78,7 @@ def verdict(groups: dict[tuple[str, float], dict[str, np.ndarray]]) -> list[str]
     for (reg, lam), finals in groups.items():
         if len(finals["true"]) > 1:  # Welch's t needs two seeds a side
             by_reg[reg][lam] = finals["true"]
-    none = by_reg.pop("none", {}).get(0.0)  # the unregularised runs' finals
+    references = {reg: by_reg.pop(reg)[0.0] for reg in sorted(by_reg) if reg.startswith("none")}
     best = {reg: max(lams, key=lambda lam: lams[lam].mean()) for reg, lams in by_reg.items()}
     action = [reg for reg in best if reg.startswith("ppo-adreg")]
     lines = []
@@ -86,12 +89,12 @@ def verdict(groups: dict[tuple[str, float], dict[str, np.ndarray]]) -> list[str]
             lines.append(f"- best λ: {reg} (λ {best[reg]:g}) − {other} (λ {best[other]:g}) = "
                          f"{x.mean() - y.mean():.2f} [{low:.2f}, {high:.2f}], Welch p = "
                          f"{welch(x, y)[1]:.2g}")
-    if none is not None:
+    for ref, none in references.items():
         for reg, lams in sorted(by_reg.items()):
             above = [lam for lam, x in sorted(lams.items())
                      if x.mean() > none.mean() and welch(x, none)[1] < 0.05]
             tried = ", ".join(f"{lam:g}" for lam in sorted(lams))
-            lines.append(f"- above the unregularised true return (Welch p < 0.05): {reg} at λ "
+            lines.append(f"- above the true return of {ref} (Welch p < 0.05): {reg} at λ "
                          f"{', '.join(f'{lam:g}' for lam in above) or 'none'} of {tried}")
     return lines
 
@@ -131,10 +134,10 @@ def main() -> None:
         lines += ["", *verdict(groups), ""]
         for i, (reg, points) in enumerate(sorted(by_reg.items())):
             color = f"C{i}"
-            if reg == "none":
+            if reg.startswith("none"):
                 finals = points[0][1]
-                ax.axhline(finals["true"].mean(), color=color, label="λ = 0 true")
-                ax.axhline(finals["proxy"].mean(), color=color, ls="--", label="λ = 0 proxy")
+                ax.axhline(finals["true"].mean(), color=color, label=f"{reg} true")
+                ax.axhline(finals["proxy"].mean(), color=color, ls="--", label=f"{reg} proxy")
                 continue
             lams = np.array([p[0] for p in points])
             for name, ls in (("true", "-"), ("proxy", "--")):

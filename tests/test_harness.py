@@ -459,7 +459,8 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
     """benchmarks/orpo_lambda.py: seeds that hack (true down, proxy up from the first evaluation,
     each by more than 5%),
     each ORPO divergence at its best λ against action-distribution KL at its best, and the λ
-    whose final true return is above the unregularised runs' at Welch p < 0.05."""
+    whose final true return is above each unregularised reference's (ORPO's and PPO's λ = 0, kept
+    apart) at Welch p < 0.05."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import orpo_lambda
 
@@ -467,6 +468,7 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
         ("orpo", (("reg_coef", 0.0),)): [((10, 5), (10, 20)), ((10, 6), (10, 19)), ((6, 7), (10, 30))],
         ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 0.1))): [((10, t), (10, 9)) for t in (9, 10, 11)],
         ("orpo", (("divergence", "sqrt_chi2"), ("reg_coef", 1.0))): [((10, t), (10, 9)) for t in (5, 7, 9)],
+        ("ppo-adreg", (("reg_coef", 0.0),)): [((10, t), (10, 20)) for t in (9.9, 10, 10.1)],  # PPO
         ("ppo-adreg", (("reg_coef", 0.1),)): [((10, t), (10, 9)) for t in (8, 9, 10)],
         ("ppo-adreg", (("reg_coef", 1.0),)): [((10, t), (10, 10.3)) for t in (6, 6.5, 7)],  # +3%
         ("orpo", (("divergence", "kl"), ("reg_coef", 0.5))): [((10, 100), (10, 9))],  # one seed: no test
@@ -483,21 +485,27 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
             label = f"{algo}[{','.join(f'{k}={v}' for k, v in config)}]"  # as a sweep names it
             (run / "sweep.json").write_text(json.dumps({"label": label, "variant": dict(config)}))
     groups = orpo_lambda.collect([str(tmp_path)])["E-v0"]
-    assert groups[("none", 0.0)]["hacks"].tolist() == [True, True, False]
+    assert groups[("none (orpo)", 0.0)]["hacks"].tolist() == [True, True, False]
+    assert not groups[("none (ppo-adreg)", 0.0)]["hacks"].any(), "true return held: no hack"
     assert not groups[("orpo sqrt_chi2", 0.1)]["hacks"].any()
     assert groups[("orpo sqrt_chi2 clip 10", 0.1)]["hacks"].all()
     assert not groups[("ppo-adreg kl", 1.0)]["hacks"].any(), "a 3% proxy gain is within the margin"
-    np.testing.assert_allclose(groups[("none", 0.0)]["proxy"], [20, 19, 30])
+    np.testing.assert_allclose(groups[("none (orpo)", 0.0)]["proxy"], [20, 19, 30])
 
     lines = orpo_lambda.verdict(groups)
     p = stats.welch(np.array([9, 10, 11]), np.array([8, 9, 10]))[1]
     assert lines[0].startswith("- best λ: orpo sqrt_chi2 (λ 0.1) − ppo-adreg kl (λ 0.1) = 1.00 [")
     assert lines[0].endswith(f"Welch p = {p:.2g}")
     assert lines[1].startswith("- best λ: orpo sqrt_chi2 clip 10 (λ 0.1) − ppo-adreg kl (λ 0.1) = -5.50 [")
-    above = "- above the unregularised true return (Welch p < 0.05): "
-    assert lines[2:] == [f"{above}orpo sqrt_chi2 at λ 0.1 of 0.1, 1",
-                         f"{above}orpo sqrt_chi2 clip 10 at λ none of 0.1",
-                         f"{above}ppo-adreg kl at λ 0.1 of 0.1, 1"]
+    orpo_none = "- above the true return of none (orpo) (Welch p < 0.05): "
+    ppo_none = "- above the true return of none (ppo-adreg) (Welch p < 0.05): "
+    assert lines[2:] == [f"{orpo_none}orpo sqrt_chi2 at λ 0.1 of 0.1, 1",
+                         f"{orpo_none}orpo sqrt_chi2 clip 10 at λ none of 0.1",
+                         f"{orpo_none}ppo-adreg kl at λ 0.1 of 0.1, 1",
+                         # PPO's reference (mean 10) is above every cell: each is judged against both
+                         f"{ppo_none}orpo sqrt_chi2 at λ none of 0.1, 1",
+                         f"{ppo_none}orpo sqrt_chi2 clip 10 at λ none of 0.1",
+                         f"{ppo_none}ppo-adreg kl at λ none of 0.1, 1"]
 
 
 def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):
