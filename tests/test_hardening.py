@@ -411,6 +411,57 @@ def test_what_counts_as_a_run_dir(tmp_path):
     assert not is_run_dir(tmp_path / "binary")
 
 
+def test_a_run_dir_in_use_by_another_process_is_refused(run_copy, capsys):
+    """A resume (a second sweep over the same grid, say) while another process trains the run
+    is refused before it truncates that run's log; once the other process is gone it goes on."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from ctrlrl.core.run_dir import claim_run_dir; lock = claim_run_dir(Path(sys.argv[1])); "
+         "print('held', flush=True); sys.stdin.read()", str(run_copy)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with (run_copy / "metrics.jsonl").open("a") as f:  # the other process's newer rows
+            f.write('{"step": 99999}\n')
+        assert _train(run_copy, 192, "--resume", str(run_copy)) == 2
+        assert_one_line_error(capsys.readouterr().err, str(run_copy),
+                              f"in use by ctrlrl process {holder.pid}")
+        assert _rows(run_copy)[-1] == {"step": 99999}
+    finally:
+        holder.communicate("")  # its stdin closes: it exits, and the OS drops its lock
+    assert _train(run_copy, 192, "--resume", str(run_copy)) == 0
+    assert _rows(run_copy)[-1]["step"] == 192
+
+
+def test_a_run_dir_is_locked_while_it_trains_and_free_between_learns(tmp_path):
+    from ctrlrl import api
+    from ctrlrl.core.run_dir import claim_run_dir
+
+    algo = api.make("ppo", "Pendulum-v1", {"n_steps": 64, "batch_size": 32, "n_epochs": 2,
+                                           "hidden_sizes": [32, 32], "tensorboard": False},
+                    device="cpu", n_envs=1, eval_every=0)
+    algo.setup_run_dir(tmp_path / "run")
+    seen = []
+    iteration = algo.train_iteration
+
+    def try_to_claim() -> None:
+        try:
+            claim_run_dir(tmp_path / "run").close()
+            seen.append("claimed")
+        except UserError as problem:
+            seen.append(str(problem))
+        iteration()
+
+    algo.train_iteration = try_to_claim
+    try:
+        for total in (64, 128):  # the second learn() claims the folder again
+            algo.learn(total)
+            assert f"in use by ctrlrl process {os.getpid()}" in seen[-1]
+            claim_run_dir(tmp_path / "run").close()  # released when learn returns
+    finally:
+        algo.close()
+
+
 def test_atomic_write_keeps_the_old_file_on_failure_and_syncs_the_folder(tmp_path, monkeypatch):
     target = tmp_path / "config.yaml"
     target.write_text("old: 1\n")

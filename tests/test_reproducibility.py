@@ -19,6 +19,7 @@ from conftest import (
 import ctrlrl
 from ctrlrl import api
 from ctrlrl.core.checkpoint import CHECKPOINT_NAME
+from ctrlrl.core.run_dir import LOCK_NAME
 from ctrlrl.core.signals import TrainingInterrupted, request_stop
 
 ALGOS = api.list_algos()  # every registered algorithm, with conftest's fast settings
@@ -220,7 +221,7 @@ def test_checkpoint_save_is_atomic(tmp_path):
     """No temporary file is left behind and the file is a complete checkpoint."""
     a = make_algo("td3", tmp_path / "run", total_steps=60).learn()
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert files == [CHECKPOINT_NAME]
+    assert files == sorted([CHECKPOINT_NAME, LOCK_NAME])
     assert ctrlrl.load(tmp_path / "run").step == 60
     a.close()
 

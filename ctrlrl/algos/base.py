@@ -15,7 +15,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -29,7 +29,7 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
 from ctrlrl.core.logger import Logger, Metrics
 from ctrlrl.core.nets import COMPUTE_DTYPES, set_compute_dtype
-from ctrlrl.core.run_dir import default_run_dir, prepare_run_dir
+from ctrlrl.core.run_dir import claim_run_dir, default_run_dir, prepare_run_dir
 from ctrlrl.core.signals import TrainingInterrupted, deferred_sigint
 
 
@@ -131,6 +131,7 @@ class Algorithm:
         self.episodes: deque[tuple[float, int]] = deque(maxlen=100)  # (return, length)
         self.true_returns: deque[float] = deque(maxlen=100)  # when the env reports a true reward
         self.run_dir: Path | None = None
+        self._run_dir_lock: IO | None = None  # held from setup_run_dir to the end of learn
         self._eval_env: VecEnv | None = None
         self.last_evaluation: Evaluation | None = None  # the latest one `learn` logged
         # the latest value of each train/* metric, from what the training loop's updates return
@@ -216,7 +217,8 @@ class Algorithm:
             path = default_run_dir(self.run.env, self.name, self.run.seed)
         else:
             path = Path(run_dir or self.run.run_dir)
-        prepare_run_dir(path, self.config_dict(), resuming, self.step)
+        self.release_run_dir()
+        self._run_dir_lock = prepare_run_dir(path, self.config_dict(), resuming, self.step)
         self.run_dir = path
         self.run = dataclasses.replace(self.run, run_dir=str(path))
         return path
@@ -238,6 +240,8 @@ class Algorithm:
             self.run = dataclasses.replace(self.run, total_steps=total_steps)
         if self.run_dir is None:
             self.setup_run_dir()
+        elif self._run_dir_lock is None:  # a second learn() on this object
+            self._run_dir_lock = claim_run_dir(self.run_dir)
         run = self.run
         logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress, self.step)
         start_step, start_time = self.step, time.perf_counter()
@@ -265,7 +269,13 @@ class Algorithm:
             self.wall_time = self.elapsed()
             self._session = None
             logger.close()
+            self.release_run_dir()  # another process, or api.resume here, may now continue it
         return self
+
+    def release_run_dir(self) -> None:
+        if self._run_dir_lock is not None:
+            self._run_dir_lock.close()
+            self._run_dir_lock = None
 
     def elapsed(self) -> float:
         """Wall time spent training this run so far, across resumes."""
@@ -484,6 +494,7 @@ class Algorithm:
         return run, cfg
 
     def close(self) -> None:
+        self.release_run_dir()
         self.env.close()
         if self._eval_env is not None:
             self._eval_env.close()
