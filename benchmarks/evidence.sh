@@ -192,6 +192,13 @@ keep() {
 
 GRIDS="mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo pdppo-20 npg offline offline-il precision precision-online"
 [ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: $GRIDS)"; exit 2; }
+# one chain at a time: a second would share the two cores and find its runs held by the first
+if [ "$*" != keep ] && { pgrep -f "ctrlrl sweep" >/dev/null ||
+                         pgrep -f "benchmarks/evidence.sh" | grep -qvx $$; }; then
+    echo "evidence.sh: grids are already running (pgrep -af 'ctrlrl sweep|evidence.sh'); let them" \
+         "finish or stop them (pkill -INT -f 'ctrlrl sweep' checkpoints every run) first"
+    exit 2
+fi
 for grid in "$@"; do
     case $grid in
         mdpo-on) grid_mdpo_on ;;
