@@ -27,7 +27,7 @@ from ctrlrl.core.config import (
 )
 from ctrlrl.core.envs import check_env_id, is_continuing
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.run_dir import is_run_dir
+from ctrlrl.core.run_dir import claim_run_dir, is_run_dir
 
 PRESET_DIR = Path(__file__).parent / "algos" / "presets"
 # run settings that may differ when a run is resumed: they do not change what is computed
@@ -210,6 +210,18 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
             f"the run stopped before its first checkpoint, start it again with --run-dir {run_dir}"
             if is_run_dir(run_dir) else
             "pass the run dir that `ctrlrl train` printed (it holds config.yaml and checkpoints/)"))
+    # claimed before its checkpoint is read: a run still training elsewhere is refused here, not
+    # cut back to a checkpoint that its next save replaces
+    claim = claim_run_dir(run_dir)
+    try:
+        return _resume_claimed(run_dir, algo, env, overrides, run_flags)
+    finally:
+        if claim is not None:
+            claim.release()  # the resumed algorithm holds its own claim until it has learnt
+
+
+def _resume_claimed(run_dir: Path, algo: str | None, env: str | None,
+                    overrides: dict[str, Any] | None, run_flags: dict[str, Any]) -> Algorithm:
     # the checkpoint's own config is what its weights were trained with; config.yaml is a copy
     # for people and tools to read, and may have been edited since
     ckpt = read_checkpoint(run_dir)
@@ -239,5 +251,9 @@ def resume(run_dir: str | Path, /, algo: str | None = None, env: str | None = No
         algo_obj.close()
         raise UserError(f"--resume {run_dir}: the run is already at step {algo_obj.step}; pass "
                         f"--total-steps above that to train further")
-    algo_obj.setup_run_dir(run_dir, resuming=True)
+    try:
+        algo_obj.setup_run_dir(run_dir, resuming=True)
+    except UserError:
+        algo_obj.close()
+        raise
     return algo_obj

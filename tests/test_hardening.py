@@ -433,33 +433,151 @@ def test_a_run_dir_in_use_by_another_process_is_refused(run_copy, capsys):
     assert _rows(run_copy)[-1]["step"] == 192
 
 
-def test_a_run_dir_is_locked_while_it_trains_and_free_between_learns(tmp_path):
-    from ctrlrl import api
-    from ctrlrl.core.run_dir import claim_run_dir
+def _locked_elsewhere(run_dir: Path) -> bool:
+    """Would another process be refused the run dir's lock now?"""
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a+'); "
+             "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    return subprocess.run([sys.executable, "-c", probe, str(run_dir / "checkpoints" / "run.lock")],
+                          capture_output=True).returncode != 0
 
-    algo = api.make("ppo", "Pendulum-v1", {"n_steps": 64, "batch_size": 32, "n_epochs": 2,
+
+def _tiny_ppo():
+    from ctrlrl import api
+
+    return api.make("ppo", "Pendulum-v1", {"n_steps": 64, "batch_size": 32, "n_epochs": 2,
                                            "hidden_sizes": [32, 32], "tensorboard": False},
                     device="cpu", n_envs=1, eval_every=0)
-    algo.setup_run_dir(tmp_path / "run")
+
+
+def test_a_run_dir_is_locked_while_it_trains_and_free_between_learns(tmp_path):
+    run_dir = tmp_path / "run"
+    algo = _tiny_ppo()
+    algo.setup_run_dir(run_dir)
     seen = []
     iteration = algo.train_iteration
 
-    def try_to_claim() -> None:
-        try:
-            claim_run_dir(tmp_path / "run").close()
-            seen.append("claimed")
-        except UserError as problem:
-            seen.append(str(problem))
+    def probe_then_train() -> None:
+        seen.append(_locked_elsewhere(run_dir))
         iteration()
 
-    algo.train_iteration = try_to_claim
+    algo.train_iteration = probe_then_train
     try:
         for total in (64, 128):  # the second learn() claims the folder again
             algo.learn(total)
-            assert f"in use by ctrlrl process {os.getpid()}" in seen[-1]
-            claim_run_dir(tmp_path / "run").close()  # released when learn returns
+            assert seen[-1], "another process could have taken the run dir mid-training"
+            assert not _locked_elsewhere(run_dir), "learn returned still holding the run dir"
     finally:
         algo.close()
+
+
+def test_an_object_does_not_train_on_over_a_run_continued_elsewhere(tmp_path, capsys):
+    from ctrlrl import api
+
+    run_dir = tmp_path / "run"
+    first = _tiny_ppo()
+    first.setup_run_dir(run_dir)
+    first.learn(64)
+    second = api.resume(run_dir, total_steps=128)  # in another process just the same
+    second.learn()
+    second.close()
+    with pytest.raises(UserError, match="trained on elsewhere since this object left it"):
+        first.learn(192)
+    first.close()
+    assert [r["step"] for r in _rows(run_dir)][-1] == 128
+    assert not _locked_elsewhere(run_dir)
+
+
+def test_claims_of_one_run_dir_nest_within_a_process(tmp_path):
+    from ctrlrl.core.run_dir import claim_run_dir
+
+    outer = claim_run_dir(tmp_path)  # a sweep's run, say
+    inner = claim_run_dir(tmp_path)  # the resume inside it
+    inner.release()
+    assert _locked_elsewhere(tmp_path)
+    outer.release()
+    assert not _locked_elsewhere(tmp_path)
+
+
+def test_resume_reads_the_checkpoint_only_once_it_holds_the_run_dir(run_copy, monkeypatch):
+    from ctrlrl import api
+
+    read = api.read_checkpoint
+    held = []
+
+    def read_when_held(path):
+        held.append(_locked_elsewhere(run_copy))
+        return read(path)
+
+    monkeypatch.setattr(api, "read_checkpoint", read_when_held)
+    api.resume(run_copy).close()
+    assert held == [True]
+
+
+def test_clearing_a_run_dir_keeps_its_lock(tmp_path):
+    """SB3 runs and Ray's copies start from an empty folder: emptied under its holder, the lock
+    file must stay, or a second process could lock a new one beside it."""
+    from ctrlrl.core.run_dir import claim_run_dir, clear_run_dir
+
+    lock = claim_run_dir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "checkpoints" / "sb3_model.zip").write_bytes(b"old")
+    (tmp_path / "sub").mkdir()
+    clear_run_dir(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == \
+        ["checkpoints", "checkpoints/run.lock"]
+    assert _locked_elsewhere(tmp_path)
+    lock.release()
+
+
+def test_a_forked_child_does_not_keep_the_run_dir_locked(tmp_path):
+    """Env workers are forked: they must not carry the run dir's lock past the parent's release."""
+    import multiprocessing as mp
+    import time
+
+    from ctrlrl.core.run_dir import claim_run_dir
+
+    lock = claim_run_dir(tmp_path)
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+
+    def worker() -> None:  # as an env worker: up, then alive past the parent's release
+        started.set()
+        time.sleep(60)
+
+    child = ctx.Process(target=worker)
+    child.start()
+    try:
+        assert started.wait(30)
+        lock.release()
+        assert not _locked_elsewhere(tmp_path)
+    finally:
+        child.terminate()
+        child.join()
+
+
+def test_a_second_sweep_leaves_a_run_in_use_alone(tmp_path):
+    """Refused, it deletes nothing (done.json, the log) and writes no error.txt into the run."""
+    from ctrlrl.core.run_dir import claim_run_dir
+
+    settings = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "hidden_sizes": [32, 32],
+                "log_every": 64, "tensorboard": False, "eval_every": 0, "n_envs": 1,
+                "device": "cpu"}
+    (spec, _), = sweep.plan(sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 64,
+                                              str(tmp_path / "out"), settings))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from ctrlrl.core.run_dir import claim_run_dir; lock = claim_run_dir(Path(sys.argv[1])); "
+         "print('held', flush=True); sys.stdin.read()", str(spec.run_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (spec.run_dir / sweep.DONE_FILE).write_text("{}")
+        result = sweep.run_one(spec)
+        assert result["status"] == "failed" and "in use by ctrlrl process" in result["message"]
+        assert sorted(p.name for p in spec.run_dir.iterdir()) == ["checkpoints", sweep.DONE_FILE]
+    finally:
+        holder.communicate("")
+    claim_run_dir(spec.run_dir).release()  # free again once the holder is gone
 
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_syncs_the_folder(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -29,7 +29,7 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.evaluation import Evaluation, evaluate_episodes
 from ctrlrl.core.logger import Logger, Metrics
 from ctrlrl.core.nets import COMPUTE_DTYPES, set_compute_dtype
-from ctrlrl.core.run_dir import claim_run_dir, default_run_dir, prepare_run_dir
+from ctrlrl.core.run_dir import RunDirLock, claim_run_dir, default_run_dir, prepare_run_dir
 from ctrlrl.core.signals import TrainingInterrupted, deferred_sigint
 
 
@@ -131,7 +131,8 @@ class Algorithm:
         self.episodes: deque[tuple[float, int]] = deque(maxlen=100)  # (return, length)
         self.true_returns: deque[float] = deque(maxlen=100)  # when the env reports a true reward
         self.run_dir: Path | None = None
-        self._run_dir_lock: IO | None = None  # held from setup_run_dir to the end of learn
+        self._run_dir_lock: RunDirLock | None = None  # held from setup_run_dir to the end of learn
+        self._checkpoint_left: tuple[int, int] | None = None  # the checkpoint learn last left
         self._eval_env: VecEnv | None = None
         self.last_evaluation: Evaluation | None = None  # the latest one `learn` logged
         # the latest value of each train/* metric, from what the training loop's updates return
@@ -211,8 +212,9 @@ class Algorithm:
 
     # ---- training loop -----------------------------------------------------------------------
     def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
-        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>) and write config.yaml
-        (`ctrlrl.core.run_dir.prepare_run_dir` says which folders a run may use)."""
+        """Create the run dir (default runs/<env>/<algo>/<seed>-<time>), claim it for this
+        process until `learn` returns and write config.yaml (`ctrlrl.core.run_dir.prepare_run_dir`
+        says which folders a run may use)."""
         if run_dir is None and not self.run.run_dir:
             path = default_run_dir(self.run.env, self.name, self.run.seed)
         else:
@@ -242,8 +244,17 @@ class Algorithm:
             self.setup_run_dir()
         elif self._run_dir_lock is None:  # a second learn() on this object
             self._run_dir_lock = claim_run_dir(self.run_dir)
+            if file_stamp(self.checkpoint_path) != self._checkpoint_left:
+                self.release_run_dir()
+                raise UserError(f"run dir {self.run_dir} was trained on elsewhere since this "
+                                "object left it; continue from its checkpoint with "
+                                f"`ctrlrl train --resume {self.run_dir}` (ctrlrl.api.resume)")
         run = self.run
-        logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress, self.step)
+        try:
+            logger = Logger(self.run_dir, run.total_steps, run.tensorboard, run.progress, self.step)
+        except BaseException:
+            self.release_run_dir()
+            raise
         start_step, start_time = self.step, time.perf_counter()
         self._session = (start_time, self.wall_time)
         try:
@@ -269,12 +280,13 @@ class Algorithm:
             self.wall_time = self.elapsed()
             self._session = None
             logger.close()
+            self._checkpoint_left = file_stamp(self.checkpoint_path)
             self.release_run_dir()  # another process, or api.resume here, may now continue it
         return self
 
     def release_run_dir(self) -> None:
         if self._run_dir_lock is not None:
-            self._run_dir_lock.close()
+            self._run_dir_lock.release()
             self._run_dir_lock = None
 
     def elapsed(self) -> float:
@@ -498,6 +510,15 @@ class Algorithm:
         self.env.close()
         if self._eval_env is not None:
             self._eval_env.close()
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, None when it is missing: has it changed?"""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def crossed(before: int, after: int, every: int) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import socket
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 try:
     import fcntl
@@ -34,13 +36,42 @@ def default_run_dir(env: str, algo: str, seed: int) -> Path:
     return path
 
 
-def claim_run_dir(path: Path) -> IO | None:
-    """Lock `path` for this process for as long as the returned file stays open, or refuse: a
-    second process in a run dir (two sweeps over one grid, a resume of a run still training)
-    would truncate its logs and interleave its checkpoints. The OS drops the lock when the file
-    is closed or its process exits, however it exits, so a crash leaves no stale lock."""
+class RunDirLock:
+    """This process's hold on a run dir, from `claim_run_dir`; `release()` ends it. Claims of one
+    folder within one process nest (a sweep's run, then the resume and the learner inside it)
+    and share one OS lock, dropped when the last of them is released."""
+
+    _held: ClassVar[dict[Path, list]] = {}  # resolved run dir → [lock file, claims]
+
+    def __init__(self, key: Path) -> None:
+        self.key = key
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        entry = self._held[self.key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[self.key]
+            # unlock first: a forked child (an env worker) holding a copy of the file would
+            # otherwise keep the lock after this process closes it
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+            entry[0].close()
+
+
+def claim_run_dir(path: Path) -> RunDirLock | None:
+    """Hold `path` for this process until the returned lock is released (or the process ends,
+    however it ends: the OS drops the lock, so a crash leaves none behind), or refuse: a second
+    process in a run dir (two sweeps over one grid, a resume of a run still training) would
+    truncate its logs and interleave its checkpoints. None where the OS has no `flock`."""
     if fcntl is None:
         return None
+    key = path.resolve()
+    if key in RunDirLock._held:
+        RunDirLock._held[key][1] += 1
+        return RunDirLock(key)
     lock_path = path / "checkpoints" / LOCK_NAME
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,24 +82,44 @@ def claim_run_dir(path: Path) -> IO | None:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a filesystem without locks: go on
-            return lock
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise UserError(f"run dir {path} is in use by {holder}; let that run finish or stop it "
-                        "(Ctrl-C saves its checkpoint), then resume") from None
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UserError(f"run dir {path} is in use by {holder}; let that run finish or "
+                            "stop it (Ctrl-C saves its checkpoint), then resume") from None
+        # a filesystem without locks: the run goes on unguarded
     lock.seek(0)
     lock.truncate()
-    lock.write(f"ctrlrl process {os.getpid()}\n")
+    lock.write(f"ctrlrl process {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
-    return lock
+    RunDirLock._held[key] = [lock, 1]
+    return RunDirLock(key)
 
 
-def prepare_run_dir(path: Path, config: dict[str, Any], resuming: bool, step: int) -> IO | None:
+def clear_run_dir(path: Path) -> None:
+    """Empty `path` for a fresh start, keeping its lock file: deleting that file under a holder
+    would let a second process lock a new one beside it."""
+    def remove(entry: Path) -> None:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+    for entry in path.iterdir() if path.is_dir() else []:
+        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+            for inner in entry.iterdir():
+                if inner.name != LOCK_NAME:
+                    remove(inner)
+        else:
+            remove(entry)
+
+
+def prepare_run_dir(path: Path, config: dict[str, Any], resuming: bool,
+                    step: int) -> RunDirLock | None:
     """Make `path` ready for a run, claim it (`claim_run_dir`: the lock it returns is the
-    caller's to keep open while the run trains) and write its config.yaml (atomically: a half
-    file would not parse).
+    caller's to release when the run stops training) and write its config.yaml (atomically: a
+    half file would not parse).
 
     A fresh run goes into a new or empty folder, or a run dir that never reached its first
     checkpoint (`is_run_dir`); never into a folder that holds a checkpoint or anything else.
@@ -94,7 +145,7 @@ def prepare_run_dir(path: Path, config: dict[str, Any], resuming: bool, step: in
             f.write(yaml.safe_dump(config, sort_keys=False))
     except OSError as exc:
         if lock is not None:
-            lock.close()
+            lock.release()
         raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
                         "pass --run-dir with a writable folder") from None
     return lock

@@ -12,13 +12,13 @@ stable-baselines3 has no exact resume: a twin cut short starts again from scratc
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import numpy as np
 import yaml
 
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.run_dir import clear_run_dir
 
 TWINS = {"sb3-ppo": "ppo", "sb3-sac": "sac", "sb3-td3": "td3"}
 
@@ -93,8 +93,8 @@ def train_sb3(spec) -> tuple[int, float]:
     _, run, cfg = resolve_spec(spec)
     torch.set_num_threads(run.threads)
     run_dir = spec.run_dir
-    shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "checkpoints").mkdir(parents=True)
+    clear_run_dir(run_dir)  # SB3 runs start afresh (the sweep holds the folder meanwhile)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = {"algo": spec.algo, "run": {**to_dict(run), "run_dir": str(run_dir)},
               "config": to_dict(cfg), "library": f"stable-baselines3 {sb3.__version__}"}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

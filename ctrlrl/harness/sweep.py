@@ -18,7 +18,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import sys
 import tarfile
@@ -32,6 +31,7 @@ from typing import Any
 
 from ctrlrl.core.config import read_run_config
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.run_dir import LOCK_NAME, clear_run_dir
 
 DONE_FILE = "done.json"
 SPEC_FILE = "sweep.json"
@@ -190,13 +190,29 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     Returns {"status": "done" | "stopped" | "failed", "message", "steps", "wall_time"}.
     """
-    from ctrlrl.core.signals import TrainingInterrupted, stop_requested
+    from ctrlrl.core.run_dir import claim_run_dir
+    from ctrlrl.core.signals import stop_requested
+
+    run_dir = spec.run_dir
+    if stop_requested():  # queued before the sweep was stopped
+        return {"status": "stopped", "message": "not started"}
+    try:  # held from here to done.json: a second sweep over the grid leaves this run alone
+        claim = claim_run_dir(run_dir)
+    except UserError as exc:  # in use (its error.txt is not this sweep's to write) or unwritable
+        return {"status": "failed", "message": str(exc)}
+    try:
+        return _run_claimed(spec)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run_claimed(spec: RunSpec) -> dict[str, Any]:
+    from ctrlrl.core.signals import TrainingInterrupted
 
     run_dir = spec.run_dir
     # a finished run given a larger budget is unfinished until it reaches it (`report --finished`)
     (run_dir / DONE_FILE).unlink(missing_ok=True)
-    if stop_requested():  # queued before the sweep was stopped
-        return {"status": "stopped", "message": "not started"}
     try:
         if spec.algo.startswith(SB3_PREFIX):
             from ctrlrl.harness.sb3 import train_sb3
@@ -401,8 +417,9 @@ def _pack(run_dir: Path) -> bytes | None:
     if not run_dir.is_dir():
         return None
     with tempfile.TemporaryFile() as f:
-        with tarfile.open(fileobj=f, mode="w:gz") as tar:
-            tar.add(run_dir, arcname=".")
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:  # the lock is the holder's, not the run's
+            tar.add(run_dir, arcname=".",
+                    filter=lambda info: None if info.name.endswith("/" + LOCK_NAME) else info)
         f.seek(0)
         return f.read()
 
@@ -410,8 +427,8 @@ def _pack(run_dir: Path) -> bytes | None:
 def _unpack(archive: bytes, run_dir: Path) -> None:
     import io
 
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         tar.extractall(run_dir, filter="data")
 
