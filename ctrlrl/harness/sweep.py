@@ -31,7 +31,7 @@ from typing import Any
 
 from ctrlrl.core.config import read_run_config
 from ctrlrl.core.errors import UserError
-from ctrlrl.core.run_dir import LOCK_NAME, clear_run_dir
+from ctrlrl.core.run_dir import LOCK_NAME, claim_run_dir, clear_run_dir
 
 DONE_FILE = "done.json"
 SPEC_FILE = "sweep.json"
@@ -190,7 +190,6 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     Returns {"status": "done" | "stopped" | "failed", "message", "steps", "wall_time"}.
     """
-    from ctrlrl.core.run_dir import claim_run_dir
     from ctrlrl.core.signals import stop_requested
 
     run_dir = spec.run_dir
