@@ -75,10 +75,18 @@ grid_orpo_cheetah() {
     ctrlrl sweep --algos ppo-adreg --vary reg_coef=0 "${common[@]}"
 }
 
-# MDPO off-policy vs SAC, 300k steps, 5 seeds, both in fp32 (their default).
+# MDPO off-policy vs SAC (ctrlrl's and stable-baselines3's), 300k steps, 5 seeds, in fp32 (their
+# default).
 grid_mdpo_off() {
     ctrlrl sweep --algos mdpo-off,sac --envs Hopper-v5,HalfCheetah-v5 --seeds 0-4 --total-steps 300000 \
         --set eval_every=10000 --workers "$W" --out $EV/mdpo-off
+}
+grid_mdpo_off_sb3() {  # the external SAC rows, at ctrlrl SAC's resolved settings; two lanes as above
+    local common=(--algos sb3-sac --total-steps 300000 --set eval_every=10000 --workers 1
+                  --out $EV/mdpo-off)
+    { ctrlrl sweep --envs Hopper-v5 --seeds 0-2 "${common[@]}"; ctrlrl sweep --envs HalfCheetah-v5 --seeds 3-4 "${common[@]}"; } &
+    { ctrlrl sweep --envs HalfCheetah-v5 --seeds 0-2 "${common[@]}"; ctrlrl sweep --envs Hopper-v5 --seeds 3-4 "${common[@]}"; } &
+    wait
 }
 
 # PDPPO vs PPO (the paper's baseline settings: the lot-sizing preset) and PDPPO's single-critic
@@ -190,7 +198,7 @@ keep() {
     echo "$(git status --short $EV | grep -c '^A') files staged under $EV"
 }
 
-GRIDS="mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off pdppo pdppo-20 npg offline offline-il precision precision-online"
+GRIDS="mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off mdpo-off-sb3 pdppo pdppo-20 npg offline offline-il precision precision-online"
 [ $# -gt 0 ] || { echo "usage: bash benchmarks/evidence.sh GRID... | keep (grids: $GRIDS)"; exit 2; }
 # one chain at a time: a second would share the two cores and find its runs held by the first
 if [ "$*" != keep ] && { pgrep -f "ctrlrl sweep" >/dev/null ||
@@ -205,6 +213,7 @@ for grid in "$@"; do
         mdpo-on-sb3) grid_mdpo_on_sb3 ;;
         orpo-cheetah) grid_orpo_cheetah ;;
         mdpo-off) grid_mdpo_off ;;
+        mdpo-off-sb3) grid_mdpo_off_sb3 ;;
         pdppo) grid_pdppo ;;
         pdppo-20) pdppo_lot_sizing 10-19 ;;
         npg) grid_npg ;;
