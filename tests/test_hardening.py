@@ -529,6 +529,38 @@ def test_clearing_a_run_dir_keeps_its_lock(tmp_path):
     lock.release()
 
 
+def test_a_ray_copy_leaves_the_lock_to_its_holder(tmp_path):
+    """`--ray-storage copy` ships a run dir without its lock file and writes it back keeping the
+    one there."""
+    import io
+    import tarfile
+
+    from ctrlrl.core.run_dir import claim_run_dir
+
+    run_dir = tmp_path / "run"
+    lock = claim_run_dir(run_dir)
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    archive = sweep._pack(run_dir)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == [".", "./checkpoints", "./metrics.jsonl"]
+    sweep._unpack(archive, run_dir)
+    assert _locked_elsewhere(run_dir)
+    lock.release()
+
+
+def test_an_sb3_twin_starts_afresh_under_the_sweeps_lock(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    settings = {"eval_every": 0, "device": "cpu", "tensorboard": False}
+    (spec, _), = sweep.plan(sweep.expand_grid(["sb3-sac"], ["Pendulum-v1"], [0], 200,
+                                              str(tmp_path / "out"), settings))
+    (spec.run_dir / "checkpoints").mkdir(parents=True)
+    (spec.run_dir / "checkpoints" / "sb3_model.zip").write_bytes(b"an earlier, cut run")
+    assert sweep.run_one(spec)["status"] == "done"
+    names = sorted(p.name for p in (spec.run_dir / "checkpoints").iterdir())
+    assert names == ["run.lock", "sb3_model.zip"]  # the lock file kept: its holder was this run
+    assert (spec.run_dir / "checkpoints" / "sb3_model.zip").read_bytes() != b"an earlier, cut run"
+
+
 def test_a_forked_child_does_not_keep_the_run_dir_locked(tmp_path):
     """Env workers are forked: they must not carry the run dir's lock past the parent's release."""
     import multiprocessing as mp

@@ -36,6 +36,11 @@ def default_run_dir(env: str, algo: str, seed: int) -> Path:
     return path
 
 
+def unwritable(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write the run dir {path} ({exc.strerror}); "
+                     "pass --run-dir with a writable folder")
+
+
 class RunDirLock:
     """This process's hold on a run dir, from `claim_run_dir`; `release()` ends it. Claims of one
     folder within one process nest (a sweep's run, then the resume and the learner inside it)
@@ -77,8 +82,7 @@ def claim_run_dir(path: Path) -> RunDirLock | None:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_path.open("a+")
     except OSError as exc:
-        raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
-                        "pass --run-dir with a writable folder") from None
+        raise unwritable(path, exc) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -146,8 +150,7 @@ def prepare_run_dir(path: Path, config: dict[str, Any], resuming: bool,
     except OSError as exc:
         if lock is not None:
             lock.release()
-        raise UserError(f"cannot write the run dir {path} ({exc.strerror}); "
-                        "pass --run-dir with a writable folder") from None
+        raise unwritable(path, exc) from None
     return lock
 
 
