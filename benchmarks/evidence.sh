@@ -34,7 +34,7 @@ grid_mdpo_on_sb3() {  # the external rows, at ctrlrl PPO's resolved settings
     local tricks=("${common[@]}" --out $EV/mdpo-on/tricks)
     for env in Walker2d-v5 Hopper-v5; do
         # two lanes, one per core, each three seeds of one variant then two of the other: five runs
-        # two at a time would leave a core idle through the fifth, and SB3 runs do not resume
+        # two at a time would leave a core idle through the fifth
         { ctrlrl sweep --envs $env --seeds 0-2 "${minimal[@]}"; ctrlrl sweep --envs $env --seeds 3-4 "${tricks[@]}"; } &
         { ctrlrl sweep --envs $env --seeds 0-2 "${tricks[@]}"; ctrlrl sweep --envs $env --seeds 3-4 "${minimal[@]}"; } &
         wait
@@ -81,12 +81,9 @@ grid_mdpo_off() {
     ctrlrl sweep --algos mdpo-off,sac --envs Hopper-v5,HalfCheetah-v5 --seeds 0-4 --total-steps 300000 \
         --set eval_every=10000 --workers "$W" --out $EV/mdpo-off
 }
-grid_mdpo_off_sb3() {  # the external SAC rows, at ctrlrl SAC's resolved settings; two lanes as above
-    local common=(--algos sb3-sac --total-steps 300000 --set eval_every=10000 --workers 1
-                  --out $EV/mdpo-off)
-    { ctrlrl sweep --envs Hopper-v5 --seeds 0-2 "${common[@]}"; ctrlrl sweep --envs HalfCheetah-v5 --seeds 3-4 "${common[@]}"; } &
-    { ctrlrl sweep --envs HalfCheetah-v5 --seeds 0-2 "${common[@]}"; ctrlrl sweep --envs Hopper-v5 --seeds 3-4 "${common[@]}"; } &
-    wait
+grid_mdpo_off_sb3() {  # the external SAC rows, at ctrlrl SAC's resolved settings
+    ctrlrl sweep --algos sb3-sac --envs Hopper-v5,HalfCheetah-v5 --seeds 0-4 --total-steps 300000 \
+        --set eval_every=10000 --workers "$W" --out $EV/mdpo-off
 }
 
 # PDPPO vs PPO (the paper's baseline settings: the lot-sizing preset) and PDPPO's single-critic

@@ -548,7 +548,107 @@ def test_a_ray_copy_leaves_the_lock_to_its_holder(tmp_path):
     lock.release()
 
 
+SB3_TINY = {  # tiny nets; SAC acting at random to step 160; PPO with both normalisations
+    "sb3-sac": {"learning_starts": 160, "batch_size": 16, "hidden_sizes": [8]},
+    "sb3-td3": {"learning_starts": 40, "batch_size": 16, "hidden_sizes": [8]},
+    "sb3-ppo": {"n_steps": 32, "batch_size": 16, "n_epochs": 2, "hidden_sizes": [8],
+                "normalize_obs": True, "normalize_reward": True},
+}
+
+
+def _sb3_twin(out: Path, algo: str, **settings):
+    settings = {"eval_every": 64, "log_every": 32, "eval_episodes": 1, "device": "cpu",
+                "tensorboard": False, "n_envs": 2, **SB3_TINY[algo], **settings}
+    total = settings.pop("total_steps", 512)
+    (spec, _), = sweep.plan(sweep.expand_grid([algo], ["Pendulum-v1"], [0], total, str(out), settings))
+    return spec
+
+
+def _sb3_outcome(spec) -> tuple[dict, list]:
+    """A finished twin's final weights and logged rows (wall-clock scalars left out)."""
+    state = load_checkpoint(spec.run_dir / "checkpoints" / "sb3.pt")
+    rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in (spec.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return state["params"]["policy"], rows
+
+
+@pytest.mark.parametrize("algo", list(SB3_TINY))
+def test_a_cut_sb3_twin_resumes_exactly(tmp_path, monkeypatch, algo):
+    """Stopped (Ctrl-C, SIGTERM, a stopping sweep) or crashed, a twin continues from its last
+    checkpoint as if never cut: same weights, same logged rows. What makes that hold: the replay
+    buffer, the counters, the envs' state (mid-episode), the normalisers and every RNG restored."""
+    pytest.importorskip("stable_baselines3")
+    from ctrlrl.core import evaluation, signals
+
+    uncut = _sb3_twin(tmp_path / "uncut", algo)
+    assert sweep.run_one(uncut)["status"] == "done"
+
+    stopped = _sb3_twin(tmp_path / "stopped", algo)
+    polls = iter(range(10**6))
+    # Pendulum's episodes are 200 steps of each env, so 400 of both: SAC stops mid-way through
+    # its second episodes, TD3 after an odd number of updates (its policy delay is 2), PPO after
+    # its second rollout. SAC and TD3 poll twice a step of both envs, PPO twice a 64-step rollout.
+    cut_at = {"sb3-sac": 420, "sb3-td3": 142, "sb3-ppo": 128}[algo]
+    stop_from = 4 if algo == "sb3-ppo" else cut_at
+    monkeypatch.setattr(signals, "stop_signal", lambda: 2 if next(polls) >= stop_from else 0)
+    assert sweep.run_one(stopped)["status"] == "stopped"
+    monkeypatch.undo()
+    cut = load_checkpoint(stopped.run_dir / "checkpoints" / "sb3.pt")
+    assert cut["step"] == cut_at and sweep.plan([stopped])[0][1] == "resume"
+    assert sweep.run_one(stopped)["status"] == "done"
+
+    crashed = _sb3_twin(tmp_path / "crashed", algo, checkpoint_every=128)
+
+    real = evaluation.evaluate
+    calls = iter(range(10**6))
+
+    def crash_at_the_third(*args, **kwargs):
+        if next(calls) == 2:  # the evaluation at step 192, past the checkpoint at 128
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", crash_at_the_third)
+    assert sweep.run_one(crashed)["status"] == "failed"
+    monkeypatch.undo()
+    assert load_checkpoint(crashed.run_dir / "checkpoints" / "sb3.pt")["step"] == 128
+    assert sweep.run_one(crashed)["status"] == "done"
+
+    weights, rows = _sb3_outcome(uncut)
+    assert sum("eval/mean_reward" in r for r in rows) == 8 and any("rollout/ep_rew_mean" in r for r in rows)
+    for run in (stopped, crashed):
+        resumed_weights, resumed_rows = _sb3_outcome(run)
+        assert resumed_rows == rows
+        for key, value in weights.items():
+            assert torch.equal(resumed_weights[key], value), key
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: s["buffer"]["arrays"].update(observations=s["buffer"]["arrays"]["observations"][..., :2]),
+     "observations"),
+    (lambda s: s["buffer"].update(pos=10**9), "buffer position"),
+    (lambda s: s["params"]["policy"].popitem(), "policy"),
+    (lambda s: s["envs"].pop(), "env states"),
+    (lambda s: s["monitor_rewards"].append(np.zeros(3)), "monitor_rewards"),
+    (lambda s: s.update(episodes=[["a", 1, 0.0]]), "episodes"),
+    (lambda s: s["rng"].update(torch=torch.zeros(3)), "rng"),
+])
+def test_an_sb3_checkpoint_that_does_not_fit_is_refused_in_one_line(tmp_path, edit, needle):
+    pytest.importorskip("stable_baselines3")
+    spec = _sb3_twin(tmp_path, "sb3-sac", total_steps=64)
+    assert sweep.run_one(spec)["status"] == "done"
+    path = spec.run_dir / "checkpoints" / "sb3.pt"
+    state = load_checkpoint(path)
+    edit(state)
+    save_checkpoint(path, state)
+    (spec.run_dir / "done.json").unlink()
+    result = sweep.run_one(spec)
+    assert result["status"] == "failed"
+    assert "does not fit this run" in result["message"] and needle in result["message"]
+    assert "\n" not in result["message"]
+
+
 def test_an_sb3_twin_starts_afresh_under_the_sweeps_lock(tmp_path):
+    """Without a checkpoint of its own, a twin clears what an earlier attempt left."""
     pytest.importorskip("stable_baselines3")
     settings = {"eval_every": 0, "device": "cpu", "tensorboard": False}
     (spec, _), = sweep.plan(sweep.expand_grid(["sb3-sac"], ["Pendulum-v1"], [0], 200,
@@ -557,7 +657,7 @@ def test_an_sb3_twin_starts_afresh_under_the_sweeps_lock(tmp_path):
     (spec.run_dir / "checkpoints" / "sb3_model.zip").write_bytes(b"an earlier, cut run")
     assert sweep.run_one(spec)["status"] == "done"
     names = sorted(p.name for p in (spec.run_dir / "checkpoints").iterdir())
-    assert names == ["run.lock", "sb3_model.zip"]  # the lock file kept: its holder was this run
+    assert names == ["run.lock", "sb3.pt", "sb3_model.zip"]  # the lock kept: its holder was this run
     assert (spec.run_dir / "checkpoints" / "sb3_model.zip").read_bytes() != b"an earlier, cut run"
 
 

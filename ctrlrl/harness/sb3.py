@@ -7,12 +7,20 @@ names, evaluated at the same steps by ctrlrl's own `evaluate` (deterministic pol
 per eval env, seeds offset by 10000 from the training seed). So a report's SB3 row and ctrlrl
 row differ only in the library.
 
-stable-baselines3 has no exact resume: a twin cut short starts again from scratch.
+A twin checkpoints as ctrlrl's learners do (every `checkpoint_every` steps, and on Ctrl-C or
+SIGTERM, always between two rollouts) to `checkpoints/sb3.pt`, a ctrlrl checkpoint (tensors and
+plain values, no pickle): stable-baselines3's weights and optimiser states, the filled part of its
+replay buffer, its counters and last observation, the envs' exact state and every RNG it draws
+from. A sweep resumes a cut twin from it, exactly: the resumed run matches an uncut one step for
+step.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -21,6 +29,9 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.run_dir import clear_run_dir
 
 TWINS = {"sb3-ppo": "ppo", "sb3-sac": "sac", "sb3-td3": "td3"}
+CHECKPOINT = "sb3.pt"  # <run dir>/checkpoints/sb3.pt, what a cut twin resumes from
+# a replay buffer's arrays, of which a checkpoint keeps the rows filled so far
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 def sb3_base(name: str) -> str:
@@ -74,8 +85,150 @@ def _build(name: str, venv, run, cfg, device: str):
                policy_kwargs={"net_arch": hidden}, **off)
 
 
+def _monitors(envs) -> list:
+    from stable_baselines3.common.monitor import Monitor
+
+    out = []
+    for env in envs.envs:  # each: SnapshotWrapper(Monitor(...))
+        while not isinstance(env, Monitor):
+            env = env.env
+        out.append(env)
+    return out
+
+
+def _buffer_state(buffer, rows: int) -> dict[str, Any]:
+    arrays = {k: getattr(buffer, k)[:rows] for k in _BUFFER_ARRAYS
+              if getattr(buffer, k, None) is not None}
+    return {"pos": buffer.pos, "full": buffer.full, "arrays": arrays}
+
+
+def _normalizer_state(norm) -> dict[str, Any] | None:
+    if norm is None:
+        return None
+    rms = {name: None if r is None else {"mean": r.mean, "var": r.var, "count": r.count}
+           for name, r in (("obs_rms", getattr(norm, "obs_rms", None)), ("ret_rms", norm.ret_rms))}
+    return {**rms, "returns": norm.returns, "old_obs": getattr(norm, "old_obs", None),
+            "old_reward": norm.old_reward}
+
+
+def _twin_state(model, envs, norm) -> dict[str, Any]:
+    """Everything a twin needs to continue exactly where it stands, between two rollouts: what
+    stable-baselines3's own `save` keeps (weights, optimisers, counters, last observation) and what
+    it leaves out (the replay buffer, the envs, the RNGs)."""
+    import torch
+
+    _, variables = model._get_torch_save_params()
+    buffer = getattr(model, "replay_buffer", None)
+    rows = 0 if buffer is None else (buffer.buffer_size if buffer.full else buffer.pos)
+    return {
+        "step": model.num_timesteps,
+        "n_updates": model._n_updates,
+        "params": model.get_parameters(),
+        "variables": {name: _getattr(model, name).detach().cpu() for name in variables},
+        "last_obs": model._last_obs,
+        "last_episode_starts": model._last_episode_starts,
+        "episodes": [[e["r"], e["l"], e["t"]] for e in model.ep_info_buffer or []],
+        "buffer": None if buffer is None else _buffer_state(buffer, rows),
+        "normalizer": _normalizer_state(norm),
+        "envs": list(envs.env_method("ctrlrl_snapshot")),
+        "monitor_rewards": [np.array(m.rewards, dtype=np.float64) for m in _monitors(envs)],
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False),
+                "action_space": model.action_space.np_random.bit_generator.state},
+    }
+
+
+def _getattr(obj, dotted: str):
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _restore(model, envs, norm, state: dict[str, Any], path: Path) -> None:
+    """Continue `model` (built afresh from the run's config) from `state`, `_twin_state` read
+    back from `path`. The file is checked against the live twin first: one that does not fit
+    (damaged, or written by another configuration) is refused in one line."""
+    import torch
+
+    from ctrlrl.core.checkpoint import misfit
+
+    def refuse(problem: str):
+        return UserError(f"{path} does not fit this run ({problem}); it is damaged or was "
+                         "written by another configuration: delete it to start the run afresh")
+
+    envs.reset()  # a live env holds all its state only once reset; restoring replaces it all
+    buffer = getattr(model, "replay_buffer", None)
+    saved = state.get("buffer")
+    rows = 0
+    if buffer is not None and isinstance(saved, dict):
+        rows = saved.get("pos")
+        if not isinstance(rows, int) or not 0 <= rows <= buffer.buffer_size:
+            raise refuse(f"buffer position {rows!r} outside 0..{buffer.buffer_size}")
+        rows = buffer.buffer_size if saved.get("full") else rows
+    live = _twin_state(model, envs, norm)
+    live["buffer"] = None if buffer is None else _buffer_state(buffer, rows)
+    if norm is not None:  # the last raw observation and reward: none yet on a fresh twin
+        live["normalizer"].update(old_obs=None, old_reward=None)
+    checked = ("step", "n_updates", "variables", "last_obs", "last_episode_starts", "buffer",
+               "normalizer", "rng")
+    problem = (next(filter(None, envs.env_method("ctrlrl_misfit", state.get("envs"))), None)
+               if isinstance(state.get("envs"), list) and len(state["envs"]) == envs.num_envs
+               else f"expected {envs.num_envs} env states")
+    problem = problem or misfit({k: state.get(k) for k in checked}, {k: live[k] for k in checked},
+                                "twin")
+    rewards, episodes = state.get("monitor_rewards"), state.get("episodes")
+    if not (isinstance(rewards, list) and len(rewards) == envs.num_envs
+            and all(isinstance(r, np.ndarray) and r.ndim == 1 and r.dtype.kind in "biuf"
+                    for r in rewards)):
+        problem = problem or f"monitor_rewards: expected {envs.num_envs} arrays of rewards"
+    if not (isinstance(episodes, list)
+            and all(isinstance(e, list) and len(e) == 3 and not any(isinstance(x, bool) for x in e)
+                    and all(isinstance(x, (int, float)) for x in e) for e in episodes)):
+        problem = problem or "episodes: expected [return, length, time] of each episode"
+    params = state.get("params")
+    policy = params.get("policy") if isinstance(params, dict) else None
+    if isinstance(policy, dict) and set(policy) != set(live["params"]["policy"]):
+        problem = problem or "twin.params.policy: not this network's weights"
+    problem = problem or misfit(policy, live["params"]["policy"], "twin.params.policy")
+    if problem:
+        raise refuse(problem)
+    try:
+        model.set_parameters(state["params"], exact_match=True, device=model.device)
+    except (KeyError, ValueError, RuntimeError) as exc:  # an optimiser state of another shape
+        raise refuse(str(exc).splitlines()[0]) from None
+    with torch.no_grad():
+        for name, value in state["variables"].items():
+            _getattr(model, name).copy_(value)
+    model.num_timesteps, model._n_updates = state["step"], state["n_updates"]
+    model._last_obs, model._last_episode_starts = state["last_obs"], state["last_episode_starts"]
+    model.ep_info_buffer = deque(({"r": r, "l": int(n), "t": t} for r, n, t in state["episodes"]),
+                                 maxlen=model._stats_window_size)
+    model.ep_success_buffer = deque(maxlen=model._stats_window_size)
+    if buffer is not None:
+        for key, value in saved["arrays"].items():
+            getattr(buffer, key)[:rows] = value
+        buffer.pos, buffer.full = saved["pos"], saved["full"]
+    if norm is not None:
+        for name in ("obs_rms", "ret_rms"):
+            rms, values = getattr(norm, name, None), state["normalizer"][name]
+            if rms is not None:
+                rms.mean, rms.var, rms.count = values["mean"], values["var"], values["count"]
+        for name in ("returns", "old_obs", "old_reward"):
+            setattr(norm, name, state["normalizer"][name])
+    envs.env_method("ctrlrl_restore", state["envs"])
+    for monitor, rewards in zip(_monitors(envs), state["monitor_rewards"], strict=True):
+        monitor.rewards = [float(r) for r in rewards]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    model.action_space.np_random.bit_generator.state = state["rng"]["action_space"]
+
+
+class _Stopped(Exception):
+    """Raised between two rollouts once a stop was asked for and the checkpoint is on disk."""
+
+
 def train_sb3(spec) -> tuple[int, float]:
-    """Train the twin of `spec` (a sweep RunSpec) from scratch into its run dir; (steps, wall s)."""
+    """Train the twin of `spec` (a sweep RunSpec) into its run dir, from its checkpoint when it
+    has one, else from scratch; (steps, wall s across sessions)."""
     sb3 = _import_sb3()
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
@@ -83,35 +236,49 @@ def train_sb3(spec) -> tuple[int, float]:
     from stable_baselines3.common.vec_env import VecNormalize
 
     from ctrlrl.algos.base import crossed
+    from ctrlrl.core.checkpoint import load_checkpoint, save_checkpoint
     from ctrlrl.core.config import resolve_device, to_dict
-    from ctrlrl.core.envs import VecEnv
+    from ctrlrl.core.envs import SnapshotWrapper, VecEnv
     from ctrlrl.core.evaluation import evaluate
-    from ctrlrl.core.logger import Logger
-    from ctrlrl.core.signals import stop_requested
+    from ctrlrl.core.logger import Logger, truncate_metrics
+    from ctrlrl.core.signals import TrainingInterrupted, deferred_sigint
     from ctrlrl.harness.sweep import resolve_spec, write_spec
 
     _, run, cfg = resolve_spec(spec)
     torch.set_num_threads(run.threads)
     run_dir = spec.run_dir
-    clear_run_dir(run_dir)  # SB3 runs start afresh (the sweep holds the folder meanwhile)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    config = {"algo": spec.algo, "run": {**to_dict(run), "run_dir": str(run_dir)},
-              "config": to_dict(cfg), "library": f"stable-baselines3 {sb3.__version__}"}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    path = run_dir / "checkpoints" / CHECKPOINT
+    saved = load_checkpoint(path) if path.is_file() else None
+    if saved is None:
+        clear_run_dir(run_dir)  # a twin without a checkpoint starts afresh (the sweep holds the folder)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config = {"algo": spec.algo, "run": {**to_dict(run), "run_dir": str(run_dir)},
+                  "config": to_dict(cfg), "library": f"stable-baselines3 {sb3.__version__}"}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_spec(spec)
 
-    venv = make_vec_env(run.env, n_envs=run.n_envs, seed=run.seed)
-    normalize = run.normalize_obs or run.normalize_reward
-    if normalize:
-        venv = VecNormalize(venv, norm_obs=run.normalize_obs, norm_reward=run.normalize_reward,
+    envs = make_vec_env(run.env, n_envs=run.n_envs, seed=run.seed, wrapper_class=SnapshotWrapper,
+                        wrapper_kwargs={"index": 0})
+    for index, env in enumerate(envs.envs):
+        env.index = index
+    norm = None
+    if run.normalize_obs or run.normalize_reward:
+        norm = VecNormalize(envs, norm_obs=run.normalize_obs, norm_reward=run.normalize_reward,
                             clip_obs=run.clip_obs, gamma=cfg.gamma)
+    venv = norm or envs
     model = _build(spec.algo, venv, run, cfg, str(resolve_device(run.device)))
+    wall_before = 0.0
+    if saved is not None:
+        _restore(model, envs, norm, saved, path)
+        wall_before = float(saved.get("wall_time", 0.0))
+        truncate_metrics(run_dir / "metrics.jsonl", model.num_timesteps)
+    start_step = model.num_timesteps
     eval_env = VecEnv(run.env, run.eval_episodes)
-    logger = Logger(run_dir, run.total_steps, run.tensorboard, progress=False)
+    logger = Logger(run_dir, run.total_steps, run.tensorboard, progress=False, start_step=start_step)
     start = time.perf_counter()
 
     def act(obs: np.ndarray) -> np.ndarray:
-        return model.predict(venv.normalize_obs(obs) if normalize else obs, deterministic=True)[0]
+        return model.predict(norm.normalize_obs(obs) if norm else obs, deterministic=True)[0]
 
     def log_eval(step: int) -> None:
         returns = evaluate(act, eval_env, run.seed + 10_000)
@@ -119,14 +286,21 @@ def train_sb3(spec) -> tuple[int, float]:
         logger.record("eval/std_reward", returns.std())
         logger.dump(step)
 
+    def save() -> None:
+        wall = wall_before + time.perf_counter() - start
+        save_checkpoint(path, {"algo": spec.algo, "wall_time": wall,
+                               **_twin_state(model, envs, norm)})
+
     class Harness(BaseCallback):
-        """ctrlrl's evaluation and logging cadence inside stable-baselines3's loop.
+        """ctrlrl's evaluation, logging and checkpoint cadence inside stable-baselines3's loop.
 
         stable-baselines3 trains after each rollout, ctrlrl before it evaluates: an evaluation due
         at a step waits for the next rollout's start (or the end), so both evaluate trained weights.
+        Checkpoints and stops wait for it too: between two rollouts nothing is half done.
         """
 
         due: int | None = None
+        saved_at = start_step
 
         def _on_step(self) -> bool:
             step = self.num_timesteps
@@ -138,26 +312,38 @@ def train_sb3(spec) -> tuple[int, float]:
                 if infos:
                     logger.record("rollout/ep_rew_mean", np.mean([e["r"] for e in infos]))
                     logger.record("rollout/ep_len_mean", np.mean([e["l"] for e in infos]))
-                elapsed = time.perf_counter() - start
-                logger.record("time/fps", step / max(elapsed, 1e-9))
-                logger.record("time/time_elapsed", elapsed)
+                session = time.perf_counter() - start
+                logger.record("time/fps", (step - start_step) / max(session, 1e-9))
+                logger.record("time/time_elapsed", wall_before + session)  # whole run
                 logger.record("time/total_timesteps", step)
                 logger.dump(step)
-            return not stop_requested()  # a stopping sweep: end now, restart later
+            return True
 
         def _on_rollout_start(self) -> None:
             if self.due is not None:
                 log_eval(self.due)
                 self.due = None
+            step = self.num_timesteps
+            if interrupted() or crossed(self.saved_at, step, run.checkpoint_every):
+                save()
+                self.saved_at = step
+            if interrupted():
+                raise _Stopped
 
     harness = Harness()
     try:
-        model.learn(run.total_steps, callback=harness)
-        harness.on_rollout_start()  # the last evaluation, after the last update
+        with deferred_sigint() as interrupted:
+            try:
+                model.learn(max(run.total_steps - start_step, 0), callback=harness,
+                            reset_num_timesteps=saved is None)
+            except _Stopped:
+                raise TrainingInterrupted(path, interrupted()) from None
+            if harness.due is not None:  # the last evaluation, after the last update
+                log_eval(harness.due)
+            save()
         model.save(run_dir / "checkpoints" / "sb3_model.zip")
     finally:
         logger.close()
         eval_env.close()
         venv.close()
-    return int(model.num_timesteps), time.perf_counter() - start
-
+    return int(model.num_timesteps), wall_before + time.perf_counter() - start

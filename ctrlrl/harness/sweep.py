@@ -158,6 +158,7 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
     refuses a run dir that was made with a different configuration (it would be mixed up)."""
     from ctrlrl import api
     from ctrlrl.core.checkpoint import CHECKPOINT_NAME
+    from ctrlrl.harness.sb3 import CHECKPOINT as SB3_CHECKPOINT
 
     out = []
     for spec in specs:
@@ -174,8 +175,8 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
         done = spec.run_dir / DONE_FILE
         if done.is_file() and json.loads(done.read_text())["steps"] >= run.total_steps:
             state = "complete"
-        elif (spec.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file() \
-                and not spec.algo.startswith(SB3_PREFIX):
+        elif (spec.run_dir / "checkpoints" /
+              (SB3_CHECKPOINT if spec.algo.startswith(SB3_PREFIX) else CHECKPOINT_NAME)).is_file():
             state = "resume"
         else:
             state = "start"
