@@ -116,6 +116,7 @@ def _twin_state(model, envs, norm) -> dict[str, Any]:
     stable-baselines3's own `save` keeps (weights, optimisers, counters, last observation) and what
     it leaves out (the replay buffer, the envs, the RNGs)."""
     import torch
+    from stable_baselines3.common.save_util import recursive_getattr
 
     _, variables = model._get_torch_save_params()
     buffer = getattr(model, "replay_buffer", None)
@@ -124,7 +125,7 @@ def _twin_state(model, envs, norm) -> dict[str, Any]:
         "step": model.num_timesteps,
         "n_updates": model._n_updates,
         "params": model.get_parameters(),
-        "variables": {name: _getattr(model, name).detach().cpu() for name in variables},
+        "variables": {name: recursive_getattr(model, name).detach().cpu() for name in variables},
         "last_obs": model._last_obs,
         "last_episode_starts": model._last_episode_starts,
         "episodes": [[e["r"], e["l"], e["t"]] for e in model.ep_info_buffer or []],
@@ -137,17 +138,12 @@ def _twin_state(model, envs, norm) -> dict[str, Any]:
     }
 
 
-def _getattr(obj, dotted: str):
-    for name in dotted.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
 def _restore(model, envs, norm, state: dict[str, Any], path: Path) -> None:
     """Continue `model` (built afresh from the run's config) from `state`, `_twin_state` read
     back from `path`. The file is checked against the live twin first: one that does not fit
     (damaged, or written by another configuration) is refused in one line."""
     import torch
+    from stable_baselines3.common.save_util import recursive_getattr
 
     from ctrlrl.core.checkpoint import misfit
 
@@ -197,7 +193,7 @@ def _restore(model, envs, norm, state: dict[str, Any], path: Path) -> None:
         raise refuse(str(exc).splitlines()[0]) from None
     with torch.no_grad():
         for name, value in state["variables"].items():
-            _getattr(model, name).copy_(value)
+            recursive_getattr(model, name).copy_(value)
     model.num_timesteps, model._n_updates = state["step"], state["n_updates"]
     model._last_obs, model._last_episode_starts = state["last_obs"], state["last_episode_starts"]
     model.ep_info_buffer = deque(({"r": r, "l": int(n), "t": t} for r, n, t in state["episodes"]),
