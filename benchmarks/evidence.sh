@@ -146,6 +146,8 @@ grid_npg() {
 
 # Offline: the generated datasets (docs/datasets.md), then TD3+BC and BC, A2PR (its paper_settings
 # row) and O-DICE, 300k gradient steps, 5 seeds, evaluated every 10k steps (10 episodes).
+# A machine without the files makes them again; each run's dataset.json holds the SHA-256 of the rows
+# it read, a resume refuses other rows and `ctrlrl report` will not pool runs that read different ones.
 DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated
 dataset() {  # ENV LEVEL: make the file unless it is there
     [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000 \

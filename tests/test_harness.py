@@ -298,6 +298,17 @@ def test_report_refuses_differently_configured_seeds(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "learning_rate", "--vary")
 
 
+def test_report_refuses_seeds_trained_on_different_rows_of_one_dataset(tmp_path, capsys):
+    """A dataset regenerated between sittings must not mix into one row of a results table."""
+    for seed, digest in enumerate(("aa", "aa", "bb")):
+        run = write_run(tmp_path / str(seed), "Hopper-v5", "td3bc", seed, {100: 1.0})
+        (run / "dataset.json").write_text(json.dumps({"dataset": "h.hdf5", "sha256": digest}))
+    assert cli.main(["report", str(tmp_path / "[01]"), "-o", str(tmp_path / "r")]) == 0
+    assert cli.main(["report", str(tmp_path / "[0-2]"), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(tmp_path / "2"), "same rows",
+                          "dataset.json digests differ")
+
+
 def test_report_names_a_missing_metric(tmp_path, capsys):
     write_run(tmp_path / "a", "Hopper-v5", "ppo", 0, {100: 1.0})
     write_run(tmp_path / "b", "Hopper-v5", "ppo", 1, {100: 1.0}, metric="rollout/ep_rew_mean")

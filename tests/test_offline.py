@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import OFFLINE_DATA, assert_one_line_error, make_algo, read_metrics, run_cli
 
 import ctrlrl
+from ctrlrl.api import resume
 from ctrlrl.core.errors import UserError
 from ctrlrl.data import episode_returns, load, read_d4rl, write_d4rl
 from ctrlrl.data.collect import replay_dataset
@@ -133,11 +136,38 @@ def test_loaded_policy_acts_without_the_dataset(tmp_path):
     expected = algo.predict(obs)
     algo.close()
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
-    assert ckpt["extra"] == {}  # the dataset is not copied into checkpoints
+    # the dataset is not copied into checkpoints, only its digest
+    assert ckpt["extra"] == {"dataset_digest": load(str(OFFLINE_DATA), "Hopper-v5").digest()}
     loaded = ctrlrl.load(tmp_path / "run")
     assert loaded.replay is None
     np.testing.assert_array_equal(loaded.predict(obs), expected)
     loaded.close()
+
+
+def test_a_resumed_run_refuses_a_dataset_other_than_the_one_it_trained_on(tmp_path):
+    """A dataset regenerated or edited between two sittings would mix two datasets in one run:
+    the run dir records the rows' digest, and resume checks it before training on."""
+    data = read_d4rl(OFFLINE_DATA)
+    path = tmp_path / "hopper.hdf5"
+    write_d4rl(path, data)
+    algo = make_algo("td3bc", tmp_path / "run", total_steps=20, dataset=str(path))
+    algo.learn()
+    algo.close()
+    digest = load(str(path), "Hopper-v5").digest()
+    record = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert record == {"dataset": str(path), "sha256": digest, "transitions": len(load(str(path)))}
+    write_d4rl(path, data)  # the same rows, written again: resumes
+    resumed = resume(tmp_path / "run", total_steps=30)
+    resumed.learn()
+    assert resumed.step == 30
+    resumed.close()
+    data["rewards"][7] += 1.0  # one reward changed
+    write_d4rl(path, data)
+    assert load(str(path)).digest() != digest
+    out = run_cli("train", "td3bc", "--resume", str(tmp_path / "run"), "--total-steps", "40")
+    assert out.returncode == 2
+    assert_one_line_error(out.stderr, str(path), "not the one this run trained on", digest[:12])
+    assert read_metrics(tmp_path / "run")[-1]["step"] == 30
 
 
 def test_offline_algorithm_needs_a_dataset(tmp_path):

@@ -3,6 +3,7 @@ minibatches) and the offline one (gradient steps on minibatches of a fixed datas
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,9 @@ from ctrlrl.algos.base import Algorithm, Metrics
 from ctrlrl.core.buffers import Batch, OfflineBuffer, ReplayBuffer
 from ctrlrl.core.compiled_step import training_step
 from ctrlrl.core.config import RunConfig
+from ctrlrl.core.errors import UserError
 from ctrlrl.core.nets import Standardizer
+from ctrlrl.core.run_dir import DATASET_FILE
 
 if TYPE_CHECKING:
     from ctrlrl.data import Dataset
@@ -146,6 +149,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     replay: OfflineBuffer | None
     actor: nn.Module  # observations (standardised) → actions in [-1, 1]
+    dataset_digest: str | None = None  # `Dataset.digest` of the rows read, once read
+    trained_on: str | None = None  # the digest a resumed run's checkpoint was trained on
 
     @classmethod
     def incompatibility(cls, env: gym.Env, run: RunConfig, cfg: Any) -> str | None:
@@ -167,7 +172,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def load_dataset(self) -> None:
         from ctrlrl.data import load
 
-        data = self.prepare_dataset(load(self.run.dataset, self.run.env, self.run.keep_timeouts))
+        data = load(self.run.dataset, self.run.env, self.run.keep_timeouts)
+        digest = data.digest()
+        if self.trained_on not in (None, digest):
+            # a regenerated or edited file: training on would mix two datasets in one run
+            raise UserError(f"dataset {self.run.dataset} is not the one this run trained on (its "
+                            f"rows' SHA-256 is {digest[:12]}…, the checkpoint's {self.trained_on[:12]}…); "
+                            "put that file back, or start the run afresh")
+        self.dataset_digest = digest
+        data = self.prepare_dataset(data)
         self.ref_scores = data.ref_scores  # eval/normalized_score's (min, max) returns, or None
         low, high = self._act_low, self._act_high
         actions = np.clip(2.0 * (data.actions - low) / (high - low) - 1.0, -1.0, 1.0)
@@ -190,7 +203,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def setup_run_dir(self, run_dir: str | Path | None = None, resuming: bool = False) -> Path:
         if self.replay is None:  # first: a bad dataset fails without leaving a run dir behind
             self.load_dataset()
-        return super().setup_run_dir(run_dir, resuming)
+        path = super().setup_run_dir(run_dir, resuming)
+        # which rows the run learns from, beside its config: the file itself is not kept with it
+        (path / DATASET_FILE).write_text(json.dumps(
+            {"dataset": self.run.dataset, "sha256": self.dataset_digest,
+             "transitions": self.replay.size}, indent=1) + "\n")
+        return path
 
     def learn(self, total_steps: int | None = None) -> Algorithm:
         if self.replay is None:
@@ -212,7 +230,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         return {**super().state_modules(), "obs_stats": self.obs_stats}
 
     def extra_state(self) -> dict[str, Any]:
-        return {}  # the dataset is read again on resume
+        # the dataset is read again on resume; its digest says whether it is still the same
+        return {"dataset_digest": self.dataset_digest}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.trained_on = state.get("dataset_digest")  # absent from checkpoints written before
 
     def reference_scores(self) -> tuple[float, float] | None:
         """The dataset's; before the dataset is read (a checkpoint loaded to act), D4RL's for the

@@ -24,6 +24,7 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import truncate_metrics
 
 LOCK_NAME = "run.lock"  # in checkpoints/, which stays local like the checkpoint itself
+DATASET_FILE = "dataset.json"  # an offline run's: the dataset it reads and its rows' digest
 
 
 def default_run_dir(env: str, algo: str, seed: int) -> Path:

@@ -5,6 +5,7 @@ validated `Dataset` of transitions, checked against the env it will be evaluated
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import warnings
@@ -57,6 +58,16 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.rewards)
+
+    def digest(self) -> str:
+        """SHA-256 of the transitions training reads (each array's dtype, shape and bytes): equal
+        digests mean equal rows, whatever file or machine they came from."""
+        sha = hashlib.sha256()
+        for array in (self.observations, self.actions, self.rewards, self.next_observations,
+                      self.terminals):
+            sha.update(f"{array.dtype.str}{array.shape}".encode())
+            sha.update(np.ascontiguousarray(array).data)
+        return sha.hexdigest()
 
 
 def episode_bounds(data: Dataset) -> list[tuple[int, int]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ctrlrl.core.config import read_run_config
 from ctrlrl.core.errors import UserError
+from ctrlrl.core.run_dir import DATASET_FILE
 from ctrlrl.harness import stats
 
 # Each group's natural metric, the first its runs log: cumulative regret for the average-reward
@@ -111,6 +112,9 @@ def load_run(path: Path) -> Run:
     run_cfg, algo_cfg = {**_defaults("run"), **cfg["run"]}, {**_defaults(cfg["algo"]), **cfg["config"]}
     settings = {f"run.{k}": v for k, v in run_cfg.items() if k not in _FREE_KEYS}
     settings.update({f"config.{k}": v for k, v in algo_cfg.items()})
+    record = path / DATASET_FILE
+    if record.is_file():  # an offline run's seeds must have read the same rows, too
+        settings["dataset.sha256"] = json.loads(record.read_text()).get("sha256")
     run = Run(path, cfg["run"]["env"], label, {"algo": cfg["algo"], **settings})
     with open(metrics_file) as f:
         for n, line in enumerate(f, 1):
@@ -136,6 +140,13 @@ def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
             first = group[0]
             diff = sorted(k for k in run.config.keys() | first.config.keys()
                           if run.config.get(k) != first.config.get(k))
+            if diff == ["dataset.sha256"]:
+                known = first.config.get("dataset.sha256") and run.config.get("dataset.sha256")
+                raise UserError(f"{first.path} and {run.path} are both {run.label!r} on {run.env} "
+                                f"but may not have read the same rows of {run.config.get('run.dataset')} "
+                                + (f"(their {DATASET_FILE} digests differ: the file changed between them)"
+                                   if known else f"(one has no {DATASET_FILE}: it predates the record)")
+                                + "; train again the runs made on the other file")
             shown = ", ".join(f"{k}: {first.config.get(k)!r} vs {run.config.get(k)!r}" for k in diff[:3])
             raise UserError(f"{first.path} and {run.path} are both {run.label!r} on {run.env} but "
                             f"differ in {shown}; report them separately or sweep them with --vary")
