@@ -307,6 +307,9 @@ def test_report_refuses_seeds_trained_on_different_rows_of_one_dataset(tmp_path,
     assert cli.main(["report", str(tmp_path / "[0-2]"), "-o", str(tmp_path / "r")]) == 2
     assert_one_line_error(capsys.readouterr().err, str(tmp_path / "2"), "same rows",
                           "dataset.json digests differ")
+    write_run(tmp_path / "3", "Hopper-v5", "td3bc", 3, {100: 1.0})  # trained before the record
+    assert cli.main(["report", str(tmp_path / "[013]"), "-o", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(tmp_path / "3"), "no dataset.json")
 
 
 def test_report_names_a_missing_metric(tmp_path, capsys):
