@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default=None,
                         help="one metric for all runs (default: each algorithm's own: regret, true "
                              "reward, normalised score, else evaluation return)")
-    report.add_argument("--welch", metavar="A,B",
+    report.add_argument("--welch", metavar="A,B", action="append", default=[],
                         help="add A − B per env: the difference of mean final (and best) values "
-                             "with its 95%% bootstrap CI, and Welch's t-test")
+                             "with its 95%% bootstrap CI, and Welch's t-test; repeat for more pairs")
     report.add_argument("--aggregate", action="store_true",
                         help="add a row and panel per algorithm over all envs (normalised scores only)")
     report.add_argument("--finished", action="store_true",
@@ -460,11 +460,12 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from ctrlrl.harness.report import write_report
 
-    welch = None
-    if args.welch:
-        welch = tuple(n.strip() for n in args.welch.split(","))
-        if len(welch) != 2:
-            raise UserError(f"--welch {args.welch!r}: name two labels, e.g. --welch pdppo,ppo")
+    welch = []
+    for given in args.welch:
+        pair = tuple(n.strip() for n in given.split(","))
+        if len(pair) != 2:
+            raise UserError(f"--welch {given!r}: name two labels, e.g. --welch pdppo,ppo")
+        welch.append(pair)
     paths = write_report(args.runs, args.output, args.metric, welch, args.title,
                          "ctrlrl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
                          args.aggregate, args.notes, args.finished)

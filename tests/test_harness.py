@@ -132,24 +132,31 @@ def test_a_finished_run_given_a_larger_budget_is_unfinished_until_it_reaches_it(
 def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):
     out, *_ = stopped_and_finished
     assert cli.main(["report", str(out), "-o", str(tmp_path / "res" / "grid"),
-                     "--welch", "ppo,td3"]) == 0
+                     "--welch", "ppo,td3", "--welch", "td3,ppo"]) == 0
     table = (tmp_path / "res" / "grid.md").read_text()
     data = json.loads((tmp_path / "res" / "grid.json").read_text())
     assert {(r["env"], r["label"], r["seeds"]) for r in data["rows"]} == {
         (e, a, 2) for e in ("InvertedPendulum-v5", "Pendulum-v1") for a in ("ppo", "td3")}
     assert data["metric"] == "eval/mean_reward"
+    assert data["welch"] == [{"a": "ppo", "b": "td3"}, {"a": "td3", "b": "ppo"}]
     for row in data["rows"]:
         assert row["final_ci"][0] <= row["final_mean"] <= row["final_ci"][1]
         assert row["best_mean"] >= row["final_mean"]
         assert row["steps_min"] >= 800 and row["fps_mean"] > 0 and row["wall_time_mean"] > 0
-        assert (row["label"] == "ppo") == ("welch" in row)
-        if row["label"] == "ppo":
-            td3 = next(r for r in data["rows"] if r["env"] == row["env"] and r["label"] == "td3")
-            for k in ("final", "best"):
-                diff = row["welch"][k]
-                assert diff["diff"] == pytest.approx(row[f"{k}_mean"] - td3[f"{k}_mean"])
-                assert diff["diff_ci"] == list(stats.bootstrap_diff_ci(row[k], td3[k]))
-    assert table.count("| Pendulum-v1 |") == 2 and "ppo − td3: Δ [CI], Welch t, p" in table
+        other = next(r for r in data["rows"] if r["env"] == row["env"] and r["label"] != row["label"])
+        assert list(row["welch"]) == [other["label"]]  # each pair's A row, against its B
+        for k in ("final", "best"):
+            diff = row["welch"][other["label"]][k]
+            assert diff["diff"] == pytest.approx(row[f"{k}_mean"] - other[f"{k}_mean"])
+            assert diff["diff_ci"] == list(stats.bootstrap_diff_ci(row[k], other[k]))
+    # one column per pair, each filled on its own A's rows only
+    head, _, *lines = [[c.strip() for c in line.strip("|").split("|")]
+                       for line in table.splitlines() if line.startswith("|")]
+    assert head[-2:] == ["ppo − td3: Δ [CI], Welch t, p (final; best)",
+                         "td3 − ppo: Δ [CI], Welch t, p (final; best)"]
+    for cells in lines:
+        assert (bool(cells[-2]), bool(cells[-1])) == (cells[1] == "ppo", cells[1] == "td3")
+    assert table.count("| Pendulum-v1 |") == 2
     png = (tmp_path / "res" / "grid.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -220,6 +227,26 @@ def test_report_numbers_hand_computed(tmp_path):
     assert row["iqm_final"] == 2.5  # mean of 2 and 3
     assert row["auc_mean"] == pytest.approx(np.mean([(10 + 10 + f / 2) / 2 for f in finals]))
     assert row["fps_mean"] == 30.0 and row["steps_min"] == row["steps_max"] == 300
+
+
+def test_report_compares_two_learners_with_one_baseline(tmp_path):
+    # as the offline page's A2PR − TD3+BC and O-DICE − TD3+BC: each column on its own learner's row
+    finals = {"ppo": [5.0, 7.0], "sac": [1.0, 2.0], "td3": [3.0, 3.5]}
+    for algo, values in finals.items():
+        for seed, final in enumerate(values):
+            write_run(tmp_path / f"{algo}{seed}", "Pendulum-v1", algo, seed, {100: 0.0, 200: final})
+    groups = report.read_groups([str(tmp_path)])
+    data = report.build_report(groups, report.choose_metrics(groups), [("ppo", "td3"), ("sac", "td3")])
+    rows = {r["label"]: r for r in data["rows"]}
+    assert rows["ppo"]["welch"]["td3"]["final"]["diff"] == pytest.approx(6.0 - 3.25)
+    assert rows["sac"]["welch"]["td3"]["final"]["diff"] == pytest.approx(1.5 - 3.25)
+    assert "welch" not in rows["td3"]
+    table = report.markdown(data, "t", None, None)
+    cells = {c[1]: c[-2:] for c in ([c.strip() for c in line.strip("|").split("|")]
+                                    for line in table.splitlines() if line.startswith("| Pendulum"))}
+    assert cells["ppo"][0].startswith("2.75 [") and cells["ppo"][1] == ""
+    assert cells["sac"][0] == "" and cells["sac"][1].startswith("-1.75 [")
+    assert cells["td3"] == ["", ""]
 
 
 def test_aggregate_pools_normalised_scores_across_envs(tmp_path):

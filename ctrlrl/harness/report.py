@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -254,7 +255,7 @@ def pool_envs(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, s
 
 
 def build_report(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str],
-                 welch: tuple[str, str] | None = None) -> dict[str, Any]:
+                 welch: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Everything the table shows, as plain data (also written as <output>.json): one row per
     (env, label) in its metric `chosen[env, label]` (see `choose_metrics`)."""
     rows = []
@@ -266,29 +267,32 @@ def build_report(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str
     metrics = {r["metric"] for r in rows}
     # one metric for the whole table, or None where rows differ (each row names its own)
     report: dict[str, Any] = {"metric": metrics.pop() if len(metrics) == 1 else None, "rows": rows}
+    present = {r["label"] for r in rows}
     if welch:
-        a, b = welch
-        present = {r["label"] for r in rows}
+        report["welch"] = [{"a": a, "b": b} for a, b in welch]
+    for a, b in welch:
         if a not in present or b not in present:
             raise UserError(f"--welch {a},{b}: no runs labelled {sorted({a, b} - present)}; labels "
                             f"here: {', '.join(sorted(present))}")
-        report["welch"] = {"a": a, "b": b}
         for env in {r["env"] for r in rows}:
             ra = next((r for r in rows if r["env"] == env and r["label"] == a), None)
             rb = next((r for r in rows if r["env"] == env and r["label"] == b), None)
             if (ra is None or rb is None or min(ra["seeds"], rb["seeds"]) < 2
                     or ra["metric"] != rb["metric"]):
                 continue
-            ra["welch"] = {k: {**dict(zip(("t", "p"), stats.welch(ra[k], rb[k]), strict=True)),
-                               "diff": ra[f"{k}_mean"] - rb[f"{k}_mean"],
-                               "diff_ci": list(stats.bootstrap_diff_ci(ra[k], rb[k]))}
-                           for k in ("final", "best")}
+            # keyed by the label compared against: one label may be compared with several
+            ra.setdefault("welch", {})[b] = {
+                k: {**dict(zip(("t", "p"), stats.welch(ra[k], rb[k]), strict=True)),
+                    "diff": ra[f"{k}_mean"] - rb[f"{k}_mean"],
+                    "diff_ci": list(stats.bootstrap_diff_ci(ra[k], rb[k]))}
+                for k in ("final", "best")}
     return report
 
 
 def markdown(report: dict[str, Any], title: str, image: str | None, command: str | None,
              notes: str | None = None) -> str:
-    metric, welch = report["metric"], report.get("welch")
+    metric, welch = report["metric"], report.get("welch", [])
+    pairs = ", ".join(f"{w['a']} − {w['b']}" for w in welch)
     lines = [f"# {title}", ""]
     if command:
         lines += [f"Regenerate: `{command}` ({date.today().isoformat()}).", ""]
@@ -299,13 +303,11 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
               "final values; AUC = the curve's mean level (trapezoid / steps); wall time "
               "per run, fps = steps / wall time (training and evaluation); steps are env steps, "
               "or gradient steps for offline algorithms."
-              + (f" {welch['a']} − {welch['b']}: difference of the two labels' means with its 95% "
-                 "bootstrap CI (each label's seeds resampled on their own) and Welch's t-test."
-                 if welch else ""), ""]
+              + (f" {pairs}: difference of the two labels' means with its 95% bootstrap CI (each "
+                 "label's seeds resampled on their own) and Welch's t-test." if welch else ""), ""]
     head = ["Env", "Algorithm", *([] if metric else ["Metric"]), "Seeds", "Steps", "Final", "Best",
             "IQM final", "AUC", "Wall time / run", "fps"]
-    if welch:
-        head.append(f"{welch['a']} − {welch['b']}: Δ [CI], Welch t, p (final; best)")
+    head += [f"{w['a']} − {w['b']}: Δ [CI], Welch t, p (final; best)" for w in welch]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         steps = f"{r['steps_min']}" if r["steps_min"] == r["steps_max"] else \
@@ -315,8 +317,8 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
                  f"{_fmt(r['best_mean'])} [{_fmt(r['best_ci'][0])}, {_fmt(r['best_ci'][1])}]",
                  _fmt(r["iqm_final"]), _fmt(r["auc_mean"]), _fmt_time(r["wall_time_mean"]),
                  _fmt(r["fps_mean"])]
-        if welch:
-            w = r.get("welch")
+        for pair in welch:
+            w = r.get("welch", {}).get(pair["b"]) if r["label"] == pair["a"] else None
             cells.append("; ".join(f"{_fmt(w[k]['diff'])} [{_fmt(w[k]['diff_ci'][0])}, "
                                    f"{_fmt(w[k]['diff_ci'][1])}] t={w[k]['t']:.2f} p={w[k]['p']:.3g}"
                                    for k in ("final", "best")) if w else "")
@@ -329,7 +331,7 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
 
 
 def write_report(patterns: list[str], output: str, metric: str | None = None,
-                 welch: tuple[str, str] | None = None, title: str | None = None,
+                 welch: Sequence[tuple[str, str]] = (), title: str | None = None,
                  command: str | None = None, pooled: bool = False,
                  notes: str | None = None, finished: bool = False) -> list[Path]:
     """`<output>.md` (table, then the text of the `notes` file), `<output>.png` (curves),
