@@ -124,7 +124,8 @@ grid_pdppo() {
 
 # Policy gradients: a γ0 grid per method and env at the full budget, seeds 0-1 (normalised methods
 # over {0.03, 0.1, 0.3, 1}; the unnormalised ones over 1/3, 1 and 3 times their calibrated preset
-# step), then each method's best γ0 at seeds 2-4.
+# step); where a method's best is the grid's smallest or largest value, one more value past that
+# edge (at most two rounds: `npg_robustness.py edges`), then each method's best γ0 at seeds 2-4.
 grid_npg() {
     local out=$EV/npg
     for e in "Reacher-v5 300000 10000" "Walker2d-v5 1000000 20000"; do
@@ -138,6 +139,13 @@ grid_npg() {
             ctrlrl sweep --algos pg --seeds 0-1 --vary gamma0=0.0004,0.0012,0.0036 "${common[@]}"
             ctrlrl sweep --algos harpg --seeds 0-1 --vary gamma0=4e-05,0.00012,0.00036 "${common[@]}"
         fi
+        for round in 1 2; do
+            local past=$(python benchmarks/npg_robustness.py edges $out | grep "^$1 ")
+            [ -n "$past" ] || break
+            echo "$past" | while read -r env algo g; do
+                ctrlrl sweep --algos $algo --seeds 0-1 --vary gamma0=$g "${common[@]}" </dev/null
+            done
+        done
         python benchmarks/npg_robustness.py best $out | grep "^$1 " | while read -r env algo g; do
             ctrlrl sweep --algos $algo --seeds 2-4 --vary gamma0=$g "${common[@]}" </dev/null
         done

@@ -5,11 +5,14 @@ gamma0=...`), and takes each run's last `eval/mean_reward`; a run that failed (d
 weights or metrics) counts as diverged and is drawn as a cross at the bottom of its panel.
 
     python benchmarks/npg_robustness.py best runs/npg            # best γ_0 per env and method
+    python benchmarks/npg_robustness.py edges runs/npg           # the next γ_0 past a best at an edge
     python benchmarks/npg_robustness.py plot runs/npg -o docs/results/npg-robustness
 
 `best` ranks by the mean final return over the grid's seeds (`--grid-seeds`, default 0,1: the
 seeds every γ_0 was run with, so added seeds of the chosen γ_0 cannot change the choice; diverged
-seeds rank last);
+seeds rank last); `edges` names, for each method whose best is its grid's smallest or largest value,
+one more γ_0 past that edge at the same ratio as the edge's step from its neighbour (two significant
+digits), so a one-sided tuning can be extended until the best lies inside the grid;
 `plot` writes <out>.png (envs with a γ_0 grid; top row: normalised methods, whose γ_0 is a
 step length; bottom row: unnormalised ones, whose γ_0 multiplies the gradient) and <out>.json
 (every env), and prints a markdown table.
@@ -71,6 +74,18 @@ def best(data) -> dict[str, dict[str, float]]:
     return picks
 
 
+def edges(data) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for env, picks in best(data).items():
+        for algo, g in picks.items():
+            grid = sorted(data[env][algo])
+            if len(grid) < 2 or grid[0] < g < grid[-1]:
+                continue
+            neighbour = grid[1] if g == grid[0] else grid[-2]
+            out.setdefault(env, {})[algo] = float(f"{g * g / neighbour:.2g}")
+    return out
+
+
 def table(data) -> str:
     lines = ["| Env | Method | γ_0 | seeds | final return (mean ± sd) | diverged |",
              "|---|---|---|---|---|---|"]
@@ -126,14 +141,15 @@ def plot(data, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("best", "plot"))
+    parser.add_argument("mode", choices=("best", "edges", "plot"))
     parser.add_argument("runs", type=Path)
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/results/npg-robustness"))
     parser.add_argument("--grid-seeds", default="0,1")
     args = parser.parse_args()
-    if args.mode == "best":
+    if args.mode in ("best", "edges"):
         grid_seeds = {int(k) for k in args.grid_seeds.split(",")}
-        for env, picks in best(collect(args.runs, grid_seeds)).items():
+        pick = best if args.mode == "best" else edges
+        for env, picks in pick(collect(args.runs, grid_seeds)).items():
             for algo, g in picks.items():
                 print(env, algo, g)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -494,6 +495,21 @@ def test_run_stats_hand_computed(tmp_path):
     assert lines[2].startswith("| env | a | 2 | 0.4 ± 0.1414 | ")
     p = stats.welch(values["a"], values["b"])[1]
     assert lines[-1].startswith("- env: a − b = 0.1 [") and lines[-1].endswith(f"Welch p = {p:.2g}")
+
+
+def test_npg_robustness_extends_a_best_at_the_grid_edge():
+    """benchmarks/npg_robustness.py edges: a method whose best mean final return is its grid's
+    largest or smallest γ_0 gets one more value past that edge, at the edge's ratio to its
+    neighbour; a best inside the grid, or a one-value grid, gets none; diverged seeds rank last."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import npg_robustness
+
+    data = {"E": {"top": {0.1: [1.0, 1.0], 0.3: [2.0, 2.0], 1.0: [3.0, 2.9]},
+                  "inside": {0.1: [1.0], 0.3: [5.0], 1.0: [2.0]},
+                  "bottom": {0.0005: [3.0, 3.0], 0.0015: [2.0, 2.0], 0.005: [1.0, 1.0]},
+                  "diverged": {0.03: [9.0, -math.inf], 0.1: [4.0, 4.0]},
+                  "alone": {0.3: [1.0]}}}
+    assert npg_robustness.edges(data) == {"E": {"top": 3.3, "bottom": 0.00017, "diverged": 0.33}}
 
 
 def test_orpo_lambda_verdict_hand_computed(tmp_path):
