@@ -447,3 +447,41 @@ def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
     assert data_dir() == tmp_path / "cache" / "ctrlrl" / "data"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert data_dir() == Path.home() / ".cache" / "ctrlrl" / "data"
+
+
+def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monkeypatch):
+    """The SAC run behind `medium` stops at the first evaluation at or above the target; evaluations
+    come every 5000 steps, every 1000 once one has reached half the target, also across a resume."""
+    from ctrlrl import api
+    from ctrlrl.data import collect as collect_module
+
+    class ScriptedSAC:
+        def __init__(self, run_dir):
+            Path(run_dir).mkdir(parents=True)
+            self.step, self.stops = 0, []
+            self.returns = iter([100.0, 300.0, 560.0, 700.0, 1100.0, 3000.0])
+
+        def learn(self, until):
+            self.step = until
+            self.stops.append(until)
+
+        def evaluate(self):
+            return np.array([next(self.returns)])
+
+    monkeypatch.setenv("CTRLRL_DATA", str(tmp_path))
+    monkeypatch.setattr(api, "make", lambda *args, run_dir, **kwargs: ScriptedSAC(run_dir))
+    algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
+    assert reached == 1100.0 and algo.stops == [5000, 10000, 15000, 16000, 17000]
+    run_dir = tmp_path / "policies" / "Hopper-v5-sac-seed0-medium"
+    assert (run_dir / "reached.txt").read_text() == "1100.0"
+
+    # a run stopped after a check past half the target resumes with the finer interval
+    (run_dir / "reached.txt").unlink()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "latest.pt").touch()
+    (run_dir / "last_eval.txt").write_text("700.0")
+    stopped = ScriptedSAC(tmp_path / "elsewhere")
+    stopped.step, stopped.returns = 20000, iter([900.0, 1200.0])
+    monkeypatch.setattr(api, "resume", lambda *args, **kwargs: stopped)
+    algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
+    assert algo is stopped and reached == 1200.0 and algo.stops == [21000, 22000]
