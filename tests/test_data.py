@@ -450,16 +450,16 @@ def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monkeypatch):
-    """The SAC run behind `medium` stops at the first evaluation at or above the target; evaluations
-    come every 5000 steps, every 1000 once one has reached half the target, also across a resume."""
+    """The SAC run behind `medium` stops at the first evaluation at or above the target. Checks fall
+    on multiples of 5000 steps, of 1000 from the first evaluation at half the target on (also after
+    a drop and across a resume from a checkpoint between checks)."""
     from ctrlrl import api
     from ctrlrl.data import collect as collect_module
 
     class ScriptedSAC:
-        def __init__(self, run_dir):
-            Path(run_dir).mkdir(parents=True)
-            self.step, self.stops = 0, []
-            self.returns = iter([100.0, 300.0, 560.0, 700.0, 1100.0, 3000.0])
+        def __init__(self, run_dir, step=0, returns=(100.0, 300.0, 560.0, 400.0, 700.0, 1100.0, 3000.0)):
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self.step, self.stops, self.returns = step, [], iter(returns)
 
         def learn(self, until):
             self.step = until
@@ -471,17 +471,16 @@ def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monk
     monkeypatch.setenv("CTRLRL_DATA", str(tmp_path))
     monkeypatch.setattr(api, "make", lambda *args, run_dir, **kwargs: ScriptedSAC(run_dir))
     algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
-    assert reached == 1100.0 and algo.stops == [5000, 10000, 15000, 16000, 17000]
+    assert reached == 1100.0 and algo.stops == [5000, 10000, 15000, 16000, 17000, 18000]
     run_dir = tmp_path / "policies" / "Hopper-v5-sac-seed0-medium"
     assert (run_dir / "reached.txt").read_text() == "1100.0"
 
-    # a run stopped after a check past half the target resumes with the finer interval
+    # stopped at step 16400 (Ctrl-C's checkpoint) after the check at 16000 (400)
     (run_dir / "reached.txt").unlink()
+    (run_dir / "best_eval.txt").write_text("560.0")
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "latest.pt").touch()
-    (run_dir / "last_eval.txt").write_text("700.0")
-    stopped = ScriptedSAC(tmp_path / "elsewhere")
-    stopped.step, stopped.returns = 20000, iter([900.0, 1200.0])
+    stopped = ScriptedSAC(run_dir, step=16400, returns=(700.0, 1100.0))
     monkeypatch.setattr(api, "resume", lambda *args, **kwargs: stopped)
     algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
-    assert algo is stopped and reached == 1200.0 and algo.stops == [21000, 22000]
+    assert algo is stopped and reached == 1100.0 and algo.stops == [17000, 18000]

@@ -27,17 +27,18 @@ from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import Progress, format_value
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-# steps between a policy run's evaluations; the finer one once it is past half its target, as
-# Hopper's return can jump from a third of expert to most of it within 5000 SAC steps
+# steps between a policy run's evaluations; the finer one from its first evaluation at half its
+# target on, as Hopper's return can jump from a third of expert to most of it within 5000 SAC steps
 COARSE_CHECK, FINE_CHECK = 5000, 1000
 
 
 def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_steps: int,
                 progress: bool):
-    """A SAC run trained to `target` evaluation return (checked every 5000 steps, every 1000 once
-    past half the target) or to `max_steps`, whichever comes first; resumed or reused from the
-    data dir. `progress`: one bar (or a line every 10 s) over the whole training, with each
-    check's evaluation return."""
+    """A SAC run trained to `target` evaluation return or to `max_steps`, whichever comes first;
+    resumed or reused from the data dir. Checks fall on multiples of 5000 steps, of 1000 from the
+    first evaluation at half the target on, so a run stopped and resumed checks where an
+    uninterrupted one does. `progress`: one bar (or a line every 10 s) over the whole training,
+    with each check's evaluation return."""
     from ctrlrl import api
     from ctrlrl.data import data_dir
 
@@ -49,15 +50,17 @@ def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_st
     else:  # each chunk's own bar would restart at every chunk: one bar here instead
         algo = api.make("sac", env_id, seed=seed, total_steps=max_steps, eval_every=0,
                         progress=False, run_dir=str(run_dir))
-    last_check = run_dir / "last_eval.txt"  # a resumed run keeps its check interval
-    mean_return = float(last_check.read_text()) if last_check.exists() else -np.inf
+    best_check = run_dir / "best_eval.txt"  # a resumed run keeps its check interval
+    best = float(best_check.read_text()) if best_check.exists() else -np.inf
+    mean_return = -np.inf
     goal = {} if target is None else {"target": format_value(target)}
     with Progress(max_steps, f"sac {level}", start=algo.step, show=progress) as bar:
         while algo.step < max_steps:
-            near = target is not None and mean_return >= target / 2
-            algo.learn(min(algo.step + (FINE_CHECK if near else COARSE_CHECK), max_steps))
+            every = FINE_CHECK if target is not None and best >= target / 2 else COARSE_CHECK
+            algo.learn(min((algo.step // every + 1) * every, max_steps))
             mean_return = float(algo.evaluate().mean())
-            last_check.write_text(f"{mean_return}")
+            best = max(best, mean_return)
+            best_check.write_text(f"{best}")
             bar.update(algo.step, {"eval": format_value(mean_return), **goal})
             if target is not None and mean_return >= target:
                 break
