@@ -475,12 +475,14 @@ def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monk
     run_dir = tmp_path / "policies" / "Hopper-v5-sac-seed0-medium"
     assert (run_dir / "reached.txt").read_text() == "1100.0"
 
-    # stopped at step 16400 (Ctrl-C's checkpoint) after the check at 16000 (400)
-    (run_dir / "reached.txt").unlink()
-    (run_dir / "best_eval.txt").write_text("560.0")
+    # stopped at step 16400 (Ctrl-C's checkpoint) after the check at 16000 (400), or at 17000
+    # before its check: the resumed run checks at 17000 and 18000 as the uninterrupted one
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "latest.pt").touch()
-    stopped = ScriptedSAC(run_dir, step=16400, returns=(700.0, 1100.0))
-    monkeypatch.setattr(api, "resume", lambda *args, **kwargs: stopped)
-    algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
-    assert algo is stopped and reached == 1100.0 and algo.stops == [17000, 18000]
+    for step, stops in ((16400, [17000, 18000]), (17000, [18000])):
+        (run_dir / "reached.txt").unlink()
+        (run_dir / "checks.json").write_text('{"step": 16000, "best": 560.0}')
+        stopped = ScriptedSAC(run_dir, step=step, returns=(700.0, 1100.0))
+        monkeypatch.setattr(api, "resume", lambda *args, stopped=stopped, **kwargs: stopped)
+        algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
+        assert algo is stopped and reached == 1100.0 and algo.stops == stops

@@ -17,6 +17,7 @@ env id under `metadata/env_id`, which `--dataset FILE` reads to pick the env.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +51,19 @@ def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_st
     else:  # each chunk's own bar would restart at every chunk: one bar here instead
         algo = api.make("sac", env_id, seed=seed, total_steps=max_steps, eval_every=0,
                         progress=False, run_dir=str(run_dir))
-    best_check = run_dir / "best_eval.txt"  # a resumed run keeps its check interval
-    best = float(best_check.read_text()) if best_check.exists() else -np.inf
-    mean_return = -np.inf
+    checks = run_dir / "checks.json"  # a resumed run keeps its check interval and grid
+    done = json.loads(checks.read_text()) if checks.exists() else {"step": 0, "best": -np.inf}
+    best, mean_return = done["best"], -np.inf
     goal = {} if target is None else {"target": format_value(target)}
     with Progress(max_steps, f"sac {level}", start=algo.step, show=progress) as bar:
         while algo.step < max_steps:
             every = FINE_CHECK if target is not None and best >= target / 2 else COARSE_CHECK
-            algo.learn(min((algo.step // every + 1) * every, max_steps))
+            if algo.step % every or algo.step == done["step"]:  # else stopped before its check
+                algo.learn(min((algo.step // every + 1) * every, max_steps))
             mean_return = float(algo.evaluate().mean())
             best = max(best, mean_return)
-            best_check.write_text(f"{best}")
+            done = {"step": algo.step, "best": best}
+            checks.write_text(json.dumps(done))
             bar.update(algo.step, {"eval": format_value(mean_return), **goal})
             if target is not None and mean_return >= target:
                 break
