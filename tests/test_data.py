@@ -486,3 +486,10 @@ def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monk
         monkeypatch.setattr(api, "resume", lambda *args, stopped=stopped, **kwargs: stopped)
         algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 100_000, False)
         assert algo is stopped and reached == 1100.0 and algo.stops == stops
+    # stopped at its last step before the last check: that check still decides
+    (run_dir / "reached.txt").unlink()
+    (run_dir / "checks.json").write_text('{"step": 16000, "best": 560.0}')
+    stopped = ScriptedSAC(run_dir, step=17500, returns=(1100.0,))
+    monkeypatch.setattr(api, "resume", lambda *args, **kwargs: stopped)
+    algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 17500, False)
+    assert algo is stopped and reached == 1100.0 and algo.stops == []

@@ -56,9 +56,10 @@ def _policy_run(env_id: str, seed: int, level: str, target: float | None, max_st
     best, mean_return = done["best"], -np.inf
     goal = {} if target is None else {"target": format_value(target)}
     with Progress(max_steps, f"sac {level}", start=algo.step, show=progress) as bar:
-        while algo.step < max_steps:
+        while algo.step < max_steps or algo.step != done["step"]:  # the last check included
             every = FINE_CHECK if target is not None and best >= target / 2 else COARSE_CHECK
-            if algo.step % every or algo.step == done["step"]:  # else stopped before its check
+            # a run stopped on a check's step before that check evaluates at once
+            if algo.step < max_steps and (algo.step % every or algo.step == done["step"]):
                 algo.learn(min((algo.step // every + 1) * every, max_steps))
             mean_return = float(algo.evaluate().mean())
             best = max(best, mean_return)
