@@ -14,28 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from ctrlrl import api
-from ctrlrl.core.evaluation import normalized_score
+from ctrlrl.core.evaluation import evaluate, normalized_score
 from ctrlrl.data import reference_scores
 
 EPISODE_SEED = 10_000_000
-
-
-def episode_return(algo, env: gym.Env, act, seed: int) -> float:
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    while not done:
-        obs_t = torch.as_tensor(algo.env.normalize_obs(np.asarray(obs, np.float32)[None]))
-        with torch.no_grad():
-            action = algo.to_env_action(act(obs_t).cpu().numpy())[0]
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        done = terminated or truncated
-    return total
 
 
 def main() -> None:
@@ -47,19 +33,21 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     algo = api.resume(args.policy_dir, progress=False)
-    env_id = algo.run.env
-    env = gym.make(env_id)
-    refs = reference_scores(env_id)
+    refs = reference_scores(algo.run.env)
     ways = {
         "mode": algo.actor.mode,
-        "mean of squashed samples": lambda o: algo.actor.sample(o.expand(args.samples, -1))[0].mean(
-            0, keepdim=True),
+        "mean of squashed samples": lambda o: algo.actor.sample(o.expand(args.samples, *o.shape))[0].mean(0),
         "sample": lambda o: algo.actor.sample(o)[0],
     }
-    print(f"{env_id}, policy at {algo.step} steps, {args.episodes} episodes each\n")
+    print(f"{algo.run.env}, policy at {algo.step} steps, {args.episodes} episodes each\n")
     print("| acting with | return (mean ± std) | normalised |\n|---|---|---|")
     for name, act in ways.items():
-        returns = np.array([episode_return(algo, env, act, EPISODE_SEED + i) for i in range(args.episodes)])
+        def env_action(obs: np.ndarray, act=act) -> np.ndarray:
+            with torch.no_grad():
+                action = act(torch.as_tensor(algo.env.normalize_obs(obs.astype(np.float32))))
+            return algo.to_env_action(action.cpu().numpy())
+
+        returns = evaluate(env_action, algo.eval_env(args.episodes), EPISODE_SEED)
         norm = f"{normalized_score(returns.mean(), *refs):.1f}" if refs else "—"
         print(f"| {name} | {returns.mean():.1f} ± {returns.std():.1f} | {norm} |")
 
