@@ -87,6 +87,7 @@ def test_no_regularisation_where_every_q_is_below_v(tmp_path):
     actor_info = algo.actor_loss(b)[1]
     # guards: before the shift both terms are on (this test could fail)
     assert vae_info["recon_loss"] > 0 and actor_info["bc_loss"] > 0
+    assert actor_info["bc_weight_zero_frac"] < 1.0
 
     with torch.no_grad():
         algo.value.layers[-1].bias.add_(1e4)
@@ -95,6 +96,7 @@ def test_no_regularisation_where_every_q_is_below_v(tmp_path):
     assert algo.vae_loss(b, advantage)[1]["recon_loss"].item() == 0.0
     loss, actor_info = algo.actor_loss(b)
     assert actor_info["bc_loss"].item() == 0.0
+    assert actor_info["bc_weight_zero_frac"].item() == 1.0
     with torch.no_grad():
         q = algo.critic(b.obs, algo.actor(b.obs))[0]
     torch.testing.assert_close(loss.detach(), -2.5 * q.mean() / q.abs().mean())

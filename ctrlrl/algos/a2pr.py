@@ -280,7 +280,8 @@ class A2PR(OfflineAlgorithm, TD3):
 
     def actor_loss(self, b: Batch, v: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
         """−λ·mean Q1(s, π(s)) + weighted squared distance to the advantage-selected target;
-        diagnostics: that distance term, the share of VAE targets and λ.
+        diagnostics: that distance term, the share of VAE targets, the share of samples the
+        regulariser leaves out (weight 0: only the Q term acts on them) and λ.
 
         `v`: V(s) of the batch (default: the value net's current output).
         """
@@ -293,5 +294,5 @@ class A2PR(OfflineAlgorithm, TD3):
         target, weight, chose_vae = self.bc_target(b, pi, v)
         bc_loss = (weight[:, None] * (pi - target) ** 2).mean()
         info = {"bc_loss": bc_loss.detach(), "vae_target_fraction": chose_vae.float().mean(),
-                "lambda": lam}
+                "bc_weight_zero_frac": (weight == 0).float().mean(), "lambda": lam}
         return -lam * q.mean() + bc_loss, info
