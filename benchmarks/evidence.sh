@@ -203,6 +203,7 @@ grid_offline_tuning() {
 }
 odice_lambda() {  # ENV: the λ the tuning chose, read from the page of its finished runs
     ctrlrl report $EV/offline-tuning --finished -o docs/results/offline-odice-lambda \
+        --notes docs/results/offline-odice-lambda.notes.md \
         --title "O-DICE's λ per dataset (50k gradient steps, bf16, seeds 100-101)" >/dev/null || return
     python - "$1" <<'PY'
 import json, re, sys
