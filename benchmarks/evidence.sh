@@ -162,16 +162,24 @@ dataset() {  # ENV LEVEL: make the file unless it is there
     [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000 \
         -o $DATA/$1-$2.hdf5
 }
+# In two stages (`ctrlrl sweep` trains finished runs on at a larger budget): every cell to 100k
+# gradient steps, then all to 300k; `ctrlrl report --at-step 100000` compares the cells at 100k
+# while the second stage runs.
+OFFLINE_STAGES="100000 300000"
 grid_offline() {
-    for env in Hopper-v5 Walker2d-v5; do
-        dataset $env medium
-        local level=${env%%-*}; level=${level,,}-medium
-        local common=(--envs $env --seeds 0-4 --total-steps 300000 --set dataset=$DATA/$env-medium.hdf5
-                      --set eval_every=10000 --set eval_episodes=10 --workers "$W" --out $EV/offline)
-        ctrlrl sweep --algos bc,td3bc "${common[@]}"
-        ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}"
-        local lam
-        lam=$(odice_lambda $env) && ctrlrl sweep --algos odice --set lam=$lam "${common[@]}"
+    local budget env
+    for budget in $OFFLINE_STAGES; do
+        for env in Hopper-v5 Walker2d-v5; do
+            dataset $env medium
+            local level=${env%%-*}; level=${level,,}-medium
+            local common=(--envs $env --seeds 0-4 --total-steps $budget
+                          --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000
+                          --set eval_episodes=10 --workers "$W" --out $EV/offline)
+            ctrlrl sweep --algos bc,td3bc "${common[@]}"
+            ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}"
+            local lam
+            lam=$(odice_lambda $env) && ctrlrl sweep --algos odice --set lam=$lam "${common[@]}"
+        done
     done
 }
 
@@ -179,9 +187,12 @@ grid_offline() {
 # reference's T), rewards unused, 3 seeds, against BC on the same trajectory.
 grid_offline_il() {
     dataset Hopper-v5 expert
-    ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
-        --total-steps 300000 --set dataset=$DATA/Hopper-v5-expert.hdf5 --set eval_every=10000 \
-        --set eval_episodes=10 --workers "$W" --out $EV/offline-il
+    local budget
+    for budget in $OFFLINE_STAGES; do
+        ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
+            --total-steps $budget --set dataset=$DATA/Hopper-v5-expert.hdf5 --set eval_every=10000 \
+            --set eval_episodes=10 --workers "$W" --out $EV/offline-il
+    done
 }
 
 # O-DICE's λ per dataset. Its paper tunes λ and η per dataset (appendix D, a table this suite could

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--finished", action="store_true",
                         help="only the runs a sweep finished (done.json): leaves out the runs "
                              "still training or stopped, so kept sweeps report the same anywhere")
+    report.add_argument("--at-step", type=int, default=None, dest="at_step", metavar="STEP",
+                        help="compare the cells at one budget: only the runs that have reached "
+                             "STEP (finished or not), each cut there")
     report.add_argument("--title", default=None)
     report.add_argument("--notes", default=None, metavar="FILE",
                         help="markdown appended under the table (the discussion of the results)")
@@ -468,7 +471,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         welch.append(pair)
     paths = write_report(args.runs, args.output, args.metric, welch, args.title,
                          "ctrlrl " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else None,
-                         args.aggregate, args.notes, args.finished)
+                         args.aggregate, args.notes, args.finished, args.at_step)
     print("wrote " + ", ".join(map(str, paths)))
 
 

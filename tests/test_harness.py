@@ -130,6 +130,26 @@ def test_a_finished_run_given_a_larger_budget_is_unfinished_until_it_reaches_it(
     assert not (spec.run_dir / "done.json").exists(), "a report --finished would take it at 400 steps"
 
 
+def test_a_run_past_a_smaller_budget_is_complete_for_it(tmp_path):
+    """A grid run in stages: the short stage's command, rerun while (or after) the runs train on
+    to the full budget, trains nothing; a run cut short at its own budget still resumes."""
+    sets = parse_set([s for s in SETS if not s.startswith("td3.")])
+    spec = sweep.plan(sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 400, str(tmp_path), sets))[0][0]
+    assert sweep.run_one(spec)["status"] == "done"
+
+    def stopped_at_400_of(budget: int) -> None:  # as a sweep at that budget leaves it when stopped
+        config = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
+        config["run"]["total_steps"] = budget
+        (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        (spec.run_dir / "done.json").unlink(missing_ok=True)
+
+    stopped_at_400_of(1200)
+    states = [sweep.plan([dataclasses.replace(spec, total_steps=n)])[0][1] for n in (200, 400, 800)]
+    assert states == ["complete", "complete", "resume"]
+    stopped_at_400_of(400)  # its final evaluation logged, done.json not yet written
+    assert sweep.plan([spec])[0][1] == "resume"
+
+
 def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):
     out, *_ = stopped_and_finished
     assert cli.main(["report", str(out), "-o", str(tmp_path / "res" / "grid"),
@@ -563,6 +583,20 @@ def test_orpo_lambda_verdict_hand_computed(tmp_path):
                          f"{ppo_none}orpo sqrt_chi2 at λ none of 0.1, 1",
                          f"{ppo_none}orpo sqrt_chi2 clip 10 at λ none of 0.1",
                          f"{ppo_none}ppo-adreg kl at λ none of 0.1, 1"]
+
+
+def test_report_at_step_takes_each_run_as_it_stood_there(tmp_path, capsys):
+    write_run(tmp_path / "seed0", "Pendulum-v1", "ppo", 0, {100: 1.0, 200: 5.0})
+    write_run(tmp_path / "seed1", "Pendulum-v1", "ppo", 1, {100: 3.0, 200: 7.0, 300: 100.0})
+    write_run(tmp_path / "seed2", "Pendulum-v1", "ppo", 2, {100: 50.0})  # not at step 200 yet
+    out = tmp_path / "r"
+    assert cli.main(["report", str(tmp_path), "-o", str(out), "--at-step", "200"]) == 0
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["seeds"] == 2 and row["final"] == [5.0, 7.0] and row["best"] == [5.0, 7.0]
+    assert row["steps_min"] == row["steps_max"] == 200
+    for step in ("0", "400"):
+        assert cli.main(["report", str(tmp_path), "-o", str(out), "--at-step", step]) == 2
+        assert_one_line_error(capsys.readouterr().err, f"--at-step {step}")
 
 
 def test_report_finished_leaves_out_runs_without_done_json(tmp_path, capsys):

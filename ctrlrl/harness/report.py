@@ -54,6 +54,12 @@ class Run:
         steps = np.array(sorted(points), dtype=np.int64)
         return steps, np.array([points[s] for s in steps], dtype=float)
 
+    def cut(self, step: int) -> Run:
+        """This run as it stood at `step`: its logs up to that step only."""
+        metrics = {name: {s: v for s, v in points.items() if s <= step}
+                   for name, points in self.metrics.items()}
+        return Run(self.path, self.env, self.label, self.config, metrics)
+
     @property
     def steps(self) -> int:
         return max((max(p) for p in self.metrics.values() if p), default=0)
@@ -219,8 +225,11 @@ def _fmt_time(seconds: float | None) -> str:
 
 
 # ---- the report -------------------------------------------------------------------------------
-def read_groups(patterns: list[str], finished: bool = False) -> dict[str, dict[str, list[Run]]]:
-    """The runs `patterns` match, grouped; with `finished`, only those a sweep finished."""
+def read_groups(patterns: list[str], finished: bool = False, at_step: int | None = None
+                ) -> dict[str, dict[str, list[Run]]]:
+    """The runs `patterns` match, grouped; with `finished`, only those a sweep finished; with
+    `at_step`, only those that have reached that step, each as it stood there (cells compared at
+    one budget while their runs train on)."""
     paths = find_runs(patterns)
     if finished:
         from ctrlrl.harness.sweep import DONE_FILE
@@ -230,7 +239,15 @@ def read_groups(patterns: list[str], finished: bool = False) -> dict[str, dict[s
             raise UserError(f"--finished: none of the runs {' '.join(patterns)} matches has "
                             f"finished ({DONE_FILE}, written by `ctrlrl sweep`); drop --finished "
                             "to report runs still training or trained by `ctrlrl train`")
-    return group_runs([load_run(p) for p in paths])
+    runs = [load_run(p) for p in paths]
+    if at_step is not None:
+        if at_step <= 0:
+            raise UserError(f"--at-step {at_step}: pass a positive step, e.g. --at-step 100000")
+        runs = [r.cut(at_step) for r in runs if r.steps >= at_step]
+        if not runs:
+            raise UserError(f"--at-step {at_step}: none of the runs {' '.join(patterns)} matches "
+                            "has reached that step; pass a smaller one")
+    return group_runs(runs)
 
 
 def pool_envs(groups: dict[str, dict[str, list[Run]]], chosen: dict[tuple[str, str], str]
@@ -333,9 +350,11 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
 def write_report(patterns: list[str], output: str, metric: str | None = None,
                  welch: Sequence[tuple[str, str]] = (), title: str | None = None,
                  command: str | None = None, pooled: bool = False,
-                 notes: str | None = None, finished: bool = False) -> list[Path]:
+                 notes: str | None = None, finished: bool = False,
+                 at_step: int | None = None) -> list[Path]:
     """`<output>.md` (table, then the text of the `notes` file), `<output>.png` (curves),
-    `<output>.json` (the numbers); with `finished`, of the runs a sweep finished only."""
+    `<output>.json` (the numbers); with `finished`, of the runs a sweep finished only; with
+    `at_step`, of the runs that reached that step, as they stood there."""
     if notes is not None:
         try:
             notes = Path(notes).read_text()
@@ -344,7 +363,7 @@ def write_report(patterns: list[str], output: str, metric: str | None = None,
     out = Path(output)
     if out.suffix in (".md", ".png", ".json"):
         out = out.with_suffix("")
-    groups = read_groups(patterns, finished)
+    groups = read_groups(patterns, finished, at_step)
     chosen = choose_metrics(groups, metric, REPORT_METRICS)
     if pooled:
         groups, chosen = pool_envs(groups, chosen)

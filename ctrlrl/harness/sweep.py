@@ -5,6 +5,11 @@ command again skips the runs that finished (`done.json`), resumes the ones that 
 from their checkpoints, and starts the rest. Run dirs are ordinary ctrlrl run dirs: `ctrlrl
 report`, `ctrlrl eval` and TensorBoard read them like any other.
 
+Stages: the same grid at a larger `--total-steps` trains its runs on to the new budget, and a run
+already past a smaller one counts as complete for it. So a grid can be brought to a short budget
+in every cell first and then to the full one (`ctrlrl report --at-step` compares the cells at the
+short budget meanwhile), and rerunning the first stage's command later trains nothing.
+
 Stopping: Ctrl-C (or SIGTERM) on the sweep asks every running run to finish its iteration and
 checkpoint; runs live in their own process group, so the terminal's Ctrl-C reaches the sweep
 only and each run is asked exactly once.
@@ -165,8 +170,10 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
         cls, run, cfg = resolve_spec(spec)
         spec = dataclasses.replace(spec, total_steps=run.total_steps)
         config_file = spec.run_dir / "config.yaml"
+        saved_budget = 0
         if config_file.is_file():
             saved = read_run_config(spec.run_dir)
+            saved_budget = saved["run"].get("total_steps") or 0
             diffs = (api.config_diffs(saved, cls, run, cfg) if saved.get("algo") == spec.algo
                      else ["algo"])
             if diffs:
@@ -174,6 +181,9 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
                                 f"({'; '.join(diffs)}); pass another --out for this sweep")
         done = spec.run_dir / DONE_FILE
         if done.is_file() and json.loads(done.read_text())["steps"] >= run.total_steps:
+            state = "complete"
+        elif saved_budget > run.total_steps and _logged_step(spec.run_dir) >= run.total_steps:
+            # given a larger budget since and already past this one (a sweep run in stages)
             state = "complete"
         elif (spec.run_dir / "checkpoints" /
               (SB3_CHECKPOINT if spec.algo.startswith(SB3_PREFIX) else CHECKPOINT_NAME)).is_file():
