@@ -155,30 +155,42 @@ grid_npg() {
 # Offline: the generated datasets (docs/datasets.md), then TD3+BC and BC, A2PR (its paper_settings
 # row) and O-DICE (at the λ offline-tuning chose), 300k gradient steps, 5 seeds, evaluated every 10k
 # steps (10 episodes).
-# A machine without the files makes them again; each run's dataset.json holds the SHA-256 of the rows
-# it read, a resume refuses other rows and `ctrlrl report` will not pool runs that read different ones.
+# A machine without the files makes them again from the behaviour policies kept in
+# benchmarks/behaviour/ (`ctrlrl collect --policy`: the same rows on any machine, in minutes; see
+# docs/datasets.md), or, for a level none is kept for, by training SAC. Each run's dataset.json holds
+# the SHA-256 of the rows it read, a resume refuses other rows and `ctrlrl report` will not pool runs
+# that read different ones.
 DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated
 dataset() {  # ENV LEVEL: make the file unless it is there
-    [ -f $DATA/$1-$2.hdf5 ] || ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000 \
-        -o $DATA/$1-$2.hdf5
+    local kept=benchmarks/behaviour/$1-$2.npz
+    [ -f $DATA/$1-$2.hdf5 ] && return
+    if [ -f $kept ]; then
+        ctrlrl collect --env $1 --level $2 --policy $kept --size 1000000 -o $DATA/$1-$2.hdf5
+    else
+        ctrlrl collect --env $1 --level $2 --train-steps 400000 --size 1000000 -o $DATA/$1-$2.hdf5
+    fi
 }
 # In two stages (`ctrlrl sweep` trains finished runs on at a larger budget): every cell to 100k
 # gradient steps, then all to 300k; `ctrlrl report --at-step 100000` compares the cells at 100k
-# while the second stage runs.
+# while the second stage runs. Within a stage the cheap learners of both datasets go first.
 OFFLINE_STAGES="100000 300000"
 grid_offline() {
-    local budget env
+    local budget env algos
     for budget in $OFFLINE_STAGES; do
-        for env in Hopper-v5 Walker2d-v5; do
-            dataset $env medium
-            local level=${env%%-*}; level=${level,,}-medium
-            local common=(--envs $env --seeds 0-4 --total-steps $budget
-                          --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000
-                          --set eval_episodes=10 --workers "$W" --out $EV/offline)
-            ctrlrl sweep --algos bc,td3bc "${common[@]}"
-            ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}"
-            local lam
-            lam=$(odice_lambda $env) && ctrlrl sweep --algos odice --set lam=$lam "${common[@]}"
+        for algos in bc,td3bc a2pr odice; do
+            for env in Hopper-v5 Walker2d-v5; do
+                dataset $env medium
+                local level=${env%%-*}; level=${level,,}-medium
+                local common=(--envs $env --seeds 0-4 --total-steps $budget
+                              --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000
+                              --set eval_episodes=10 --workers "$W" --out $EV/offline)
+                case $algos in
+                    a2pr) ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}" ;;
+                    odice) local lam
+                           lam=$(odice_lambda $env) && ctrlrl sweep --algos odice --set lam=$lam "${common[@]}" ;;
+                    *) ctrlrl sweep --algos $algos "${common[@]}" ;;
+                esac
+            done
         done
     done
 }

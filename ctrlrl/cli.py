@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SAC steps for the expert policy")
     collect.add_argument("--expert-return", type=float, default=None, dest="expert_return",
                          help="default: D4RL's reference expert score for the env")
+    collect.add_argument("--policy", default=None, metavar="FILE.npz",
+                         help="roll out this behaviour file (medium or expert) instead of training "
+                              "SAC: the same rows on any machine (collect writes one beside each "
+                              "SAC run)")
 
     sweep = sub.add_parser("sweep", help="run an algorithms × envs × seeds grid")
     sweep.add_argument("--algos", required=True, help="comma-separated, e.g. ppo,sac")
@@ -426,9 +430,13 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     name = f"{args.env.replace('/', '_')}-{args.level}.hdf5"
     output = args.output or data_dir() / "generated" / name
     meta = collect(args.env, args.level, output, args.size, args.seed, args.train_steps,
-                   args.expert_steps, args.expert_return)
+                   args.expert_steps, args.expert_return, policy=args.policy)
     print(f"wrote {output}: {meta['transitions']} transitions, {meta['episodes']} episodes, "
           f"mean episode return {meta['episode_return_mean']:.1f}")
+    for name in ("medium", "expert"):
+        if f"{name}_policy" in meta and args.policy is None:
+            print(f"{name} behaviour policy: {meta[f'{name}_policy']} (keep it: `--policy` with it "
+                  "makes these rows again on any machine)")
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:

@@ -493,3 +493,113 @@ def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monk
     monkeypatch.setattr(api, "resume", lambda *args, **kwargs: stopped)
     algo, reached = collect_module._policy_run("Hopper-v5", 0, "medium", 1078.0, 17500, False)
     assert algo is stopped and reached == 1100.0 and algo.stops == []
+
+
+# ---- behaviour files: the policy behind a generated dataset, rolled out the same everywhere ----
+def _behaviour_file(tmp_path, env_id="Pendulum-v1", low=-2.0, high=2.0, obs_dim=3, act_dim=1):
+    import torch
+
+    from ctrlrl.core.nets import TanhGaussianPolicy
+    from ctrlrl.data import behaviour
+
+    torch.manual_seed(0)
+    actor = TanhGaussianPolicy(obs_dim, act_dim, (32, 32))
+    with torch.no_grad():  # the first action's log-std far above its clamp, so the clamp shows
+        actor.head.bias[act_dim] = 30.0
+    path = behaviour.export(actor, np.full(act_dim, low), np.full(act_dim, high),
+                            tmp_path / "behaviour.npz",
+                            {"env_id": env_id, "level": "medium", "steps": 1234, "eval_return": -150.0})
+    return actor, path
+
+
+def test_a_behaviour_file_acts_as_the_sac_actor_it_was_written_from(tmp_path):
+    """Its action is the actor's: tanh(mean + exp(clamped log-std)·ε), scaled to the env's bounds
+    (here [-2, 2]); without noise the actor's mode."""
+    import torch
+
+    from ctrlrl.data import behaviour
+
+    actor, path = _behaviour_file(tmp_path, obs_dim=3, act_dim=2)
+    policy = behaviour.load(path)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        obs, noise = rng.normal(size=3), rng.normal(size=2)
+        with torch.no_grad():
+            mean, log_std = actor.dist_params(torch.as_tensor(obs, dtype=torch.float32)[None])
+            u = mean[0] + log_std[0].exp() * torch.as_tensor(noise, dtype=torch.float32)
+        assert log_std[0, 0] == actor.LOG_STD_MAX == policy.distribution(obs)[1][0]
+        np.testing.assert_allclose(policy.act(obs, noise), 2.0 * torch.tanh(u).numpy(), atol=1e-5)
+        np.testing.assert_allclose(policy.act(obs, None), 2.0 * torch.tanh(mean[0]).numpy(), atol=1e-5)
+    assert policy.meta["steps"] == 1234 and policy.meta["env_id"] == "Pendulum-v1"
+
+
+def test_collect_from_a_behaviour_file_makes_the_same_rows_again(tmp_path):
+    """`--policy FILE` rolls the file out: the same seed gives the same rows, another seed others,
+    and the dataset names the file, its SHA-256 and the policy's training."""
+    from ctrlrl.data import behaviour
+    from ctrlrl.data.collect import collect
+
+    _, path = _behaviour_file(tmp_path)
+
+    def rows(name, seed):
+        collect("Pendulum-v1", "medium", tmp_path / name, size=450, seed=seed, progress=False,
+                policy=path)
+        return load(str(tmp_path / name))
+
+    first, again, other = rows("a.hdf5", 0), rows("b.hdf5", 0), rows("c.hdf5", 1)
+    assert first.digest() == again.digest() != other.digest()
+    meta = read_d4rl(tmp_path / "a.hdf5")
+    assert meta["metadata/medium_policy_sha256"] == behaviour.file_digest(path)
+    assert meta["metadata/medium_policy_steps"] == 1234
+    assert meta["metadata/medium_policy_eval_return"] == -150.0
+    assert np.abs(first.actions).max() > 1.0  # scaled to Pendulum's [-2, 2]
+    policy = behaviour.load(path)  # stochastic actions, as D4RL's: not the policy's mode
+    modes = np.array([policy.act(obs, None) for obs in first.observations[:50]])
+    assert np.abs(first.actions[:50] - modes).max() > 0.1
+
+
+def test_behaviour_file_problems_are_one_line_each(tmp_path):
+    from ctrlrl.data import behaviour
+    from ctrlrl.data.collect import collect
+
+    _, path = _behaviour_file(tmp_path)
+    message = user_error(collect, "Hopper-v5", "medium", tmp_path / "x.hdf5", policy=path)
+    assert "Pendulum-v1" in message and "--env Pendulum-v1" in message
+    message = user_error(collect, "Pendulum-v1", "medium-replay", tmp_path / "x.hdf5",
+                                    policy=path)
+    assert "medium or expert" in message
+    assert "no such file" in user_error(behaviour.load, tmp_path / "none.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert "not a behaviour file" in user_error(behaviour.load, tmp_path / "bad.npz")
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["weight1"] = arrays["weight1"][:, :5]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    assert "do not fit" in user_error(behaviour.load, tmp_path / "cut.npz")
+
+
+KEPT_BEHAVIOUR = Path(__file__).resolve().parent.parent / "benchmarks" / "behaviour"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in KEPT_BEHAVIOUR.glob("*.npz")))
+def test_kept_behaviour_files_make_the_recorded_rows_on_this_machine(name, tmp_path):
+    """The behaviour files kept for the evidence datasets roll out to the rows recorded where they
+    were made (`rows.json`: the digest of `ctrlrl collect --policy FILE --size 2000 --seed 0`), so
+    runs made on different machines read the same data. Another MuJoCo or gymnasium version may
+    step differently: then this check does not apply."""
+    import json
+
+    import gymnasium
+    import mujoco
+
+    from ctrlrl.data import behaviour
+    from ctrlrl.data.collect import collect
+
+    expected = json.loads((KEPT_BEHAVIOUR / "rows.json").read_text())[name]
+    policy = behaviour.load(KEPT_BEHAVIOUR / name)
+    versions = {"mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
+    if versions != {k: policy.meta[k] for k in versions}:
+        pytest.skip(f"{name} was rolled out with {policy.meta['mujoco']=}, {policy.meta['gymnasium']=}")
+    collect(policy.meta["env_id"], policy.meta["level"], tmp_path / "rows.hdf5", size=expected["size"],
+            seed=0, progress=False, policy=KEPT_BEHAVIOUR / name)
+    assert load(str(tmp_path / "rows.hdf5")).digest() == expected["sha256"]

@@ -19,6 +19,7 @@ from conftest import REPO, assert_one_line_error
 
 from ctrlrl import cli
 from ctrlrl.core.config import parse_set
+from ctrlrl.core.errors import UserError
 from ctrlrl.core.signals import TrainingInterrupted
 from ctrlrl.harness import report, stats, sweep
 
@@ -148,6 +149,24 @@ def test_a_run_past_a_smaller_budget_is_complete_for_it(tmp_path):
     assert states == ["complete", "complete", "resume"]
     stopped_at_400_of(400)  # its final evaluation logged, done.json not yet written
     assert sweep.plan([spec])[0][1] == "resume"
+
+
+def test_a_finished_offline_run_on_rows_since_replaced_is_refused(tmp_path):
+    """A dataset file regenerated with other rows: the sweep will not count a run that read the old
+    rows as this grid's (new seeds could not be pooled with it); the same rows again are fine."""
+    from ctrlrl.data.collect import collect
+
+    data = tmp_path / "data.hdf5"
+    collect("Hopper-v5", "random", data, size=300, seed=0, progress=False)
+    sets = parse_set([f"dataset={data}", "eval_every=0", "tensorboard=false", "batch_size=32",
+                      "hidden_sizes=[32,32]"])
+    grid = sweep.expand_grid(["bc"], ["Hopper-v5"], [0], 50, str(tmp_path / "out"), sets)
+    assert sweep.run_one(sweep.plan(grid)[0][0])["status"] == "done"
+    collect("Hopper-v5", "random", data, size=300, seed=0, progress=False)
+    assert sweep.plan(grid)[0][1] == "complete"
+    collect("Hopper-v5", "random", data, size=300, seed=1, progress=False)
+    with pytest.raises(UserError, match=r"bc/seed0 read other rows of .*data\.hdf5.*move it out"):
+        sweep.plan(grid)
 
 
 def test_report_of_the_sweep(stopped_and_finished, tmp_path, capsys):

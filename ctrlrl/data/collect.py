@@ -10,8 +10,11 @@ Levels, after D4RL's recipe:
 - `medium-expert`: the medium and expert datasets concatenated (both halves).
 
 Policies are ordinary ctrlrl SAC runs under `<data dir>/policies/<env>-sac-seed<k>-<level>/`, reused
-when present, so medium and medium-replay come from one training run. Every file records the
-policy checkpoint, its evaluation returns and the collection settings under `metadata/`, and the
+when present, so medium and medium-replay come from one training run. Each level rolled out from a
+policy goes through its behaviour file (`behaviour.npz` in the run dir, see `ctrlrl.data.behaviour`):
+`--policy FILE` rolls out a kept file instead of training, and makes the same rows on any machine.
+Every dataset records the behaviour file and its SHA-256, the policy's training steps and
+evaluation return, the collection settings and the library versions under `metadata/`, and the
 env id under `metadata/env_id`, which `--dataset FILE` reads to pick the env.
 """
 
@@ -22,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import Progress, format_value
+from ctrlrl.data import behaviour
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 # steps between a policy run's evaluations; the finer one from its first evaluation at half its
@@ -122,16 +125,27 @@ def replay_dataset(algo) -> dict[str, np.ndarray]:
             "rewards": rewards, "terminals": terminals, "timeouts": ends & ~terminals}
 
 
-def _policy_act(algo):
-    def act(obs: np.ndarray) -> np.ndarray:
-        return algo.predict(obs, deterministic=False)
-    return act
+def behaviour_file(algo, level: str, reached: float) -> Path:
+    """The behaviour file of a policy run, written beside its checkpoints."""
+    import gymnasium
+    import mujoco
+
+    space = algo.env.action_space
+    return behaviour.export(algo.actor, space.low, space.high, Path(algo.run_dir) / "behaviour.npz",
+                            {"env_id": algo.run.env, "level": level, "steps": algo.step,
+                             "eval_return": reached, "mujoco": mujoco.__version__,
+                             "gymnasium": gymnasium.__version__})
 
 
 def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, seed: int = 0,
             train_steps: int = 1_000_000, expert_steps: int = 1_000_000,
-            expert_return: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write one D4RL-format dataset; returns its metadata."""
+            expert_return: float | None = None, progress: bool = True,
+            policy: str | Path | None = None) -> dict[str, Any]:
+    """Write one D4RL-format dataset; returns its metadata. `policy`: a behaviour file to roll out
+    (medium or expert) instead of training SAC."""
+    import gymnasium
+    import mujoco
+
     from ctrlrl.core.envs import check_env_id
     from ctrlrl.data import episode_returns, reference_scores, write_d4rl
 
@@ -140,9 +154,13 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         raise UserError(f"--level {level!r} is not known; use one of {', '.join(LEVELS)}")
     if size < 1:
         raise UserError(f"--size {size}: collect at least one transition")
+    if policy is not None and level not in ("medium", "expert"):
+        raise UserError(f"--policy rolls out one policy: it makes the medium or expert level, not "
+                        f"{level}; drop --policy or use --level medium or expert")
     refs = reference_scores(env_id)
     expert = expert_return if expert_return is not None else (refs[1] if refs else None)
-    meta: dict[str, Any] = {"env_id": env_id, "level": level, "seed": seed, "generator": "ctrlrl collect"}
+    meta: dict[str, Any] = {"env_id": env_id, "level": level, "seed": seed, "generator": "ctrlrl collect",
+                            "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
 
     def medium_run():
         if expert is None:
@@ -154,12 +172,22 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         with Progress(size, f"record {name}", "transitions", show=progress) as bar:
             return _rollout(env_id, size, rollout_seed, act, bar)
 
-    def from_policy(algo, reached: float, name: str) -> dict[str, np.ndarray]:
-        torch.manual_seed(seed)
-        keys = record(name, seed + 1_000_000, _policy_act(algo))
-        meta.update({f"{name}_policy": str(algo.run_dir), f"{name}_policy_steps": algo.step,
-                     f"{name}_policy_eval_return": reached})
+    def from_file(path: str | Path, name: str) -> dict[str, np.ndarray]:
+        """`size` transitions of a behaviour file, its noise drawn from `seed`."""
+        policy = behaviour.load(path)
+        if policy.meta.get("env_id") != env_id:
+            raise UserError(f"--policy {path} is a policy for {policy.meta.get('env_id')}, not "
+                            f"{env_id}; pass --env {policy.meta.get('env_id')} or another file")
+        rng = np.random.default_rng(seed)
+        keys = record(name, seed + 1_000_000,
+                      lambda obs: policy.act(obs, rng.standard_normal(policy.act_dim)))
+        meta.update({f"{name}_policy": str(path), f"{name}_policy_sha256": behaviour.file_digest(path),
+                     f"{name}_policy_steps": policy.meta["steps"],
+                     f"{name}_policy_eval_return": policy.meta["eval_return"]})
         return keys
+
+    def from_policy(algo, reached: float, name: str) -> dict[str, np.ndarray]:
+        return from_file(behaviour_file(algo, name, reached), name)
 
     if level == "random":
         rng = np.random.default_rng(seed)
@@ -167,6 +195,8 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
 
         space = gym.make(env_id).action_space
         data = record("random", seed, lambda _: rng.uniform(space.low, space.high).astype(np.float32))
+    elif policy is not None:
+        data = from_file(policy, level)
     elif level == "medium":
         data = from_policy(*medium_run(), "medium")
     elif level == "medium-replay":

@@ -165,7 +165,7 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
     from ctrlrl.core.checkpoint import CHECKPOINT_NAME
     from ctrlrl.harness.sb3 import CHECKPOINT as SB3_CHECKPOINT
 
-    out = []
+    out, digests = [], {}
     for spec in specs:
         cls, run, cfg = resolve_spec(spec)
         spec = dataclasses.replace(spec, total_steps=run.total_steps)
@@ -190,8 +190,30 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
             state = "resume"
         else:
             state = "start"
+        if state == "complete":
+            _check_rows_unchanged(spec.run_dir, run, digests)
         out.append((spec, state))
     return out
+
+
+def _check_rows_unchanged(run_dir: Path, run, digests: dict) -> None:
+    """Refuse a finished offline run that read other rows than its dataset file holds now (the
+    file was regenerated since): new seeds beside it could not be pooled with it. `digests`
+    caches each file's digest across a plan."""
+    from ctrlrl.core.run_dir import DATASET_FILE
+    from ctrlrl.data import load
+
+    record = run_dir / DATASET_FILE
+    if not record.is_file() or not Path(run.dataset or "").is_file():
+        return  # not offline, or a D4RL task or Minari id (those files are not regenerated)
+    key = (run.dataset, run.env, run.keep_timeouts)
+    if key not in digests:
+        digests[key] = load(run.dataset, run.env, run.keep_timeouts).digest()
+    read = json.loads(record.read_text())["sha256"]
+    if read != digests[key]:
+        raise UserError(f"{run_dir} read other rows of {run.dataset} (SHA-256 {read[:12]}…) than "
+                        f"the file holds now ({digests[key][:12]}…), so runs of this sweep could "
+                        "not be pooled with it: move it out of the sweep's --out, or put that file back")
 
 
 # ---- one run ------------------------------------------------------------------------------------
