@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: D4RL's reference expert score for the env")
     collect.add_argument("--policy", default=None, metavar="FILE.npz",
                          help="roll out this behaviour file (medium or expert) instead of training "
-                              "SAC: the same rows on any machine (collect writes one beside each "
+                              "SAC, for the same rows without the run (collect writes one beside each "
                               "SAC run)")
 
     sweep = sub.add_parser("sweep", help="run an algorithms × envs × seeds grid")
@@ -436,7 +436,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     for name in ("medium", "expert"):
         if f"{name}_policy" in meta and args.policy is None:
             print(f"{name} behaviour policy: {meta[f'{name}_policy']} (keep it: `--policy` with it "
-                  "makes these rows again on any machine)")
+                  "makes these rows again without the SAC run)")
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, make_algo, read_metrics
+from conftest import arrays_equal, assert_one_line_error, make_algo, read_metrics
 
 from ctrlrl.core.errors import UserError
 from ctrlrl.data import (
@@ -495,85 +495,78 @@ def test_medium_policy_is_checked_finer_once_past_half_its_target(tmp_path, monk
     assert algo is stopped and reached == 1100.0 and algo.stops == []
 
 
-# ---- behaviour files: the policy behind a generated dataset, rolled out the same everywhere ----
-def _behaviour_file(tmp_path, env_id="Pendulum-v1", low=-2.0, high=2.0, obs_dim=3, act_dim=1):
+# ---- behaviour files: the policy behind a generated dataset, kept to make its rows again -------
+def _sac_and_behaviour_file(tmp_path):
+    """A SAC run on Pendulum (actions in [-2, 2]) trained a little, and its behaviour file."""
     import torch
 
-    from ctrlrl.core.nets import TanhGaussianPolicy
-    from ctrlrl.data import behaviour
+    from ctrlrl.data.collect import behaviour_file
 
-    torch.manual_seed(0)
-    actor = TanhGaussianPolicy(obs_dim, act_dim, (32, 32))
-    with torch.no_grad():  # the first action's log-std far above its clamp, so the clamp shows
-        actor.head.bias[act_dim] = 30.0
-    path = behaviour.export(actor, np.full(act_dim, low), np.full(act_dim, high),
-                            tmp_path / "behaviour.npz",
-                            {"env_id": env_id, "level": "medium", "steps": 1234, "eval_return": -150.0})
-    return actor, path
+    algo = make_algo("sac", tmp_path / "sac", env="Pendulum-v1", total_steps=120)
+    algo.learn()
+    with torch.no_grad():  # one action's log-std far above its clamp, so the clamp shows
+        algo.actor.head.bias[1] = 30.0
+    return algo, behaviour_file(algo, "medium", -150.0)
 
 
-def test_a_behaviour_file_acts_as_the_sac_actor_it_was_written_from(tmp_path):
-    """Its action is the actor's: tanh(mean + exp(clamped log-std)·ε), scaled to the env's bounds
-    (here [-2, 2]); without noise the actor's mode."""
+def test_a_behaviour_file_acts_as_the_sac_run_it_was_written_from(tmp_path):
+    """Its actions are the run's stochastic `predict` actions, bit for bit, from the same torch
+    seed: the clamped log-std, the tanh squashing and the scaling to the env's bounds included."""
     import torch
 
     from ctrlrl.data import behaviour
 
-    actor, path = _behaviour_file(tmp_path, obs_dim=3, act_dim=2)
+    algo, path = _sac_and_behaviour_file(tmp_path)
     policy = behaviour.load(path)
     rng = np.random.default_rng(1)
-    for _ in range(5):
-        obs, noise = rng.normal(size=3), rng.normal(size=2)
-        with torch.no_grad():
-            mean, log_std = actor.dist_params(torch.as_tensor(obs, dtype=torch.float32)[None])
-            u = mean[0] + log_std[0].exp() * torch.as_tensor(noise, dtype=torch.float32)
-        assert log_std[0, 0] == actor.LOG_STD_MAX == policy.distribution(obs)[1][0]
-        np.testing.assert_allclose(policy.act(obs, noise), 2.0 * torch.tanh(u).numpy(), atol=1e-5)
-        np.testing.assert_allclose(policy.act(obs, None), 2.0 * torch.tanh(mean[0]).numpy(), atol=1e-5)
-    assert policy.meta["steps"] == 1234 and policy.meta["env_id"] == "Pendulum-v1"
+    for k in range(5):
+        obs = rng.normal(size=3)
+        torch.manual_seed(k)
+        expected = algo.predict(obs, deterministic=False)
+        torch.manual_seed(k)
+        assert arrays_equal(policy.act(obs), expected)
+    assert policy.meta["steps"] == algo.step and policy.meta["env_id"] == "Pendulum-v1"
+    assert policy.meta["eval_return"] == -150.0
 
 
-def test_collect_from_a_behaviour_file_makes_the_same_rows_again(tmp_path):
-    """`--policy FILE` rolls the file out: the same seed gives the same rows, another seed others,
-    and the dataset names the file, its SHA-256 and the policy's training."""
+def test_collect_from_a_behaviour_file_makes_the_rows_of_the_run(tmp_path, monkeypatch):
+    """`--policy FILE` writes the rows a collect from the SAC run itself wrote; the same seed gives
+    the same rows, another seed others; the dataset names the file, its SHA-256 and the policy."""
     from ctrlrl.data import behaviour
     from ctrlrl.data.collect import collect
 
-    _, path = _behaviour_file(tmp_path)
+    monkeypatch.setenv("CTRLRL_DATA", str(tmp_path / "data"))
+    collect("Pendulum-v1", "expert", tmp_path / "run.hdf5", size=450, expert_steps=120, progress=False)
+    path = tmp_path / "data" / "policies" / "Pendulum-v1-sac-seed0-expert" / "behaviour.npz"
 
     def rows(name, seed):
-        collect("Pendulum-v1", "medium", tmp_path / name, size=450, seed=seed, progress=False,
+        collect("Pendulum-v1", "expert", tmp_path / name, size=450, seed=seed, progress=False,
                 policy=path)
         return load(str(tmp_path / name))
 
     first, again, other = rows("a.hdf5", 0), rows("b.hdf5", 0), rows("c.hdf5", 1)
-    assert first.digest() == again.digest() != other.digest()
+    assert load(str(tmp_path / "run.hdf5")).digest() == first.digest() == again.digest() != other.digest()
     meta = read_d4rl(tmp_path / "a.hdf5")
-    assert meta["metadata/medium_policy_sha256"] == behaviour.file_digest(path)
-    assert meta["metadata/medium_policy_steps"] == 1234
-    assert meta["metadata/medium_policy_eval_return"] == -150.0
+    assert meta["metadata/expert_policy_sha256"] == behaviour.file_digest(path)
+    assert meta["metadata/expert_policy_steps"] == 120
     assert np.abs(first.actions).max() > 1.0  # scaled to Pendulum's [-2, 2]
-    policy = behaviour.load(path)  # stochastic actions, as D4RL's: not the policy's mode
-    modes = np.array([policy.act(obs, None) for obs in first.observations[:50]])
-    assert np.abs(first.actions[:50] - modes).max() > 0.1
 
 
 def test_behaviour_file_problems_are_one_line_each(tmp_path):
     from ctrlrl.data import behaviour
     from ctrlrl.data.collect import collect
 
-    _, path = _behaviour_file(tmp_path)
+    _, path = _sac_and_behaviour_file(tmp_path)
     message = user_error(collect, "Hopper-v5", "medium", tmp_path / "x.hdf5", policy=path)
     assert "Pendulum-v1" in message and "--env Pendulum-v1" in message
-    message = user_error(collect, "Pendulum-v1", "medium-replay", tmp_path / "x.hdf5",
-                                    policy=path)
+    message = user_error(collect, "Pendulum-v1", "medium-replay", tmp_path / "x.hdf5", policy=path)
     assert "medium or expert" in message
     assert "no such file" in user_error(behaviour.load, tmp_path / "none.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     assert "not a behaviour file" in user_error(behaviour.load, tmp_path / "bad.npz")
     with np.load(path) as f:
         arrays = dict(f)
-    arrays["weight1"] = arrays["weight1"][:, :5]
+    arrays["weight1"] = arrays["weight1"][:5]
     np.savez(tmp_path / "cut.npz", **arrays)
     assert "do not fit" in user_error(behaviour.load, tmp_path / "cut.npz")
 

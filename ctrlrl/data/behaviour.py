@@ -1,14 +1,13 @@
-"""Behaviour policies as plain arrays, rolled out to the same rows on any machine.
+"""Behaviour policies kept as small files, so a generated dataset can be made again in minutes.
 
-A generated dataset is only worth pooling runs over if every machine can make its rows again. A
-SAC run cannot promise that: torch picks its matrix kernels by CPU (AVX2, AVX-512, AMX), they round
-differently, and the runs diverge. So `ctrlrl collect` freezes the SAC actor it trained into a
-small `.npz` file (its weights, the env and action bounds, how it was trained) and rolls out that
-file instead, in float64 numpy arithmetic whose every result is fixed by IEEE rounding: products
-are elementwise, sums run in a set order, exp and tanh come from the C library on scalars, the
-noise from numpy's seeded generator, and each action is rounded to float32 for the env. Given the
-file, the rollout seed and the MuJoCo and gymnasium versions, the rows are the same whatever the
-CPU; `ctrlrl collect --policy FILE` makes them.
+A medium dataset is a SAC run (an hour of CPU) and then a rollout of its actor. `ctrlrl collect`
+freezes that actor into a `.npz` file (its weights, the env's action bounds, how it was trained),
+a few hundred kB, and `ctrlrl collect --policy FILE` rolls the file out without the run: one
+thread, float32, the same operations, in the same order, with the same seeded noise as the rollout
+from the run itself, so it writes the rows that rollout wrote (tests/test_data.py checks both).
+Across machines the rows are as reproducible as torch's float32 CPU arithmetic: the same on the
+AMD EPYC VMs this project has run on (with and without AVX-512), where a CPU whose kernels round
+otherwise would give other rows, which every offline run's recorded digest then shows.
 """
 
 from __future__ import annotations
@@ -16,53 +15,35 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ctrlrl.core.errors import UserError
 
 FORMAT = "ctrlrl-behaviour-1"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Behaviour:
-    """A squashed-Gaussian policy (SAC's): ReLU layers, then a head giving the pre-tanh mean and
-    log-std; actions tanh(mean + std·ε) in [-1, 1], scaled to the env's bounds."""
+    """A SAC actor (squashed Gaussian) and the env's action bounds."""
 
-    weights: tuple[np.ndarray, ...]  # float64 (in, out) per layer, the head last
-    biases: tuple[np.ndarray, ...]
-    action_low: np.ndarray  # float64, the env's Box bounds
+    actor: Any  # ctrlrl.core.nets.TanhGaussianPolicy
+    action_low: np.ndarray  # the env's Box bounds, in the space's dtype
     action_high: np.ndarray
-    log_std_bounds: tuple[float, float]
     meta: dict[str, Any]  # env_id, level, training steps and evaluation return, versions
 
-    @property
-    def act_dim(self) -> int:
-        return len(self.action_low)
-
-    def distribution(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, clamped log-std) of the pre-tanh Gaussian for one observation."""
-        x = np.asarray(obs, np.float32).astype(np.float64)  # what the actor was trained on
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            # row-by-row sums along axis 0: a fixed order of IEEE additions, no BLAS kernel
-            x = (x[:, None] * w).sum(axis=0) + b
-            if i < len(self.weights) - 1:
-                x = np.maximum(x, 0.0)
-        return x[: self.act_dim], np.clip(x[self.act_dim:], *self.log_std_bounds)
-
-    def act(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """The env action (float32) for `obs` with standard-normal `noise` (None: the mode)."""
-        mean, log_std = self.distribution(obs)
-        action = []
-        for i in range(self.act_dim):
-            u = mean[i] if noise is None else mean[i] + math.exp(log_std[i]) * float(noise[i])
-            low, high = float(self.action_low[i]), float(self.action_high[i])
-            action.append(low + (math.tanh(u) + 1.0) * 0.5 * (high - low))
-        return np.asarray(action, np.float32)
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """An env action for one observation, sampled with torch's global generator: SAC's
+        `predict(obs, deterministic=False)` step for step."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])
+        with torch.no_grad():
+            action = self.actor.sample(obs_t)[0].numpy()[0]
+        action = np.clip(action, -1.0, 1.0)
+        return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
 
 
 def export(actor, action_low: np.ndarray, action_high: np.ndarray, path: str | Path,
@@ -75,21 +56,21 @@ def export(actor, action_low: np.ndarray, action_high: np.ndarray, path: str | P
         raise UserError("a behaviour file holds a SAC actor (ReLU layers, no layer norm); this "
                         "policy is another kind")
     layers = [*actor.trunk.layers, actor.head]
-    arrays = {f"weight{i}": layer.weight.detach().cpu().float().numpy().T for i, layer in enumerate(layers)}
-    arrays |= {f"bias{i}": layer.bias.detach().cpu().float().numpy() for i, layer in enumerate(layers)}
+    arrays = {f"weight{i}": layer.weight.detach().cpu().numpy() for i, layer in enumerate(layers)}
+    arrays |= {f"bias{i}": layer.bias.detach().cpu().numpy() for i, layer in enumerate(layers)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"format": FORMAT, "layers": len(layers),
-            "log_std_bounds": [actor.LOG_STD_MIN, actor.LOG_STD_MAX], **meta}
+    info = {"format": FORMAT, "layers": len(layers), **meta}
     with open(path, "wb") as f:
-        np.savez(f, action_low=np.asarray(action_low, np.float64),
-                 action_high=np.asarray(action_high, np.float64),
+        np.savez(f, action_low=action_low, action_high=action_high,
                  info=np.asarray(json.dumps(info, sort_keys=True)), **arrays)
     return path
 
 
 def load(path: str | Path) -> Behaviour:
     """Read a behaviour file written by `export`; a wrong or damaged file is one clear error."""
+    from ctrlrl.core.nets import TanhGaussianPolicy
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--policy {path}: no such file; give a behaviour file (.npz) that "
@@ -100,19 +81,25 @@ def load(path: str | Path) -> Behaviour:
             if info.get("format") != FORMAT:
                 raise ValueError(f"format {info.get('format')!r}")
             n = int(info["layers"])
-            weights = tuple(f[f"weight{i}"].astype(np.float64) for i in range(n))
-            biases = tuple(f[f"bias{i}"].astype(np.float64) for i in range(n))
-            low, high = f["action_low"].astype(np.float64), f["action_high"].astype(np.float64)
+            weights = [f[f"weight{i}"] for i in range(n)]
+            biases = [f[f"bias{i}"] for i in range(n)]
+            low, high = f["action_low"], f["action_high"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--policy {path}: not a behaviour file ({e}); give a file that "
                         "`ctrlrl collect` wrote beside its SAC run") from None
     dims = [w.shape for w in weights]
-    if (any(w.ndim != 2 for w in weights) or any(a[1] != b[0] for a, b in itertools.pairwise(dims))
-            or [b.shape for b in biases] != [(d[1],) for d in dims]
-            or low.shape != high.shape or dims[-1][1] != 2 * len(low)):
+    if (any(w.ndim != 2 or w.dtype != np.float32 for w in weights)
+            or any(a[0] != b[1] for a, b in itertools.pairwise(dims))
+            or [b.shape for b in biases] != [(d[0],) for d in dims]
+            or low.shape != high.shape or dims[-1][0] != 2 * len(low)):
         raise UserError(f"--policy {path}: its layer shapes do not fit together ({dims}); the file "
                         "is damaged: export it again")
-    return Behaviour(weights, biases, low, high, tuple(info.pop("log_std_bounds")), info)
+    actor = TanhGaussianPolicy(dims[0][1], len(low), [d[0] for d in dims[:-1]])
+    with torch.no_grad():
+        for layer, w, b in zip([*actor.trunk.layers, actor.head], weights, biases, strict=True):
+            layer.weight.copy_(torch.from_numpy(w))
+            layer.bias.copy_(torch.from_numpy(b))
+    return Behaviour(actor.requires_grad_(False), low, high, info)
 
 
 def file_digest(path: str | Path) -> str:

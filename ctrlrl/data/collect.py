@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ctrlrl.core.errors import UserError
 from ctrlrl.core.logger import Progress, format_value
@@ -173,14 +174,18 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
             return _rollout(env_id, size, rollout_seed, act, bar)
 
     def from_file(path: str | Path, name: str) -> dict[str, np.ndarray]:
-        """`size` transitions of a behaviour file, its noise drawn from `seed`."""
+        """`size` transitions of a behaviour file, one torch thread, its noise seeded by `seed`."""
         policy = behaviour.load(path)
         if policy.meta.get("env_id") != env_id:
             raise UserError(f"--policy {path} is a policy for {policy.meta.get('env_id')}, not "
                             f"{env_id}; pass --env {policy.meta.get('env_id')} or another file")
-        rng = np.random.default_rng(seed)
-        keys = record(name, seed + 1_000_000,
-                      lambda obs: policy.act(obs, rng.standard_normal(policy.act_dim)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the SAC run acted: the rows must not depend on the core count
+        torch.manual_seed(seed)
+        try:
+            keys = record(name, seed + 1_000_000, policy.act)
+        finally:
+            torch.set_num_threads(threads)
         meta.update({f"{name}_policy": str(path), f"{name}_policy_sha256": behaviour.file_digest(path),
                      f"{name}_policy_steps": policy.meta["steps"],
                      f"{name}_policy_eval_return": policy.meta["eval_return"]})
