@@ -173,6 +173,11 @@ dataset() {  # ENV LEVEL: make the file unless it is there
 # In two stages (`ctrlrl sweep` trains finished runs on at a larger budget): every cell to 100k
 # gradient steps, then all to 300k; `ctrlrl report --at-step 100000` compares the cells at 100k
 # while the second stage runs. Within a stage the cheap learners of both datasets go first.
+# Each learner's precision is pinned, so the grid is the same on every machine (`auto` would resolve
+# bf16 on one CPU and fp32 on another, and a run could not be continued where it resolves otherwise):
+# A2PR in bf16, its default, which its precision row validated (docs/speed.md; slow on a CPU without
+# bf16 matmuls, run it where they are); TD3+BC, BC and O-DICE in fp32 (TD3+BC is cheap either way;
+# O-DICE's default until its precision row says otherwise).
 OFFLINE_STAGES="100000 300000"
 grid_offline() {
     local budget env algos
@@ -185,10 +190,12 @@ grid_offline() {
                               --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000
                               --set eval_episodes=10 --workers "$W" --out $EV/offline)
                 case $algos in
-                    a2pr) ctrlrl sweep --algos a2pr --set paper_settings=$level "${common[@]}" ;;
+                    a2pr) ctrlrl sweep --algos a2pr --set paper_settings=$level --set precision=bf16 \
+                              "${common[@]}" ;;
                     odice) local lam
-                           lam=$(odice_lambda $env) && ctrlrl sweep --algos odice --set lam=$lam "${common[@]}" ;;
-                    *) ctrlrl sweep --algos $algos "${common[@]}" ;;
+                           lam=$(odice_lambda $env) &&
+                               ctrlrl sweep --algos odice --set lam=$lam --set precision=fp32 "${common[@]}" ;;
+                    *) ctrlrl sweep --algos $algos --set precision=fp32 "${common[@]}" ;;
                 esac
             done
         done
@@ -203,7 +210,7 @@ grid_offline_il() {
     for budget in $OFFLINE_STAGES; do
         ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
             --total-steps $budget --set dataset=$DATA/Hopper-v5-expert.hdf5 --set eval_every=10000 \
-            --set eval_episodes=10 --workers "$W" --out $EV/offline-il
+            --set eval_episodes=10 --set precision=fp32 --workers "$W" --out $EV/offline-il
     done
 }
 
