@@ -156,8 +156,8 @@ grid_npg() {
 # row) and O-DICE (at the λ offline-tuning chose), 300k gradient steps, 5 seeds, evaluated every 10k
 # steps (10 episodes).
 # A machine without the files makes them again from the behaviour policies kept in
-# benchmarks/behaviour/ (`ctrlrl collect --policy`: the same rows on any machine, in minutes; see
-# docs/datasets.md), or, for a level none is kept for, by training SAC. Each run's dataset.json holds
+# benchmarks/behaviour/ (`ctrlrl collect --policy`: the rows of the SAC run's own rollout, in
+# minutes instead of an hour; see docs/datasets.md), or, for a level none is kept for, by training SAC. Each run's dataset.json holds
 # the SHA-256 of the rows it read, a resume refuses other rows and `ctrlrl report` will not pool runs
 # that read different ones.
 DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated

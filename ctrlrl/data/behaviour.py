@@ -6,8 +6,9 @@ a few hundred kB, and `ctrlrl collect --policy FILE` rolls the file out without 
 thread, float32, the same operations, in the same order, with the same seeded noise as the rollout
 from the run itself, so it writes the rows that rollout wrote (tests/test_data.py checks both).
 Across machines the rows are as reproducible as torch's float32 CPU arithmetic: the same on the
-AMD EPYC VMs this project has run on (with and without AVX-512), where a CPU whose kernels round
-otherwise would give other rows, which every offline run's recorded digest then shows.
+AMD EPYC VMs this project has run on (with and without AVX-512). A CPU whose kernels round
+otherwise could give other rows; the digest every offline run records, and the rows pinned in
+benchmarks/behaviour/rows.json, would show it.
 """
 
 from __future__ import annotations

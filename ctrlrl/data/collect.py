@@ -12,7 +12,7 @@ Levels, after D4RL's recipe:
 Policies are ordinary ctrlrl SAC runs under `<data dir>/policies/<env>-sac-seed<k>-<level>/`, reused
 when present, so medium and medium-replay come from one training run. Each level rolled out from a
 policy goes through its behaviour file (`behaviour.npz` in the run dir, see `ctrlrl.data.behaviour`):
-`--policy FILE` rolls out a kept file instead of training, and makes the same rows on any machine.
+`--policy FILE` rolls out a kept file instead of training: the rows the run's own rollout made.
 Every dataset records the behaviour file and its SHA-256, the policy's training steps and
 evaluation return, the collection settings and the library versions under `metadata/`, and the
 env id under `metadata/env_id`, which `--dataset FILE` reads to pick the env.
