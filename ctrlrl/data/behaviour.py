@@ -43,6 +43,10 @@ class Behaviour:
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])
         with torch.no_grad():
             action = self.actor.sample(obs_t)[0].numpy()[0]
+        return self.to_env_action(action)
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """The actor's squashed action (in [-1, 1], clipped there) on the env's action box."""
         action = np.clip(action, -1.0, 1.0)
         return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
 
