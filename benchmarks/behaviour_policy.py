@@ -65,6 +65,7 @@ def main() -> None:
         returns = evaluate(env_action, env, EPISODE_SEED)
         norm = f"{normalized_score(returns.mean(), *refs):.1f}" if refs else "—"
         print(f"| {name} | {returns.mean():.1f} ± {returns.std():.1f} | {norm} |")
+    env.close()
 
 
 if __name__ == "__main__":
