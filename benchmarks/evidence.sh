@@ -175,30 +175,36 @@ dataset() {  # ENV LEVEL: make the file unless it is there
 # while the second stage runs. Within a stage the cheap learners of both datasets go first.
 # Each learner's precision is pinned, so the grid is the same on every machine (`auto` would resolve
 # bf16 on one CPU and fp32 on another, and a run could not be continued where it resolves otherwise):
-# A2PR in bf16, its default, which its precision row validated (docs/speed.md; slow on a CPU without
-# bf16 matmuls, run it where they are); TD3+BC, BC and O-DICE in fp32 (TD3+BC is cheap either way;
-# O-DICE's default until its precision row says otherwise).
+# all in fp32, the papers' precision. A2PR's bf16 ended no worse in its precision row and is faster
+# on a CPU with bf16 matmuls (docs/speed.md), but emulated, and slower than fp32, on one without;
+# fp32 runs at a usable rate on every machine (A2PR ≈ 11 gradient steps/s on a 2-core AMD EPYC).
 OFFLINE_STAGES="100000 300000"
+offline_sweep() {  # ALGOS ENV SEEDS BUDGET WORKERS [--set ...]: one cell of the grid
+    local algos=$1 env=$2 seeds=$3 budget=$4 workers=$5; shift 5
+    ctrlrl sweep --algos $algos --envs $env --seeds $seeds --total-steps $budget \
+        --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000 --set eval_episodes=10 \
+        --set precision=fp32 --workers $workers --out $EV/offline "$@" </dev/null
+}
 grid_offline() {
-    local budget env algos
+    local budget env lam_hopper lam_walker
+    for env in Hopper-v5 Walker2d-v5; do dataset $env medium; done
+    lam_hopper=$(odice_lambda Hopper-v5) && lam_walker=$(odice_lambda Walker2d-v5) || return
+    local a2pr_hopper=(--set paper_settings=hopper-medium)
+    local a2pr_walker=(--set paper_settings=walker2d-medium)
     for budget in $OFFLINE_STAGES; do
-        for algos in bc,td3bc a2pr odice; do
-            for env in Hopper-v5 Walker2d-v5; do
-                dataset $env medium
-                local level=${env%%-*}; level=${level,,}-medium
-                local common=(--envs $env --seeds 0-4 --total-steps $budget
-                              --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000
-                              --set eval_episodes=10 --workers "$W" --out $EV/offline)
-                case $algos in
-                    a2pr) ctrlrl sweep --algos a2pr --set paper_settings=$level --set precision=bf16 \
-                              "${common[@]}" ;;
-                    odice) local lam
-                           lam=$(odice_lambda $env) &&
-                               ctrlrl sweep --algos odice --set lam=$lam --set precision=fp32 "${common[@]}" ;;
-                    *) ctrlrl sweep --algos $algos --set precision=fp32 "${common[@]}" ;;
-                esac
-            done
-        done
+        for env in Hopper-v5 Walker2d-v5; do offline_sweep bc,td3bc $env 0-4 $budget "$W"; done
+        # the slow learners in two lanes, one per core, each three seeds of one dataset then two
+        # of the other: five runs of one dataset two at a time would leave a core idle through
+        # the fifth
+        { offline_sweep a2pr Hopper-v5 0-2 $budget 1 "${a2pr_hopper[@]}"
+          offline_sweep a2pr Walker2d-v5 3-4 $budget 1 "${a2pr_walker[@]}"
+          offline_sweep odice Hopper-v5 0-2 $budget 1 --set lam=$lam_hopper
+          offline_sweep odice Walker2d-v5 3-4 $budget 1 --set lam=$lam_walker; } &
+        { offline_sweep a2pr Walker2d-v5 0-2 $budget 1 "${a2pr_walker[@]}"
+          offline_sweep a2pr Hopper-v5 3-4 $budget 1 "${a2pr_hopper[@]}"
+          offline_sweep odice Walker2d-v5 0-2 $budget 1 --set lam=$lam_walker
+          offline_sweep odice Hopper-v5 3-4 $budget 1 --set lam=$lam_hopper; } &
+        wait
     done
 }
 
