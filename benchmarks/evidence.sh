@@ -177,13 +177,14 @@ dataset() {  # ENV LEVEL: make the file unless it is there
 # bf16 on one CPU and fp32 on another, and a run could not be continued where it resolves otherwise):
 # all in fp32, the papers' precision. A2PR's bf16 ended no worse in its precision row and is faster
 # on a CPU with bf16 matmuls (docs/speed.md), but emulated, and slower than fp32, on one without;
-# fp32 runs at a usable rate on every machine (A2PR ≈ 11 gradient steps/s on a 2-core AMD EPYC).
+# fp32 runs at a usable rate on every machine (A2PR ≈ 13 gradient steps/s on a 2-core AMD EPYC).
 OFFLINE_STAGES="100000 300000"
+# a checkpoint every 10k gradient steps (minutes), so a machine that stops without warning loses little
 offline_sweep() {  # ALGOS ENV SEEDS BUDGET WORKERS [--set ...]: one cell of the grid
     local algos=$1 env=$2 seeds=$3 budget=$4 workers=$5; shift 5
     ctrlrl sweep --algos $algos --envs $env --seeds $seeds --total-steps $budget \
         --set dataset=$DATA/$env-medium.hdf5 --set eval_every=10000 --set eval_episodes=10 \
-        --set precision=fp32 --workers $workers --out $EV/offline "$@" </dev/null
+        --set precision=fp32 --set checkpoint_every=10000 --workers $workers --out $EV/offline "$@" </dev/null
 }
 grid_offline() {
     local budget env lam_hopper lam_walker
