@@ -70,9 +70,13 @@ def test_checkpoint_moves_between_devices(algo, train_on, tmp_path):
         for key, t in tensors(module.state_dict(), name):
             if not (key.endswith(".step") and t.dim() == 0):  # see above: Adam's step counter
                 assert t.is_cuda == (other == "cuda"), f"{algo}: {key} is on {t.device}"
+    assert moved.run.precision == learner.run.precision  # a run acts in what it trained in
     obs = np.stack([learner.env.observation_space.sample() for _ in range(8)]).astype(np.float32)
     a, b = learner.predict(obs), moved.predict(obs)
-    assert np.allclose(a, b, atol=1e-4), f"{algo} {train_on}->{other}: {np.abs(a - b).max()}"
+    # `auto` resolves TD3+BC's and A2PR's bf16 default on a device with fast bf16; the CPU's and
+    # CUDA's bf16 kernels round differently, by up to 1.4e-3 seen on an H200 beside a Xeon
+    atol = 1e-4 if learner.run.precision == "fp32" else 1e-2
+    assert np.allclose(a, b, atol=atol), f"{algo} {train_on}->{other}: {np.abs(a - b).max()}"
     learner.close()
     moved.close()
 
