@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,22 @@ def test_a_finished_run_given_a_larger_budget_is_unfinished_until_it_reaches_it(
     monkeypatch.setattr(sweep, "_train_ctrlrl", cut_short)
     assert sweep.run_one(longer)["status"] == "stopped"
     assert not (spec.run_dir / "done.json").exists(), "a report --finished would take it at 400 steps"
+
+
+def test_a_finished_run_without_its_checkpoint_trains_again_from_step_0(tmp_path, capsys):
+    """Checkpoints stay on the machine that trained a run (the repository keeps its logs): a larger
+    budget on another machine cannot continue it, so the sweep says so and trains it anew."""
+    sets = parse_set([s for s in SETS if not s.startswith("td3.")])
+    spec = sweep.plan(sweep.expand_grid(["ppo"], ["Pendulum-v1"], [0], 400, str(tmp_path), sets))[0][0]
+    assert sweep.run_one(spec)["status"] == "done"
+    shutil.rmtree(spec.run_dir / "checkpoints")
+    longer = dataclasses.replace(spec, total_steps=800)
+    assert sweep.plan([longer])[0][1] == "restart"
+    assert sweep.sweep([longer], workers=1, progress=False)["done"] == 1
+    err = capsys.readouterr().err
+    assert "1 to train again from step 0 (no checkpoint here), 0 to start" in err
+    assert f"{spec.run_dir} logged 400 steps" in err
+    assert [step for step, _ in eval_rows(spec.run_dir)] == [400, 800]  # no step logged twice
 
 
 def test_a_run_past_a_smaller_budget_is_complete_for_it(tmp_path):

@@ -5,10 +5,11 @@ command again skips the runs that finished (`done.json`), resumes the ones that 
 from their checkpoints, and starts the rest. Run dirs are ordinary ctrlrl run dirs: `ctrlrl
 report`, `ctrlrl eval` and TensorBoard read them like any other.
 
-Stages: the same grid at a larger `--total-steps` trains its runs on to the new budget, and a run
-already past a smaller one counts as complete for it. So a grid can be brought to a short budget
-in every cell first and then to the full one (`ctrlrl report --at-step` compares the cells at the
-short budget meanwhile), and rerunning the first stage's command later trains nothing.
+Stages: the same grid at a larger `--total-steps` trains its runs on to the new budget from their
+checkpoints (a run whose checkpoint is not on this machine trains again from step 0, and says so),
+and a run already past a smaller one counts as complete for it. So a grid can be brought to a
+short budget in every cell first and then to the full one (`ctrlrl report --at-step` compares the
+cells at the short budget meanwhile), and rerunning the first stage's command later trains nothing.
 
 Stopping: Ctrl-C (or SIGTERM) on the sweep asks every running run to finish its iteration and
 checkpoint; runs live in their own process group, so the terminal's Ctrl-C reaches the sweep
@@ -159,8 +160,9 @@ def resolve_spec(spec: RunSpec):
 
 
 def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
-    """Each run with its state: `complete`, `resume` or `start`. Checks every setting first, and
-    refuses a run dir that was made with a different configuration (it would be mixed up)."""
+    """Each run with its state: `complete`, `resume`, `restart` (it logged steps, but has no
+    checkpoint here to continue from) or `start`. Checks every setting first, and refuses a run
+    dir that was made with a different configuration (it would be mixed up)."""
     from ctrlrl import api
     from ctrlrl.core.checkpoint import CHECKPOINT_NAME
     from ctrlrl.harness.sb3 import CHECKPOINT as SB3_CHECKPOINT
@@ -188,6 +190,10 @@ def plan(specs: list[RunSpec]) -> list[tuple[RunSpec, str]]:
         elif (spec.run_dir / "checkpoints" /
               (SB3_CHECKPOINT if spec.algo.startswith(SB3_PREFIX) else CHECKPOINT_NAME)).is_file():
             state = "resume"
+        elif _logged_step(spec.run_dir) > 0:
+            # trained here or elsewhere, but its checkpoint is not on this machine (checkpoints
+            # stay local): only training from step 0 reaches the budget, and it replaces the logs
+            state = "restart"
         else:
             state = "start"
         if state == "complete":
@@ -477,10 +483,18 @@ def sweep(specs: list[RunSpec], workers: int, backend: str = "local", address: s
         _import_ray()  # before anything is planned or printed
     planned = plan(specs)
     todo = [s for s, state in planned if state != "complete"]
-    counts = {state: sum(1 for _, s in planned if s == state) for state in ("complete", "resume", "start")}
+    counts = {state: sum(1 for _, s in planned if s == state)
+              for state in ("complete", "resume", "restart", "start")}
+    restart = (f"{counts['restart']} to train again from step 0 (no checkpoint here), "
+               if counts["restart"] else "")
     print(f"sweep: {len(planned)} runs in {specs[0].out}: {counts['complete']} complete (skipped), "
-          f"{counts['resume']} to resume, {counts['start']} to start; {backend}, "
+          f"{counts['resume']} to resume, {restart}{counts['start']} to start; {backend}, "
           f"{min(workers, max(len(todo), 1))} at a time", file=sys.stderr, flush=True)
+    for spec, state in planned:
+        if state == "restart":
+            print(f"sweep: note: {spec.run_dir} logged {_logged_step(spec.run_dir)} steps but has "
+                  f"no checkpoint here: it trains again from step 0 to {spec.total_steps}, writing "
+                  "its metrics.jsonl anew", file=sys.stderr)
     bar = _SweepProgress([s for s, _ in planned], progress)
     outcomes = {"done": 0, "stopped": 0, "failed": 0, "skipped": counts["complete"]}
     failed: list[str] = []
