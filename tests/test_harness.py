@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, assert_one_line_error
+from conftest import OFFLINE_DATA, REPO, assert_one_line_error, make_algo
 
 from ctrlrl import cli
 from ctrlrl.core.config import parse_set
@@ -551,6 +551,33 @@ def test_run_stats_hand_computed(tmp_path):
     assert lines[2].startswith("| env | a | 2 | 0.4 ± 0.1414 | ")
     p = stats.welch(values["a"], values["b"])[1]
     assert lines[-1].startswith("- env: a − b = 0.1 [") and lines[-1].endswith(f"Welch p = {p:.2g}")
+
+
+def test_critic_probe_reads_the_learners_own_inputs(tmp_path):
+    """benchmarks/critic_probe.py scores a restored run on raw dataset rows as the learner saw
+    them in training: Q1 at the data's actions equals Q1 on the training buffer's (standardised)
+    rows, and the policy's figures are those of its actor there."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import critic_probe
+    import torch
+
+    from ctrlrl import api
+    from ctrlrl.data import load
+
+    algo = make_algo("td3bc", tmp_path / "run", total_steps=50)
+    algo.learn()
+    model = api.load(tmp_path / "run", replay=False)
+    data, rows = load(str(OFFLINE_DATA)), np.arange(0, 3000, 7)
+    got = critic_probe.probe(model, data, rows)
+    o = algo.obs_dim
+    stored = algo.replay.storage[torch.as_tensor(rows)]  # rows as the buffer holds them
+    obs, actions = stored[:, :o], stored[:, o:o + algo.act_dim]
+    with torch.no_grad():
+        pi = algo.actor(obs)
+        assert got["q_data"] == pytest.approx(algo.critic(obs, actions)[0].mean().item(), rel=1e-5)
+        assert got["q_pi"] == pytest.approx(algo.critic(obs, pi)[0].mean().item(), rel=1e-5)
+        assert got["distance"] == pytest.approx(((pi - actions) ** 2).mean().item(), rel=1e-5)
+    assert got["data_at_bounds"] == pytest.approx((actions.abs() > 0.99).float().mean().item())
 
 
 def test_npg_robustness_extends_a_best_at_the_grid_edge():
