@@ -23,10 +23,9 @@ from ctrlrl.data import load
 
 def probe(model, data, rows: np.ndarray) -> dict[str, float]:
     """The probe's figures for a restored `model` on the dataset rows `rows` of `data`."""
-    low, high = model._act_low, model._act_high
     # as the learner stores them: states standardised with its statistics, actions in [-1, 1]
-    actions = np.clip(2.0 * (data.actions[rows] - low) / (high - low) - 1.0, -1.0, 1.0)
-    actions = torch.as_tensor(actions, dtype=torch.float32, device=model.device)
+    actions = torch.as_tensor(model.from_env_action(data.actions[rows]), dtype=torch.float32,
+                              device=model.device)
     with torch.no_grad():
         obs = model.obs_stats(torch.as_tensor(data.observations[rows], dtype=torch.float32,
                                               device=model.device))

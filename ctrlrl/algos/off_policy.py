@@ -65,6 +65,11 @@ class OffPolicyAlgorithm(Algorithm):
         action = np.clip(action, -1.0, 1.0)
         return self._act_low + (action + 1.0) * 0.5 * (self._act_high - self._act_low)
 
+    def from_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Env actions rescaled to the [-1, 1] the networks work in: `to_env_action`'s inverse."""
+        low, high = self._act_low, self._act_high
+        return np.clip(2.0 * (action - low) / (high - low) - 1.0, -1.0, 1.0)
+
     def exploration_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Action in [-1, 1] taken while training (after warm-up)."""
         raise NotImplementedError
@@ -182,8 +187,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.dataset_digest = digest
         data = self.prepare_dataset(data)
         self.ref_scores = data.ref_scores  # eval/normalized_score's (min, max) returns, or None
-        low, high = self._act_low, self._act_high
-        actions = np.clip(2.0 * (data.actions - low) / (high - low) - 1.0, -1.0, 1.0)
+        actions = self.from_env_action(data.actions)
         obs, next_obs, actions, rewards, terminals = (
             torch.as_tensor(x, dtype=torch.float32, device=self.device)
             for x in (data.observations, data.next_observations, actions, data.rewards,
