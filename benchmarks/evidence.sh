@@ -161,7 +161,8 @@ grid_npg() {
 # the SHA-256 of the rows it read, a resume refuses other rows and `ctrlrl report` will not pool runs
 # that read different ones.
 DATA=${CTRLRL_DATA:-$HOME/.cache/ctrlrl/data}/generated
-dataset() {  # ENV LEVEL: make the file unless it is there
+dataset() {  # ENV LEVEL: make the file unless it is there; fails if a collect fails or is cut, so that
+            # its grid stops instead of training on a file that is not there
     local kept=benchmarks/behaviour/$1-$2.npz
     [ -f $DATA/$1-$2.hdf5 ] && return
     if [ -f $kept ]; then
@@ -188,7 +189,7 @@ offline_sweep() {  # ALGOS ENV SEEDS BUDGET WORKERS [--set ...]: one cell of the
 }
 grid_offline() {
     local budget env lam_hopper lam_walker
-    for env in Hopper-v5 Walker2d-v5; do dataset $env medium; done
+    for env in Hopper-v5 Walker2d-v5; do dataset $env medium || return; done
     lam_hopper=$(odice_lambda Hopper-v5) && lam_walker=$(odice_lambda Walker2d-v5) || return
     local a2pr_hopper=(--set paper_settings=hopper-medium)
     local a2pr_walker=(--set paper_settings=walker2d-medium)
@@ -212,7 +213,7 @@ grid_offline() {
 # O-DICE's offline imitation: one expert trajectory of the hopper expert set (index T, as the
 # reference's T), rewards unused, 3 seeds, against BC on the same trajectory.
 grid_offline_il() {
-    dataset Hopper-v5 expert
+    dataset Hopper-v5 expert || return
     local budget
     for budget in $OFFLINE_STAGES; do
         ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
@@ -261,7 +262,7 @@ PY
 # offline grid runs each learner at its default precision, which these rows decide.
 grid_precision() {
     local common=(--seeds 0-4 --vary precision=fp32,bf16 --workers "$W")
-    dataset Hopper-v5 medium
+    dataset Hopper-v5 medium || return
     ctrlrl sweep --algos a2pr --envs Hopper-v5 --total-steps 30000 \
         --set dataset=$DATA/Hopper-v5-medium.hdf5 "${common[@]}" --out $EV/precision/hopper-medium
     # at its tuned λ: at the reference's 0.6 it learnt nothing by 30k steps in either precision
