@@ -280,7 +280,7 @@ keep() {
     # finished runs only; the ORPO base's checkpoint too, as the learners start from it
     find $EV -name done.json -printf '%h\n' | xargs -r git add --
     [ -f $ORPO_BASE/done.json ] && git add -f $ORPO_BASE/checkpoints/latest.pt
-    echo "$(git status --short $EV | grep -c '^A') files staged under $EV"
+    echo "$(git status --short $EV | grep -c '^[AM]') files staged under $EV"
 }
 
 GRIDS="mdpo-on mdpo-on-sb3 orpo-cheetah mdpo-off mdpo-off-sb3 pdppo pdppo-20 npg offline-tuning offline offline-il precision precision-online"
