@@ -233,7 +233,7 @@ grid_offline_il() {
 # per-dataset row.
 grid_offline_tuning() {
     for env in Hopper-v5 Walker2d-v5; do
-        dataset $env medium
+        dataset $env medium || return
         ctrlrl sweep --algos odice --envs $env --seeds 100-101 --vary lam=0.4,0.5,0.6 \
             --total-steps 50000 --set dataset=$DATA/$env-medium.hdf5 --set eval_every=5000 \
             --set eval_episodes=10 --set precision=bf16 --workers "$W" --out $EV/offline-tuning
