@@ -194,13 +194,14 @@ def test_a_budget_of_whole_iterations_gets_no_note(tmp_path, capsys):
 
 
 # ---- 6. ctrlrl collect -------------------------------------------------------------------------
-def test_collect_shows_training_and_recording_progress(tmp_path, monkeypatch, capsys):
+def test_collect_shows_training_and_recording_progress(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("CTRLRL_DATA", str(tmp_path / "data"))
     out = tmp_path / "expert.hdf5"
     # 200 SAC steps (all before learning starts), one evaluation, then 1500 recorded transitions
+    # (by the rollout's own process, hence `capfd`)
     assert cli.main(["collect", "--env", "Pendulum-v1", "--level", "expert", "--size", "1500",
                      "--expert-steps", "200", "-o", str(out)]) == 0
-    err = capsys.readouterr().err.splitlines()
+    err = capfd.readouterr().err.splitlines()
     assert any(re.match(r"sac expert 200/200 steps +eval -?\d", line) for line in err), err
     assert [line.split("  ")[0] for line in err if line.startswith("record")] == [
         "record expert 1000/1500 transitions", "record expert 1500/1500 transitions"]

@@ -578,8 +578,9 @@ KEPT_BEHAVIOUR = Path(__file__).resolve().parent.parent / "benchmarks" / "behavi
 def test_kept_behaviour_files_make_the_recorded_rows_on_this_machine(name, tmp_path):
     """The behaviour files kept for the evidence datasets roll out to the rows recorded where they
     were made (`rows.json`: the digest of `ctrlrl collect --policy FILE --size 2000 --seed 0`), so
-    runs made on different machines read the same data. Another MuJoCo or gymnasium version may
-    step differently: then this check does not apply."""
+    runs made on different machines read the same data (an Intel CPU with AVX-512 too, through
+    `behaviour.portable_blas`). Another MuJoCo or gymnasium version may step differently: then
+    this check does not apply."""
     import json
 
     import gymnasium

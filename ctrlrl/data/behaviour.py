@@ -5,10 +5,10 @@ freezes that actor into a `.npz` file (its weights, the env's action bounds, how
 a few hundred kB, and `ctrlrl collect --policy FILE` rolls the file out without the run: one
 thread, float32, the same operations, in the same order, with the same seeded noise as the rollout
 from the run itself, so it writes the rows that rollout wrote (tests/test_data.py checks both).
-Across machines the rows are as reproducible as torch's float32 CPU arithmetic: the same on the
-AMD EPYC VMs this project has run on (with and without AVX-512). A CPU whose kernels round
-otherwise could give other rows; the digest every offline run records, and the rows pinned in
-benchmarks/behaviour/rows.json, would show it.
+Across machines the rows are as reproducible as torch's float32 CPU arithmetic, which
+`portable_blas` makes the same on the AMD EPYC (with and without AVX-512) and Intel Xeon VMs this
+project has run on; the digest every offline run records, and the rows pinned in
+benchmarks/behaviour/rows.json, would show a CPU that still rounds otherwise.
 """
 
 from __future__ import annotations
@@ -105,6 +105,20 @@ def load(path: str | Path) -> Behaviour:
             layer.weight.copy_(torch.from_numpy(w))
             layer.bias.copy_(torch.from_numpy(b))
     return Behaviour(actor.requires_grad_(False), low, high, info)
+
+
+def portable_blas() -> None:
+    """Hold MKL, torch's BLAS on x86, to its SSE4.2 kernels for the rest of this process. MKL picks
+    its kernels by CPU, and on an Intel Xeon with AVX-512 its own kernels round the policy's matrix
+    products otherwise than on an AMD EPYC, so a rollout there wrote other rows; held to SSE4.2 it
+    writes the AMD rows. Takes effect only before the process's first MKL call (so rollouts run in
+    a fresh process); does nothing in a torch without MKL."""
+    import contextlib
+    import ctypes
+
+    for lib in (Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"):
+        with contextlib.suppress(OSError, AttributeError):  # not a library, or no MKL in it
+            ctypes.CDLL(str(lib)).mkl_serv_enable_instructions(0)  # MKL_ENABLE_SSE4_2
 
 
 def file_digest(path: str | Path) -> str:

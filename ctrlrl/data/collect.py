@@ -21,6 +21,11 @@ env id under `metadata/env_id`, which `--dataset FILE` reads to pick the env.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +116,55 @@ def _rollout(env_id: str, size: int, seed: int, act, progress: Progress) -> dict
     return keys
 
 
+def _rollout_file(env_id: str, path: str | Path, name: str, size: int, seed: int,
+                  progress: bool) -> dict[str, np.ndarray]:
+    """`size` transitions of a behaviour file, its noise seeded by `seed`, in a process of its own:
+    a fresh one, whose BLAS can still be held to the kernels that round alike on every x86 CPU
+    (`behaviour.portable_blas`). It ends with the collect (Ctrl-C, SIGTERM)."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_rollout_process, daemon=True,
+                          args=(send, os.getpid(), env_id, path, name, size, seed, progress))
+    process.start()
+    send.close()
+    try:
+        ok, out = receive.recv()
+    except EOFError:  # it ended without a word: killed (out of memory, say)
+        process.join()
+        raise UserError(f"the rollout of {path} ended (exit code {process.exitcode}) before sending "
+                        "its rows; if the machine ran out of memory, collect fewer (--size)") from None
+    finally:
+        process.kill()
+        process.join()
+    if not ok:
+        raise out
+    return out
+
+
+def _rollout_process(send, parent_pid: int, env_id: str, path: str | Path, name: str, size: int,
+                     seed: int, progress: bool) -> None:
+    """`_rollout_file`'s process: one torch thread (as the SAC run acted: the rows must not depend
+    on the core count); sends (True, rows) or (False, the exception)."""
+    behaviour.portable_blas()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collect's to handle: it ends this
+
+    def orphaned() -> None:  # the collect was killed: do not roll out for no one
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    torch.set_num_threads(1)
+    try:
+        policy = behaviour.load(path)  # building the actor draws from torch's generator: seed after
+        torch.manual_seed(seed)
+        with Progress(size, f"record {name}", "transitions", show=progress) as bar:
+            out = True, _rollout(env_id, size, seed + 1_000_000, policy.act, bar)
+    except Exception as exc:  # the collect reports it
+        out = False, exc
+    send.send(out)
+
+
 def replay_dataset(algo) -> dict[str, np.ndarray]:
     """A SAC run's replay buffer as D4RL keys; episode ends are where a row's next observation is
     not the following row's observation (one env, stepped in order)."""
@@ -169,23 +223,13 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
                             "(medium = a policy at a third of R)")
         return _policy_run(env_id, seed, "medium", expert / 3, train_steps, progress)
 
-    def record(name: str, rollout_seed: int, act) -> dict[str, np.ndarray]:
-        with Progress(size, f"record {name}", "transitions", show=progress) as bar:
-            return _rollout(env_id, size, rollout_seed, act, bar)
-
     def from_file(path: str | Path, name: str) -> dict[str, np.ndarray]:
-        """`size` transitions of a behaviour file, one torch thread, its noise seeded by `seed`."""
+        """`size` transitions of a behaviour file (`_rollout_file`)."""
         policy = behaviour.load(path)
         if policy.meta.get("env_id") != env_id:
             raise UserError(f"--policy {path} is a policy for {policy.meta.get('env_id')}, not "
                             f"{env_id}; pass --env {policy.meta.get('env_id')} or another file")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the SAC run acted: the rows must not depend on the core count
-        torch.manual_seed(seed)
-        try:
-            keys = record(name, seed + 1_000_000, policy.act)
-        finally:
-            torch.set_num_threads(threads)
+        keys = _rollout_file(env_id, path, name, size, seed, progress)
         meta.update({f"{name}_policy": str(path), f"{name}_policy_sha256": behaviour.file_digest(path),
                      f"{name}_policy_steps": policy.meta["steps"],
                      f"{name}_policy_eval_return": policy.meta["eval_return"]})
@@ -199,7 +243,9 @@ def collect(env_id: str, level: str, output: str | Path, size: int = 1_000_000, 
         import gymnasium as gym
 
         space = gym.make(env_id).action_space
-        data = record("random", seed, lambda _: rng.uniform(space.low, space.high).astype(np.float32))
+        with Progress(size, "record random", "transitions", show=progress) as bar:
+            data = _rollout(env_id, size, seed, lambda _: rng.uniform(space.low, space.high)
+                            .astype(np.float32), bar)
     elif policy is not None:
         data = from_file(policy, level)
     elif level == "medium":
