@@ -119,8 +119,8 @@ def _rollout(env_id: str, size: int, seed: int, act, progress: Progress) -> dict
 def _rollout_file(env_id: str, path: str | Path, name: str, size: int, seed: int,
                   progress: bool) -> dict[str, np.ndarray]:
     """`size` transitions of a behaviour file, its noise seeded by `seed`, in a process of its own:
-    a fresh one, whose BLAS can still be held to the kernels that round alike on every x86 CPU
-    (`behaviour.portable_blas`). It ends with the collect (Ctrl-C, SIGTERM)."""
+    a fresh one, whose BLAS can still be held to the kernels that round alike on the AMD and Intel
+    CPUs tried (`behaviour.portable_blas`). It ends with the collect (Ctrl-C, SIGTERM)."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_rollout_process, daemon=True,
