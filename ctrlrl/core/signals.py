@@ -8,9 +8,11 @@ current iteration finish and the final checkpoint be written, then `learn` raise
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,13 @@ def request_stop(signum: int | None = None, frame: Any = None) -> None:
     """
     _stop_signal[0] = signum or _stop_signal[0]
     _stop.set()
+
+
+def wait_while_parent(parent_pid: int, until: Callable[[], bool] = lambda: False) -> None:
+    """Block while the process that started this one (`parent_pid`) lives and `until()` is false,
+    polling every 0.5 s: how a child process learns that its parent was killed (it is told nothing)."""
+    while os.getppid() == parent_pid and not until():
+        time.sleep(0.5)
 
 
 def stop_requested() -> bool:

@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +144,13 @@ def _rollout_process(send, parent_pid: int, env_id: str, path: str | Path, name:
                      seed: int, progress: bool) -> None:
     """`_rollout_file`'s process: one torch thread (as the SAC run acted: the rows must not depend
     on the core count); sends (True, rows) or (False, the exception)."""
+    from ctrlrl.core.signals import wait_while_parent
+
     behaviour.portable_blas()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collect's to handle: it ends this
 
     def orphaned() -> None:  # the collect was killed: do not roll out for no one
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
+        wait_while_parent(parent_pid)
         os._exit(1)
 
     threading.Thread(target=orphaned, daemon=True).start()

@@ -314,18 +314,16 @@ def _worker_init(parent_pid: int, stop) -> None:
     `stop` is a lock-free shared byte, polled: an `mp.Event` would deadlock the sweep's `set()`
     on the waits of workers that have already exited.
     """
-    from ctrlrl.core.signals import request_stop
+    from ctrlrl.core.signals import request_stop, wait_while_parent
 
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, request_stop)
 
     def watch() -> None:
-        while os.getppid() == parent_pid and not stop.value:
-            time.sleep(0.5)
+        wait_while_parent(parent_pid, lambda: stop.value)
         request_stop()
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
+        wait_while_parent(parent_pid)
         time.sleep(ORPHAN_GRACE_S)  # the sweep died: leave its run time to checkpoint, then go
         os._exit(1)
 
