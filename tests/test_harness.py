@@ -306,6 +306,18 @@ def test_report_compares_two_learners_with_one_baseline(tmp_path):
     assert cells["td3"] == ["", ""]
 
 
+def test_report_gives_a_single_seed_no_interval(tmp_path):
+    write_run(tmp_path / "one", "Pendulum-v1", "ppo", 0, {100: 0.0, 200: 4.0})
+    for seed in (0, 1):
+        write_run(tmp_path / f"two{seed}", "Pendulum-v1", "sac", seed, {100: 0.0, 200: 2.0 + 2 * seed})
+    groups = report.read_groups([str(tmp_path)])
+    table = report.markdown(report.build_report(groups, report.choose_metrics(groups)), "t", None, None)
+    cells = {c[1]: c[4:6] for c in ([c.strip() for c in line.strip("|").split("|")]
+                                    for line in table.splitlines() if line.startswith("| Pendulum"))}
+    assert cells["ppo"] == ["4 (one seed, no CI)", "4 (one seed, no CI)"]
+    assert cells["sac"][0].startswith("3 [2")
+
+
 def test_aggregate_pools_normalised_scores_across_envs(tmp_path):
     for env, score in (("Hopper-v5", 40.0), ("Walker2d-v5", 60.0)):
         for seed in (0, 1):

@@ -216,6 +216,14 @@ def _fmt(x: float | None) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
+def _fmt_mean_ci(row: dict[str, Any], name: str) -> str:
+    """'mean [low, high]'; one seed has no spread to bootstrap, so its row says so instead."""
+    if row["seeds"] < 2:
+        return f"{_fmt(row[f'{name}_mean'])} (one seed, no CI)"
+    low, high = row[f"{name}_ci"]
+    return f"{_fmt(row[f'{name}_mean'])} [{_fmt(low)}, {_fmt(high)}]"
+
+
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -330,8 +338,7 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
         steps = f"{r['steps_min']}" if r["steps_min"] == r["steps_max"] else \
             f"{r['steps_min']}–{r['steps_max']}"
         cells = [r["env"], r["label"], *([] if metric else [f"`{r['metric']}`"]), str(r["seeds"]), steps,
-                 f"{_fmt(r['final_mean'])} [{_fmt(r['final_ci'][0])}, {_fmt(r['final_ci'][1])}]",
-                 f"{_fmt(r['best_mean'])} [{_fmt(r['best_ci'][0])}, {_fmt(r['best_ci'][1])}]",
+                 _fmt_mean_ci(r, "final"), _fmt_mean_ci(r, "best"),
                  _fmt(r["iqm_final"]), _fmt(r["auc_mean"]), _fmt_time(r["wall_time_mean"]),
                  _fmt(r["fps_mean"])]
         for pair in welch:
