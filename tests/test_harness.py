@@ -316,6 +316,24 @@ def test_report_gives_a_single_seed_no_interval(tmp_path):
                                     for line in table.splitlines() if line.startswith("| Pendulum"))}
     assert cells["ppo"] == ["4 (one seed, no CI)", "4 (one seed, no CI)"]
     assert cells["sac"][0].startswith("3 [2")
+    assert "seeds' own range" in table
+
+
+def test_report_says_a_few_seeds_interval_is_their_range(tmp_path):
+    finals = {0: 1.0, 1: 5.0, 2: 9.0, 3: 20.0}
+    for seed, final in finals.items():
+        write_run(tmp_path / str(seed), "Pendulum-v1", "sac", seed, {100: 0.0, 200: final})
+    low, high = stats.bootstrap_ci(np.array([1.0, 5.0, 9.0]))
+    assert (float(low), float(high)) == (1.0, 9.0)                  # three seeds: their range
+    low, high = stats.bootstrap_ci(np.array(list(finals.values())))
+    assert 1.0 < low < high < 20.0                                   # four: inside it
+    groups = report.read_groups([str(tmp_path)])
+    table = report.markdown(report.build_report(groups, report.choose_metrics(groups)), "t", None, None)
+    assert "seeds' own range" not in table                                     # four seeds
+    shutil.rmtree(tmp_path / "3")
+    groups = report.read_groups([str(tmp_path)])
+    table = report.markdown(report.build_report(groups, report.choose_metrics(groups)), "t", None, None)
+    assert "seeds' own range" in table
 
 
 def test_aggregate_pools_normalised_scores_across_envs(tmp_path):

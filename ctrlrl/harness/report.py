@@ -216,6 +216,12 @@ def _fmt(x: float | None) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
+# With 2 or 3 seeds a resample made of the lowest seed alone has probability 1/4 or 1/27, above the
+# 2.5% tail, so the percentile interval is the seeds' own range: the caption says so.
+_FEW_SEEDS_CAVEAT = (" With 2 or 3 seeds that percentile interval is the seeds' own range, their "
+                     "lowest and highest values: read it as a range, not a confidence interval.")
+
+
 def _fmt_mean_ci(row: dict[str, Any], name: str) -> str:
     """'mean [low, high]'; one seed has no spread to bootstrap, so its row says so instead."""
     if row["seeds"] < 2:
@@ -329,7 +335,9 @@ def markdown(report: dict[str, Any], title: str, image: str | None, command: str
               "per run, fps = steps / wall time (training and evaluation); steps are env steps, "
               "or gradient steps for offline algorithms."
               + (f" {pairs}: difference of the two labels' means with its 95% bootstrap CI (each "
-                 "label's seeds resampled on their own) and Welch's t-test." if welch else ""), ""]
+                 "label's seeds resampled on their own) and Welch's t-test." if welch else "")
+              + (_FEW_SEEDS_CAVEAT if any(2 <= r["seeds"] <= 3 for r in report["rows"]) else ""),
+              ""]
     head = ["Env", "Algorithm", *([] if metric else ["Metric"]), "Seeds", "Steps", "Final", "Best",
             "IQM final", "AUC", "Wall time / run", "fps"]
     head += [f"{w['a']} − {w['b']}: Δ [CI], Welch t, p (final; best)" for w in welch]
