@@ -324,12 +324,12 @@ def test_report_says_a_few_seeds_interval_is_their_range(tmp_path):
     for seed, final in finals.items():
         write_run(tmp_path / str(seed), "Pendulum-v1", "sac", seed, {100: 0.0, 200: final})
     low, high = stats.bootstrap_ci(np.array([1.0, 5.0, 9.0]))
-    assert (float(low), float(high)) == (1.0, 9.0)                  # three seeds: their range
+    assert (float(low), float(high)) == (1.0, 9.0)    # three seeds: the interval is their range
     low, high = stats.bootstrap_ci(np.array(list(finals.values())))
-    assert 1.0 < low < high < 20.0                                   # four: inside it
+    assert 1.0 < low < high < 20.0                     # four: it lies inside their range
     groups = report.read_groups([str(tmp_path)])
     table = report.markdown(report.build_report(groups, report.choose_metrics(groups)), "t", None, None)
-    assert "seeds' own range" not in table                                     # four seeds
+    assert "seeds' own range" not in table             # four seeds: no caveat
     shutil.rmtree(tmp_path / "3")
     groups = report.read_groups([str(tmp_path)])
     table = report.markdown(report.build_report(groups, report.choose_metrics(groups)), "t", None, None)
