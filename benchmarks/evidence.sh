@@ -218,7 +218,8 @@ grid_offline_il() {
     for budget in $OFFLINE_STAGES; do
         ctrlrl sweep --algos odice-il,bc --envs Hopper-v5 --seeds 0-2 --vary expert_trajectory=1,10 \
             --total-steps $budget --set dataset=$DATA/Hopper-v5-expert.hdf5 --set eval_every=10000 \
-            --set eval_episodes=10 --set precision=fp32 --workers "$W" --out $EV/offline-il
+            --set eval_episodes=10 --set precision=fp32 --set checkpoint_every=10000 --workers "$W" \
+            --out $EV/offline-il
     done
 }
 
